@@ -1,0 +1,191 @@
+// Package matcher finds any of many long literal byte patterns in a stream.
+//
+// Worm signatures are long, random-looking lines (typically 60–80 bytes), and
+// a site may load thousands. Instead of walking every byte through an
+// automaton, the matcher looks at the text only every `step` bytes: it takes
+// the 8-byte gram found there and asks a small bitmap whether any pattern
+// contains that gram at one of its first `step` offsets. Every occurrence of a
+// pattern of length L covers a sampled position at an offset below step as
+// long as step <= L-7, so nothing is missed, and the cost per byte falls as
+// the shortest pattern grows: scanning cost does not depend on the number of
+// patterns, only on how often the bitmap answers "maybe".
+//
+// All tables are flat and pointer-free, so a large signature set adds nothing
+// to garbage-collection work.
+package matcher
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+)
+
+const (
+	// MinPatternLen is the shortest pattern accepted. Shorter patterns would
+	// both slow every scan down and match legitimate mail by accident.
+	MinPatternLen = 16
+	// MaxPatternLen is the longest pattern accepted: an SMTP line is at most
+	// 1000 bytes with its CRLF, and a scanner carries len-1 bytes from one
+	// chunk to the next.
+	MaxPatternLen = 1000
+
+	gramLen = 8
+	maxStep = 64
+	// hashMul is the 64-bit golden-ratio constant used for multiplicative
+	// hashing of grams.
+	hashMul = 0x9E3779B97F4A7C15
+)
+
+// Pattern is one named byte string to look for.
+type Pattern struct {
+	Name  string
+	Bytes []byte
+}
+
+// entry says: pattern pat has gram at offset off.
+type entry struct {
+	gram uint64
+	pat  uint32
+	off  uint32
+}
+
+// Matcher is an immutable index over a set of patterns. It is safe for
+// concurrent use; each stream needs its own Scanner.
+type Matcher struct {
+	step     int
+	minLen   int
+	maxLen   int
+	filter   []uint64 // bitmap over the top filterBits bits of the gram hash
+	fShift   uint     // 64 - filterBits
+	bShift   uint     // filterBits - bucketBits
+	buckets  []uint32 // CSR offsets into entries, len 2^bucketBits + 1
+	entries  []entry
+	data     []byte   // all patterns, back to back
+	starts   []uint32 // pattern i is data[starts[i]:starts[i+1]]
+	names    []string
+	patCount int
+}
+
+// New builds a matcher. It fails if a pattern is shorter than MinPatternLen
+// or longer than MaxPatternLen. An empty set gives a matcher that never
+// matches.
+func New(patterns []Pattern) (*Matcher, error) {
+	m := &Matcher{patCount: len(patterns), starts: make([]uint32, 1, len(patterns)+1)}
+	if len(patterns) == 0 {
+		return m, nil
+	}
+	m.minLen = MaxPatternLen
+	total := 0
+	for i, p := range patterns {
+		n := len(p.Bytes)
+		if n < MinPatternLen {
+			return nil, fmt.Errorf("pattern %d (%s): %d bytes, shorter than the minimum of %d", i, p.Name, n, MinPatternLen)
+		}
+		if n > MaxPatternLen {
+			return nil, fmt.Errorf("pattern %d (%s): %d bytes, longer than the maximum of %d", i, p.Name, n, MaxPatternLen)
+		}
+		m.minLen = min(m.minLen, n)
+		m.maxLen = max(m.maxLen, n)
+		total += n
+	}
+	m.step = min(m.minLen-gramLen+1, maxStep)
+	m.data = make([]byte, 0, total)
+	m.names = make([]string, len(patterns))
+	for i, p := range patterns {
+		m.data = append(m.data, p.Bytes...)
+		m.starts = append(m.starts, uint32(len(m.data)))
+		m.names[i] = p.Name
+	}
+
+	nEntries := len(patterns) * m.step
+	// About 16 bitmap bits per entry keeps false "maybe"s near 6%; the
+	// bitmap stays between 8 KiB and 2 MiB so it lives in L1/L2 cache.
+	filterBits := clamp(bits.Len(uint(nEntries*16-1)), 16, 24)
+	bucketBits := clamp(bits.Len(uint(nEntries-1)), 4, filterBits)
+	m.fShift = uint(64 - filterBits)
+	m.bShift = uint(filterBits - bucketBits)
+	m.filter = make([]uint64, (1<<filterBits)/64)
+	m.buckets = make([]uint32, (1<<bucketBits)+1)
+
+	// Counting sort of entries into buckets.
+	for i := range patterns {
+		p := m.pattern(i)
+		for off := 0; off < m.step; off++ {
+			h := m.hash(load(p, off))
+			m.filter[h>>6] |= 1 << (h & 63)
+			m.buckets[(h>>m.bShift)+1]++
+		}
+	}
+	for b := 1; b < len(m.buckets); b++ {
+		m.buckets[b] += m.buckets[b-1]
+	}
+	m.entries = make([]entry, nEntries)
+	fill := make([]uint32, len(m.buckets)-1)
+	copy(fill, m.buckets)
+	for i := range patterns {
+		p := m.pattern(i)
+		for off := 0; off < m.step; off++ {
+			g := load(p, off)
+			b := m.hash(g) >> m.bShift
+			m.entries[fill[b]] = entry{gram: g, pat: uint32(i), off: uint32(off)}
+			fill[b]++
+		}
+	}
+	return m, nil
+}
+
+func clamp(v, lo, hi int) int { return max(lo, min(v, hi)) }
+
+func load(b []byte, i int) uint64 { return binary.LittleEndian.Uint64(b[i:]) }
+
+// hash returns the top filterBits bits of the gram's multiplicative hash.
+func (m *Matcher) hash(g uint64) uint64 { return (g * hashMul) >> m.fShift }
+
+func (m *Matcher) pattern(i int) []byte { return m.data[m.starts[i]:m.starts[i+1]] }
+
+// Len is the number of patterns.
+func (m *Matcher) Len() int { return m.patCount }
+
+// MaxLen is the length of the longest pattern (0 for an empty set).
+func (m *Matcher) MaxLen() int { return m.maxLen }
+
+// Name returns the name of pattern i.
+func (m *Matcher) Name(i int) string { return m.names[i] }
+
+// Find returns the index of a pattern that occurs in text, or -1.
+func (m *Matcher) Find(text []byte) int {
+	if m.patCount == 0 || len(text) < m.minLen {
+		return -1
+	}
+	step := m.step
+	filter := m.filter
+	shift := m.fShift
+	last := len(text) - gramLen
+	for i := 0; i <= last; i += step {
+		h := (binary.LittleEndian.Uint64(text[i:]) * hashMul) >> shift
+		if filter[h>>6]&(1<<(h&63)) == 0 {
+			continue
+		}
+		if p := m.verify(text, i, h); p >= 0 {
+			return p
+		}
+	}
+	return -1
+}
+
+// verify checks the patterns whose gram hash equals h against the text at i.
+func (m *Matcher) verify(text []byte, i int, h uint64) int {
+	g := binary.LittleEndian.Uint64(text[i:])
+	b := h >> m.bShift
+	for _, e := range m.entries[m.buckets[b]:m.buckets[b+1]] {
+		if e.gram != g {
+			continue
+		}
+		start := i - int(e.off)
+		p := m.pattern(int(e.pat))
+		if start >= 0 && start+len(p) <= len(text) && string(text[start:start+len(p)]) == string(p) {
+			return int(e.pat)
+		}
+	}
+	return -1
+}

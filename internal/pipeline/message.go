@@ -1,0 +1,172 @@
+package pipeline
+
+import (
+	"mailguard/internal/verdict"
+)
+
+// Message is the pipeline's state for one message. It is created at MAIL
+// FROM and must be closed (after the end of the message, an abort or a
+// disconnect) so every filter can free its state.
+type Message struct {
+	p      *Pipeline
+	env    Envelope
+	checks []Check // per member; nil when the filter failed or does not take part
+	final  verdict.Verdict
+	closed bool
+}
+
+// Begin starts a message on connection c with the MAIL FROM data and runs
+// the MAIL stage. The returned verdict is final if the message is refused.
+func (p *Pipeline) Begin(c *Conn, from, args string) (*Message, verdict.Verdict) {
+	m := &Message{p: p, env: Envelope{Conn: c, From: from, FromArgs: args}, checks: make([]Check, len(p.members))}
+	if p.env.Stats != nil {
+		p.env.Stats.Message()
+	}
+	for i, mem := range p.members {
+		var chk Check
+		v, failed := p.call(i, &m.env, "start", func() (verdict.Verdict, error) {
+			var err error
+			chk, err = mem.Filter.NewCheck(&m.env)
+			return verdict.Pass, err
+		})
+		m.checks[i] = chk
+		if failed && m.decide(v) {
+			return m, m.final
+		}
+	}
+	return m, m.run(StageMail, "mail", func(c Check) (verdict.Verdict, error) { return c.MailFrom(&m.env) })
+}
+
+// Envelope returns the message's envelope (read-only for callers).
+func (m *Message) Envelope() *Envelope { return &m.env }
+
+// SetQueueID records the MTA's queue id once it is known.
+func (m *Message) SetQueueID(id string) {
+	if id != "" {
+		m.env.QueueID = id
+	}
+}
+
+// Decided returns the final verdict so far, if any.
+func (m *Message) Decided() (verdict.Verdict, bool) { return m.final, m.final.Final() }
+
+// decide records a final verdict from a failure policy. It reports whether
+// the message is now decided.
+func (m *Message) decide(v verdict.Verdict) bool {
+	if !v.Final() {
+		return false
+	}
+	m.final = v
+	m.p.logDecision(&m.env, v, "")
+	return true
+}
+
+// run calls stage st on every check that reads it, stopping at the first
+// final verdict, which becomes the message's verdict.
+func (m *Message) run(st Stage, name string, fn func(Check) (verdict.Verdict, error)) verdict.Verdict {
+	if m.final.Final() {
+		return m.final
+	}
+	for i, mem := range m.p.members {
+		chk := m.checks[i]
+		if chk == nil {
+			continue
+		}
+		if r, d := mem.Filter.Stages(); (r|d)&st == 0 {
+			continue
+		}
+		v, failed := m.p.call(i, &m.env, name, func() (verdict.Verdict, error) { return fn(chk) })
+		if failed {
+			m.dropCheck(i)
+		}
+		if m.decide(v) {
+			return v
+		}
+	}
+	return verdict.Pass
+}
+
+func (m *Message) dropCheck(i int) {
+	if c := m.checks[i]; c != nil {
+		m.checks[i] = nil
+		m.p.closeCheck(i, c)
+	}
+}
+
+// Rcpt runs the RCPT stage for one recipient. A Reject or TempFail answer
+// refuses only this recipient; the message goes on for the others.
+func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
+	if m.final.Final() {
+		return m.final
+	}
+	for i, mem := range m.p.members {
+		chk := m.checks[i]
+		if chk == nil {
+			continue
+		}
+		if r, d := mem.Filter.Stages(); (r|d)&StageRcpt == 0 {
+			continue
+		}
+		v, failed := m.p.call(i, &m.env, "rcpt", func() (verdict.Verdict, error) { return chk.Rcpt(&m.env, rcpt, args) })
+		if failed {
+			m.dropCheck(i)
+		}
+		switch v.Action {
+		case verdict.Continue:
+			continue
+		case verdict.Reject, verdict.TempFail:
+			m.p.logDecision(&m.env, v, rcpt)
+			return v
+		default: // accept or discard decide the whole message
+			m.env.Rcpts = append(m.env.Rcpts, rcpt)
+			m.decide(v)
+			return v
+		}
+	}
+	m.env.Rcpts = append(m.env.Rcpts, rcpt)
+	return verdict.Pass
+}
+
+// Header runs the header stage for one header field.
+func (m *Message) Header(name, value string) verdict.Verdict {
+	return m.run(StageHeader, "header", func(c Check) (verdict.Verdict, error) { return c.Header(name, value) })
+}
+
+// EndOfHeaders runs the end-of-headers stage.
+func (m *Message) EndOfHeaders() verdict.Verdict {
+	return m.run(StageEndOfHeaders, "eoh", func(c Check) (verdict.Verdict, error) { return c.EndOfHeaders(&m.env) })
+}
+
+// Body runs the body stage on one chunk.
+func (m *Message) Body(chunk []byte) verdict.Verdict {
+	return m.run(StageBody, "body", func(c Check) (verdict.Verdict, error) { return c.Body(chunk) })
+}
+
+// End runs the end-of-message stage and returns the message's verdict:
+// a final one, or Pass (deliver).
+func (m *Message) End() verdict.Verdict {
+	return m.run(StageEndOfMessage, "eom", func(c Check) (verdict.Verdict, error) { return c.EndOfMessage(&m.env) })
+}
+
+// Close frees every filter's state. It is safe to call more than once.
+func (m *Message) Close() {
+	if m == nil || m.closed {
+		return
+	}
+	m.closed = true
+	for i, c := range m.checks {
+		if c != nil {
+			m.checks[i] = nil
+			m.p.closeCheck(i, c)
+		}
+	}
+}
+
+func (p *Pipeline) closeCheck(i int, c Check) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.env.Log.Error("filter panicked in Close", "filter", p.members[i].Filter.Name(), "panic", r)
+		}
+	}()
+	c.Close()
+}
