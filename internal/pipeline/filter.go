@@ -79,7 +79,7 @@ type ConnFilter interface {
 // NopCheck answers Pass at every stage.
 type NopCheck struct{}
 
-func (NopCheck) MailFrom(*Envelope) (verdict.Verdict, error)              { return verdict.Pass, nil }
+func (NopCheck) MailFrom(*Envelope) (verdict.Verdict, error)             { return verdict.Pass, nil }
 func (NopCheck) Rcpt(*Envelope, string, string) (verdict.Verdict, error) { return verdict.Pass, nil }
 func (NopCheck) Header(string, string) (verdict.Verdict, error)          { return verdict.Pass, nil }
 func (NopCheck) EndOfHeaders(*Envelope) (verdict.Verdict, error)         { return verdict.Pass, nil }

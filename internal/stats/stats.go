@@ -63,4 +63,3 @@ func (s Summary) HitsString() string {
 	}
 	return b.String()
 }
-

@@ -1,0 +1,172 @@
+// Package daemon runs `mailguard serve`: it opens the listener, serves the
+// milter door, reloads configuration and signatures on SIGHUP, logs the
+// periodic summary, and drains sessions on SIGTERM.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/d--j/go-milter"
+
+	"mailguard/internal/config"
+	"mailguard/internal/filters"
+	"mailguard/internal/listen"
+	"mailguard/internal/logging"
+	"mailguard/internal/milterdoor"
+	"mailguard/internal/pipeline"
+	"mailguard/internal/stats"
+)
+
+// Options for Run.
+type Options struct {
+	// ConfigFile is the configuration; "" runs on built-in defaults.
+	ConfigFile string
+	// Stderr receives log lines when the configuration logs to stderr.
+	Stderr io.Writer
+	// Ready, if set, is called with the listening address once serving.
+	Ready func(addr string)
+}
+
+// Run serves until ctx ends or SIGTERM/SIGINT arrives, then drains.
+func Run(ctx context.Context, opts Options) error {
+	cfg, err := loadConfig(opts.ConfigFile)
+	if err != nil {
+		return err
+	}
+	log, closer, err := logging.New(cfg.Log, opts.Stderr)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	milter.LogWarning = func(format string, v ...any) {
+		log.Warn(fmt.Sprintf("milter protocol: "+format, v...))
+	}
+
+	counter := stats.NewCounter()
+	env := pipeline.Env{Log: log, Stats: counter, Now: time.Now}
+	p, err := filters.Build(cfg, env)
+	if err != nil {
+		return err
+	}
+	ln, err := listen.Listen(cfg.Listen, cfg.SocketMode)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout})
+	log.Info("mailguard started", "listen", cfg.Listen.String(), "addr", ln.Addr().String(),
+		"filters", p.Filters(), "config", describe(opts.ConfigFile), logSignatures(cfg))
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- door.Serve(ln) }()
+	if opts.Ready != nil {
+		opts.Ready(ln.Addr().String())
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	var wg sync.WaitGroup
+	summaryCtx, stopSummary := context.WithCancel(context.Background())
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		summaries(summaryCtx, log, counter, cfg.Log.SummaryInterval)
+	}()
+	defer func() {
+		stopSummary()
+		wg.Wait()
+	}()
+
+	for {
+		select {
+		case err := <-serveErr:
+			return err
+		case <-ctx.Done():
+			return drain(door, log, cfg.DrainTimeout, serveErr)
+		case s := <-sigs:
+			if s != syscall.SIGHUP {
+				log.Info("stopping", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.String())
+				return drain(door, log, cfg.DrainTimeout, serveErr)
+			}
+			cfg = reload(opts.ConfigFile, cfg, env, door, log)
+		}
+	}
+}
+
+// reload builds a new pipeline from the files as they are now. A broken
+// file keeps the old pipeline running. The listener is not reopened: a new
+// listen address needs a restart, and the log says so.
+func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.Door, log *slog.Logger) *config.Config {
+	cfg, err := loadConfig(file)
+	if err == nil {
+		var p *pipeline.Pipeline
+		if p, err = filters.Build(cfg, env); err == nil {
+			door.SetPipeline(p)
+			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode {
+				log.Warn("reload: listen and socket_mode changes take effect after a restart", "listen", old.Listen.String())
+			}
+			log.Info("reloaded", "filters", p.Filters(), logSignatures(cfg))
+			return cfg
+		}
+	}
+	log.Error("reload failed; still running the previous configuration", "error", err.Error())
+	return old
+}
+
+func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serveErr <-chan error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := door.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	} else if err != nil {
+		log.Warn("drain timeout: closed sessions still in flight", "open", door.Active())
+	}
+	<-serveErr
+	log.Info("stopped")
+	return nil
+}
+
+func summaries(ctx context.Context, log *slog.Logger, c *stats.Counter, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s := c.Take()
+			log.Info("summary", "interval", every.String(), "messages", s.Messages, "hits", s.HitsString())
+		}
+	}
+}
+
+func loadConfig(file string) (*config.Config, error) {
+	if file == "" {
+		return config.Default(), nil
+	}
+	return config.Load(file)
+}
+
+func describe(file string) string {
+	if file == "" {
+		return "(built-in defaults)"
+	}
+	return file
+}
+
+func logSignatures(c *config.Config) slog.Attr {
+	if c.Virus.Signatures == "" {
+		return slog.String("signatures", "(bundled examples)")
+	}
+	return slog.String("signatures", c.Virus.Signatures)
+}
