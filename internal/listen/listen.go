@@ -4,6 +4,7 @@
 package listen
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -74,7 +75,11 @@ func hostPort(s string) (host, port string, err error) {
 // a socket, and no socket some process still answers on.
 func Listen(a Addr, mode os.FileMode) (net.Listener, error) {
 	if a.Network != "unix" {
-		return net.Listen(a.Network, a.Address)
+		// The MTA is a long-lived local peer and the milter's idle timeout
+		// finds dead connections; TCP keepalive would only cost four
+		// system calls per accepted connection.
+		lc := net.ListenConfig{KeepAlive: -1}
+		return lc.Listen(context.Background(), a.Network, a.Address)
 	}
 	if err := removeStale(a.Address); err != nil {
 		return nil, err

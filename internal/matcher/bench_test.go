@@ -68,3 +68,42 @@ func BenchmarkBuild10000(b *testing.B) {
 		mustNew(b, patterns)
 	}
 }
+
+// BenchmarkScanDisturbedCache scans 100 KB messages with other memory
+// touched between messages, as in the daemon, where protocol buffers pass
+// through the caches between scans: 256 KiB (a message's packets) or
+// 64 MiB (everything flushed). Only the scan is timed.
+func BenchmarkScanDisturbedCache(b *testing.B) {
+	for _, count := range []int{23, 10000} {
+		for _, disturb := range []int{256 << 10, 64 << 20} {
+			b.Run(fmt.Sprintf("sigs=%d/touched=%dKiB", count, disturb>>10), func(b *testing.B) {
+				benchDisturbed(b, count, disturb)
+			})
+		}
+	}
+}
+
+func benchDisturbed(b *testing.B, count, disturb int) {
+	{
+		{
+			r := rand.New(rand.NewPCG(9, uint64(count)))
+			m := mustNew(b, benchPatterns(r, count, 60, 80))
+			body := base64Body(r, 100_000)
+			flush := make([]byte, disturb)
+			s := m.NewScanner()
+			b.SetBytes(int64(len(body)))
+			b.ResetTimer()
+			for b.Loop() {
+				b.StopTimer()
+				for i := 0; i < len(flush); i += 64 {
+					flush[i]++
+				}
+				b.StartTimer()
+				s.Reset()
+				for i := 0; i < len(body); i += 65535 {
+					s.Write(body[i:min(i+65535, len(body))])
+				}
+			}
+		}
+	}
+}
