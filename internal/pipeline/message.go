@@ -12,6 +12,7 @@ type Message struct {
 	env    Envelope
 	checks []Check // per member; nil when the filter failed or does not take part
 	final  verdict.Verdict
+	logged bool // the final verdict's log line is written
 	closed bool
 }
 
@@ -50,15 +51,22 @@ func (m *Message) SetQueueID(id string) {
 // Decided returns the final verdict so far, if any.
 func (m *Message) Decided() (verdict.Verdict, bool) { return m.final, m.final.Final() }
 
-// decide records a final verdict from a failure policy. It reports whether
-// the message is now decided.
+// decide records a final verdict. It reports whether the message is now
+// decided. The log line waits for the end of the message, when the MTA
+// has told us its queue id.
 func (m *Message) decide(v verdict.Verdict) bool {
 	if !v.Final() {
 		return false
 	}
 	m.final = v
-	m.p.logDecision(&m.env, v, "")
 	return true
+}
+
+func (m *Message) logFinal() {
+	if m.final.Final() && !m.logged {
+		m.logged = true
+		m.p.logDecision(&m.env, m.final, "")
+	}
 }
 
 // run calls stage st on every check that reads it, stopping at the first
@@ -145,7 +153,9 @@ func (m *Message) Body(chunk []byte) verdict.Verdict {
 // End runs the end-of-message stage and returns the message's verdict:
 // a final one, or Pass (deliver).
 func (m *Message) End() verdict.Verdict {
-	return m.run(StageEndOfMessage, "eom", func(c Check) (verdict.Verdict, error) { return c.EndOfMessage(&m.env) })
+	v := m.run(StageEndOfMessage, "eom", func(c Check) (verdict.Verdict, error) { return c.EndOfMessage(&m.env) })
+	m.logFinal()
+	return v
 }
 
 // Close frees every filter's state. It is safe to call more than once.
@@ -154,6 +164,7 @@ func (m *Message) Close() {
 		return
 	}
 	m.closed = true
+	m.logFinal() // a message refused before its end (at MAIL, say)
 	for i, c := range m.checks {
 		if c != nil {
 			m.checks[i] = nil

@@ -102,9 +102,17 @@ func envAttrs(env *Envelope) slog.Attr {
 	if env == nil {
 		return slog.Group("")
 	}
-	attrs := []any{"from", env.From, "rcpts", env.Rcpts, "queue_id", env.QueueID}
+	attrs := []any{"from", env.From, "rcpts", env.Rcpts}
+	add := func(k, v string) {
+		if v != "" {
+			attrs = append(attrs, k, v)
+		}
+	}
+	add("queue_id", env.QueueID)
 	if env.Conn != nil {
-		attrs = append(attrs, "client", env.Conn.Addr, "client_name", env.Conn.Hostname, "helo", env.Conn.Helo)
+		add("client", env.Conn.Addr)
+		add("client_name", env.Conn.Hostname)
+		add("helo", env.Conn.Helo)
 	}
 	return slog.Group("msg", attrs...)
 }

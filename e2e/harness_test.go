@@ -1,0 +1,196 @@
+// Package e2e runs mailguard against real servers: a private Postfix
+// instance that uses it as a milter, with messages sent by swaks. The test
+// installs what it needs from Debian packages when it is missing.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binDir holds the binaries built once for all tests.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mailguard-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(file))
+	build := exec.Command("go", "build", "-o", binDir, "./cmd/mailguard", "./cmd/milterbench")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(binDir)
+	os.Exit(code)
+}
+
+var aptOnce sync.Once
+
+// requireCommands makes sure the commands exist, installing their Debian
+// packages when they do not (as CI does from a clean machine). Where that
+// is impossible the test fails under CI and is skipped elsewhere.
+func requireCommands(t *testing.T, pkgs map[string]string) {
+	t.Helper()
+	var missing []string
+	for cmd, pkg := range pkgs {
+		if _, err := exec.LookPath(cmd); err != nil {
+			missing = append(missing, pkg)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	fail := t.Skipf
+	if os.Getenv("CI") != "" {
+		fail = t.Fatalf
+	}
+	if os.Geteuid() != 0 {
+		fail("missing %v and not root to install them", missing)
+	}
+	var updateErr error
+	aptOnce.Do(func() {
+		updateErr = run(t, nil, "apt-get", "update", "-q")
+	})
+	if updateErr != nil {
+		fail("apt-get update: %v", updateErr)
+	}
+	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	if err := run(t, env, "apt-get", append([]string{"install", "-y", "-q"}, missing...)...); err != nil {
+		fail("apt-get install %v: %v", missing, err)
+	}
+}
+
+func run(t *testing.T, env []string, name string, args ...string) error {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func waitForPort(t *testing.T, port int, what string, logs func() string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s did not listen on port %d in time\n%s", what, port, logs())
+}
+
+// lockedBuffer collects a process's output.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// daemon is a running mailguard serve.
+type daemon struct {
+	cmd  *exec.Cmd
+	logs *lockedBuffer
+	port int
+	dir  string
+}
+
+// startMailguard writes config (with LISTEN replaced by a free port) and
+// runs mailguard serve until the test ends.
+func startMailguard(t *testing.T, config string, files map[string]string) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &daemon{logs: &lockedBuffer{}, port: freePort(t), dir: dir}
+	config = strings.ReplaceAll(config, "LISTEN", fmt.Sprintf("inet:127.0.0.1:%d", d.port))
+	cfgFile := filepath.Join(dir, "mailguard.toml")
+	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(filepath.Join(binDir, "mailguard"), "serve", "--config", cfgFile)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { d.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			d.cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("mailguard log:\n%s", d.logs)
+		}
+	})
+	waitForPort(t, d.port, "mailguard", d.logs.String)
+	return d
+}
+
+// lines returns the log lines that contain all of the words.
+func (d *daemon) lines(words ...string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(d.logs.String()))
+	for sc.Scan() {
+		ok := true
+		for _, w := range words {
+			ok = ok && strings.Contains(sc.Text(), w)
+		}
+		if ok {
+			out = append(out, sc.Text())
+		}
+	}
+	return out
+}

@@ -1,0 +1,212 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// postfix is a private Postfix instance on a loopback port, delivering
+// the domain example.edu into Maildirs under mail/.
+type postfix struct {
+	dir  string
+	port int
+	mail string
+}
+
+// The Postfix instance runs as root but delivers as this user: virtual(8)
+// refuses uids below virtual_minimum_uid.
+const mailUID, mailGID = 65534, 65534
+
+func startPostfix(t *testing.T, milter string, mailboxes ...string) *postfix {
+	t.Helper()
+	requireCommands(t, map[string]string{"postfix": "postfix", "swaks": "swaks"})
+	if os.Geteuid() != 0 {
+		t.Skip("a private Postfix instance needs root")
+	}
+	dir, err := os.MkdirTemp("/tmp", "mailguard-postfix-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	p := &postfix{dir: dir, port: freePort(t), mail: filepath.Join(dir, "mail")}
+	for _, sub := range []string{"queue", "data", "mail"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chown(p.mail, mailUID, mailGID)
+
+	var vmailbox strings.Builder
+	for _, m := range mailboxes {
+		user, _, _ := strings.Cut(m, "@")
+		fmt.Fprintf(&vmailbox, "%s %s/\n", m, user)
+	}
+	write(t, filepath.Join(dir, "vmailbox"), vmailbox.String())
+	write(t, filepath.Join(dir, "main.cf"), fmt.Sprintf(`compatibility_level = 3.6
+queue_directory = %[1]s/queue
+data_directory = %[1]s/data
+meta_directory = /etc/postfix
+mail_owner = postfix
+myhostname = mx.test.example
+mydomain = test.example
+myorigin = test.example
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+relay_domains =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+virtual_mailbox_domains = example.edu
+virtual_mailbox_maps = texthash:%[1]s/vmailbox
+virtual_mailbox_base = %[1]s/mail
+virtual_uid_maps = static:%[3]d
+virtual_gid_maps = static:%[4]d
+smtpd_milters = %[2]s
+milter_protocol = 6
+milter_default_action = tempfail
+smtp_dns_support_level = disabled
+maillog_file = %[1]s/maillog
+maillog_file_prefixes = /var, /tmp
+smtpd_banner = $myhostname ESMTP
+`, dir, milter, mailUID, mailGID))
+	master, err := os.ReadFile("/etc/postfix/master.cf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "master.cf"), privateMaster(string(master), p.port))
+
+	allowConfigDir(t, dir)
+	t.Cleanup(func() {
+		exec.Command("postfix", "-c", dir, "stop").Run()
+		waitForMasterExit(dir)
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+			t.Logf("postfix log:\n%s", log)
+		}
+		forgetConfigDir(dir)
+		os.RemoveAll(dir)
+	})
+	for _, args := range [][]string{{"set-permissions"}, {"start"}} {
+		cmd := exec.Command("postfix", append([]string{"-c", dir}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+			t.Fatalf("postfix %s: %v\n%s\n%s", args[0], err, out, log)
+		}
+	}
+	waitForPort(t, p.port, "postfix", func() string {
+		log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+		return string(log)
+	})
+	return p
+}
+
+// privateMaster turns Debian's master.cf into one for a private instance:
+// no chroot, and smtpd on our loopback port only.
+func privateMaster(master string, port int) string {
+	var out strings.Builder
+	for _, line := range strings.Split(master, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 8 && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, " ") {
+			if f[0] == "smtp" && f[1] == "inet" {
+				f[0] = fmt.Sprintf("127.0.0.1:%d", port)
+			}
+			f[4] = "n" // no chroot
+			line = strings.Join(f, " ")
+		}
+		out.WriteString(line + "\n")
+	}
+	return out.String()
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Postfix accepts a non-default config directory only when the default
+// main.cf lists it in alternate_config_directories. A file lock keeps
+// concurrent test processes from losing each other's entries.
+func allowConfigDir(t *testing.T, dir string) {
+	t.Helper()
+	editAlternates(func(dirs []string) []string { return append(dirs, dir) })
+}
+
+func forgetConfigDir(dir string) {
+	editAlternates(func(dirs []string) []string {
+		var keep []string
+		for _, d := range dirs {
+			if d != dir {
+				keep = append(keep, d)
+			}
+		}
+		return keep
+	})
+}
+
+func editAlternates(edit func([]string) []string) {
+	lock, err := os.OpenFile("/etc/postfix/.mailguard-e2e.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err == nil {
+		defer lock.Close()
+		syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
+	}
+	out, _ := exec.Command("postconf", "-h", "alternate_config_directories").Output()
+	dirs := strings.FieldsFunc(string(out), func(r rune) bool { return r == ',' || r == ' ' || r == '\n' })
+	exec.Command("postconf", "-e", "alternate_config_directories = "+strings.Join(edit(dirs), ", ")).Run()
+}
+
+func waitForMasterExit(dir string) {
+	pidFile := filepath.Join(dir, "queue", "pid", "master.pid")
+	for i := 0; i < 100; i++ {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return
+		}
+		var pid int
+		fmt.Sscan(strings.TrimSpace(string(b)), &pid)
+		if pid == 0 || syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// swaks sends one message (the DATA text in file) and returns swaks's
+// transcript.
+func (p *postfix) swaks(t *testing.T, from, to, dataFile string) string {
+	t.Helper()
+	cmd := exec.Command("swaks", "--server", "127.0.0.1", "--port", fmt.Sprint(p.port),
+		"--from", from, "--to", to, "--data", dataFile, "--timeout", "60")
+	out, _ := cmd.CombinedOutput() // a refusal is an exit status too
+	return string(out)
+}
+
+// delivered returns the messages in a user's Maildir new/, waiting up to a
+// few seconds for want of them.
+func (p *postfix) delivered(t *testing.T, user string, want int) []string {
+	t.Helper()
+	var msgs []string
+	for i := 0; i < 100; i++ {
+		msgs = msgs[:0]
+		entries, _ := os.ReadDir(filepath.Join(p.mail, user, "new"))
+		for _, e := range entries {
+			b, err := os.ReadFile(filepath.Join(p.mail, user, "new", e.Name()))
+			if err == nil {
+				msgs = append(msgs, string(b))
+			}
+		}
+		if len(msgs) >= want {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return msgs
+}
