@@ -1,19 +1,27 @@
 // Package milterdoor is the milter front door: it speaks the milter protocol
-// (v6, through github.com/d--j/go-milter) with Postfix or Sendmail and drives
-// the pipeline with what the MTA sends.
+// (version 6, as Postfix and Sendmail do) and drives the pipeline with what
+// the MTA sends.
 //
 // It asks the MTA only for the stages some filter reads, and negotiates the
 // v6 no-reply flags for every stage at which no filter must answer at once,
 // so an ordinary message costs one round trip (end of message) after option
 // negotiation.
+//
+// The protocol loop is our own rather than github.com/d--j/go-milter's
+// server (whose client, constants and reply formatting we use): that server
+// allocates a fresh buffer for every packet and resets socket deadlines
+// twice per packet, which at our message rates costs a fifth of the CPU and,
+// by cycling body chunks through new heap memory, evicts the signature
+// matcher's tables from the CPU caches between scans. Here packets are read
+// in place from one pooled buffer per connection.
 package milterdoor
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,8 +42,14 @@ type Options struct {
 type Door struct {
 	current atomic.Pointer[pipeline.Pipeline]
 	log     *slog.Logger
-	srv     *milter.Server
-	active  atomic.Int64
+	opts    Options
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+	active    atomic.Int64
 }
 
 // New returns a door running p.
@@ -43,91 +57,150 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	if opts.IdleTimeout == 0 {
 		opts.IdleTimeout = 10 * time.Minute
 	}
-	d := &Door{log: log}
+	d := &Door{log: log, opts: opts, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{}}
 	d.current.Store(p)
-	d.srv = milter.NewServer(
-		milter.WithDynamicMilter(d.newSession),
-		milter.WithNegotiationCallback(d.negotiate),
-		milter.WithReadTimeout(opts.IdleTimeout),
-	)
 	return d
 }
 
 // SetPipeline makes p the pipeline for messages that start from now on.
 func (d *Door) SetPipeline(p *pipeline.Pipeline) { d.current.Store(p) }
 
-// Serve accepts milter connections on ln until Shutdown or Close.
-func (d *Door) Serve(ln net.Listener) error {
-	err := d.srv.Serve(&bufferedListener{Listener: ln})
-	if errors.Is(err, milter.ErrServerClosed) {
-		return nil
-	}
-	return err
-}
-
-// Shutdown stops accepting connections and waits, until ctx ends, for the
-// sessions in flight to finish. Sessions still open then are closed.
-func (d *Door) Shutdown(ctx context.Context) error {
-	err := d.srv.Shutdown(ctx)
-	if err != nil {
-		_ = d.srv.Close()
-	}
-	return err
-}
-
 // Active is the number of milter connections open now.
 func (d *Door) Active() int64 { return d.active.Load() }
 
+// Serve accepts milter connections on ln until Shutdown.
+func (d *Door) Serve(ln net.Listener) error {
+	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		return nil
+	}
+	d.listeners[ln] = struct{}{}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.listeners, ln)
+		d.mu.Unlock()
+	}()
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if d.shuttingDown() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				d.log.Warn("accept failed; retrying", "error", err.Error(), "in", backoff.String())
+				time.Sleep(backoff)
+				backoff = min(2*backoff, time.Second)
+				continue
+			}
+			return err
+		}
+		backoff = 5 * time.Millisecond
+		s := &session{door: d, w: newWireConn(c, d.opts.IdleTimeout)}
+		if !d.track(s) {
+			c.Close()
+			s.w.release()
+			continue
+		}
+		go s.serve()
+	}
+}
+
+func (d *Door) shuttingDown() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closing
+}
+
+func (d *Door) track(s *session) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closing {
+		return false
+	}
+	d.sessions[s] = struct{}{}
+	d.wg.Add(1)
+	d.active.Add(1)
+	return true
+}
+
+func (d *Door) untrack(s *session) {
+	d.mu.Lock()
+	delete(d.sessions, s)
+	d.mu.Unlock()
+	d.active.Add(-1)
+	d.wg.Done()
+}
+
+// Shutdown stops accepting connections, closes those with no message in
+// flight, and waits until ctx ends for the others to finish their message.
+// Connections still open then are closed, and ctx's error returned.
+func (d *Door) Shutdown(ctx context.Context) error {
+	d.mu.Lock()
+	d.closing = true
+	for ln := range d.listeners {
+		ln.Close()
+	}
+	for s := range d.sessions {
+		if !s.inMessage.Load() {
+			s.w.conn.Close()
+		}
+	}
+	d.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		d.mu.Lock()
+		for s := range d.sessions {
+			s.w.conn.Close()
+		}
+		d.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}
+
 // wantedProtocol is the set of protocol flags for a pipeline: skip every
 // stage nobody reads and reply only where somebody decides. Connect, MAIL
-// and RCPT are always read (they are cheap, one-way) because every
+// and RCPT are always read (they are cheap and one-way) because every
 // decision's log line names the client, sender and recipients.
 func wantedProtocol(reads, decides pipeline.Stage) milter.OptProtocol {
-	var p milter.OptProtocol = milter.OptNoUnknown | milter.OptNoData | milter.OptNoUnknownReply | milter.OptNoDataReply
-	skip := []struct {
-		st            pipeline.Stage
-		noStage, noNR milter.OptProtocol
-	}{
-		{pipeline.StageConnect, 0, milter.OptNoConnReply},
-		{pipeline.StageHelo, milter.OptNoHelo, milter.OptNoHeloReply},
-		{pipeline.StageMail, 0, milter.OptNoMailReply},
-		{pipeline.StageRcpt, 0, milter.OptNoRcptReply},
-		{pipeline.StageHeader, milter.OptNoHeaders, milter.OptNoHeaderReply},
-		{pipeline.StageEndOfHeaders, milter.OptNoEOH, milter.OptNoEOHReply},
-		{pipeline.StageBody, milter.OptNoBody, milter.OptNoBodyReply},
-	}
-	for _, s := range skip {
-		if (reads|decides)&s.st == 0 {
-			p |= s.noStage
+	p := milter.OptNoUnknown | milter.OptNoData | milter.OptNoUnknownReply | milter.OptNoDataReply
+	for _, s := range stageFlags {
+		if (reads|decides)&s.stage == 0 {
+			p |= s.noSend
 		}
-		if decides&s.st == 0 {
-			p |= s.noNR
+		if decides&s.stage == 0 {
+			p |= s.noReply
 		}
 	}
 	return p
 }
 
+var stageFlags = []struct {
+	stage           pipeline.Stage
+	noSend, noReply milter.OptProtocol
+}{
+	{pipeline.StageConnect, 0, milter.OptNoConnReply},
+	{pipeline.StageHelo, milter.OptNoHelo, milter.OptNoHeloReply},
+	{pipeline.StageMail, 0, milter.OptNoMailReply},
+	{pipeline.StageRcpt, 0, milter.OptNoRcptReply},
+	{pipeline.StageHeader, milter.OptNoHeaders, milter.OptNoHeaderReply},
+	{pipeline.StageEndOfHeaders, milter.OptNoEOH, milter.OptNoEOHReply},
+	{pipeline.StageBody, milter.OptNoBody, milter.OptNoBodyReply},
+}
+
 // compatible reports whether a connection negotiated with proto delivers
-// every stage p reads and lets us reply wherever p decides.
+// every stage p reads and lets us reply wherever p decides: every flag we
+// use says "do not send" or "no reply", so each one the connection has
+// must be one p can live with.
 func compatible(proto milter.OptProtocol, p *pipeline.Pipeline) bool {
-	// Every flag we use says "do not send" or "no reply": each one the
-	// connection has must be one p can live with.
 	return proto&^wantedProtocol(p.Stages()) == 0
-}
-
-func (d *Door) negotiate(mtaVersion, _ uint32, mtaActions, _ milter.OptAction, mtaProtocol, _ milter.OptProtocol, offered milter.DataSize) (uint32, milter.OptAction, milter.OptProtocol, milter.DataSize, error) {
-	if mtaVersion < 2 {
-		return 0, 0, 0, 0, fmt.Errorf("MTA speaks milter protocol version %d; at least 2 is needed", mtaVersion)
-	}
-	version := min(mtaVersion, milter.MaxServerProtocolVersion)
-	reads, decides := d.current.Load().Stages()
-	// Ask only for what the MTA offers; where it cannot spare us a reply,
-	// the library sends ours.
-	proto := wantedProtocol(reads, decides) & mtaProtocol
-	_ = mtaActions // no filter modifies messages yet
-	return version, 0, proto, offered, nil
-}
-
-func (d *Door) newSession(_ uint32, _ milter.OptAction, proto milter.OptProtocol, _ milter.DataSize) milter.Milter {
-	return &session{door: d, proto: proto}
 }

@@ -2,6 +2,7 @@ package milterdoor_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"io"
 	"log/slog"
@@ -31,18 +32,28 @@ type countingListener struct {
 
 func (l countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	return countingConn{c, l.writes}, err
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, writes: l.writes}, nil
 }
 
+// countingConn parses the door's output into packets and counts them.
 type countingConn struct {
 	net.Conn
-	writes *atomic.Int64
+	writes  *atomic.Int64
+	pending []byte
 }
 
-// The library writes a packet as a 5-byte header, then its data: count headers.
-func (c countingConn) Write(p []byte) (int, error) {
-	if len(p) == 5 {
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.pending = append(c.pending, p...)
+	for len(c.pending) >= 4 {
+		n := 4 + int(binary.BigEndian.Uint32(c.pending))
+		if len(c.pending) < n {
+			break
+		}
 		c.writes.Add(1)
+		c.pending = c.pending[n:]
 	}
 	return c.Conn.Write(p)
 }
@@ -215,7 +226,7 @@ func TestSeveralMessagesOneConnection(t *testing.T) {
 	td := startDoor(t, "WORM_SOBIG.B =\n"+sobig+"\n")
 	s := newSession(t, td)
 	connect(t, s)
-	before := td.writes.Load()
+	before := td.writes.Load() // the option negotiation
 	for i := 0; i < 6; i++ {
 		if i%2 == 0 {
 			assertAccept(t, sendMessage(t, s, filler(150000), 65535))

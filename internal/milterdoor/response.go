@@ -1,32 +1,32 @@
 package milterdoor
 
 import (
-	"github.com/d--j/go-milter"
+	"github.com/d--j/go-milter/milterutil"
 
 	"mailguard/internal/verdict"
 )
 
-// response maps a verdict to the milter reply. Rejections carry the SMTP
-// code, the enhanced code and the text; the text was made for the client
-// (verdict.Reply), so no internal error can leak here.
-func response(v verdict.Verdict) *milter.Response {
+// reply maps a verdict to the milter reply code and data. Refusals carry
+// the SMTP code, the enhanced code and the text; the text was made for the
+// client (verdict.Reply), so no internal error can leak here.
+func reply(v verdict.Verdict) (byte, []byte) {
 	switch v.Action {
 	case verdict.Continue:
-		return milter.RespContinue
+		return replyContinue, nil
 	case verdict.Accept:
-		return milter.RespAccept
+		return replyAccept, nil
 	case verdict.Discard:
-		return milter.RespDiscard
+		return replyDiscard, nil
 	}
 	code, enh, text := v.Reply()
-	r, err := milter.RejectWithCodeAndReason(uint16(code), enh+" "+text)
+	line, err := milterutil.FormatResponse(uint16(code), enh+" "+text)
 	if err == nil {
-		return r
+		return replyReplyCode, append([]byte(line), 0)
 	}
-	// Reply cannot produce a code or text the library refuses; should it
+	// Reply cannot produce a code or text the formatter refuses; should it
 	// ever, the MTA's own default reply is still the right class.
 	if v.Action == verdict.TempFail {
-		return milter.RespTempFail
+		return replyTempFail, nil
 	}
-	return milter.RespReject
+	return replyReject, nil
 }
