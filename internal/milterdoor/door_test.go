@@ -2,8 +2,8 @@ package milterdoor_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
@@ -303,3 +303,5 @@ func TestDisconnectMidBody(t *testing.T) {
 	connect(t, s)
 	assertReject(t, sendMessage(t, s, []byte(sobig), 65535))
 }
+
+func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -24,6 +24,9 @@ func NewCounter() *Counter { return &Counter{hits: map[string]uint64{}} }
 // Message counts one message seen.
 func (c *Counter) Message() { c.messages.Add(1) }
 
+// Pending is the number of messages counted since the last Take.
+func (c *Counter) Pending() uint64 { return c.messages.Load() }
+
 // Hit counts one decision, keyed "filter:reason" (e.g. "virus:WORM_SOBIG.B").
 func (c *Counter) Hit(filter, reason string) {
 	key := filter
