@@ -1,0 +1,120 @@
+package config
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	"mailguard/etc"
+)
+
+// The shipped example documents every key with its default: parsed, it
+// must equal the built-in defaults, so docs and code cannot drift apart.
+func TestExampleConfigIsTheDefaults(t *testing.T) {
+	c, err := Parse("etc/mailguard.toml", etc.ExampleConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	c.File, c.lines = "", nil
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("example config differs from the defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	c, err := Parse("/etc/mailguard/mailguard.toml", []byte(`
+listen = "unix:/run/mailguard/milter.sock"
+socket_mode = "0600"
+filters = ["virus"]
+drain_timeout = "5s"
+[log]
+target = "syslog"
+level = "debug"
+summary_interval = "1m"
+[virus]
+signatures = "signatures"
+reply = "Worm refused"
+include_name = true
+on_error = "accept"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen.Network != "unix" || c.Listen.Address != "/run/mailguard/milter.sock" || c.SocketMode != 0o600 {
+		t.Errorf("listen %+v mode %o", c.Listen, c.SocketMode)
+	}
+	if c.Virus.Signatures != "/etc/mailguard/signatures" {
+		t.Errorf("relative signature path not resolved against the config's directory: %q", c.Virus.Signatures)
+	}
+	if c.Log.Target != "syslog" || c.Log.SummaryInterval.Minutes() != 1 || !c.Virus.IncludeName || c.Virus.OnError != "accept" || c.Virus.Reply != "Worm refused" {
+		t.Errorf("values not taken: %+v", c)
+	}
+	if c.Line("virus.reply") != 12 || c.Line("log.level") != 8 {
+		t.Errorf("lines: virus.reply %d, log.level %d", c.Line("virus.reply"), c.Line("log.level"))
+	}
+}
+
+func TestEveryProblemWithItsLine(t *testing.T) {
+	_, err := Parse("m.toml", []byte(`listen = "tcp:1.2.3.4:25"
+socket_mode = "rw"
+filters = ["virus", "nope"]
+idle_timeout = "-5s"
+[log]
+level = "loud"
+[virus]
+reply = "bad\u0001text"
+colour = "red"
+`))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	want := []string{
+		`m.toml:1: listen: "tcp:1.2.3.4:25": unknown socket type`,
+		`m.toml:2: socket_mode: "rw" is not an octal file mode`,
+		`m.toml:3: filters: unknown filter "nope"`,
+		`m.toml:4: idle_timeout: "-5s" is not a positive duration`,
+		`m.toml:6: log.level: "loud": want one of`,
+		`m.toml:8: virus.reply: reply text must be printable ASCII`,
+		`m.toml:9: unknown key "virus.colour"`,
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("missing %q in:\n%v", w, err)
+		}
+	}
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Error("errors are not *config.Error")
+	}
+}
+
+func TestSyntaxAndTypeErrorsHaveLines(t *testing.T) {
+	cases := map[string]string{
+		"listen = \n":               "m.toml:1:",
+		"[virus]\ninclude_name = 3": "m.toml:2:",
+		"a = [\n":                   "m.toml:1:",
+	}
+	for in, want := range cases {
+		_, err := Parse("m.toml", []byte(in))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: err = %v, want prefix %q", in, err, want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(string(etc.ExampleConfig))
+	f.Add("listen = \"inet:127.0.0.1:1\"\n[virus]\nsignatures=\"x\"\n")
+	f.Add("[[a]]\nb = {c = [1, 2]}\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		c, err := Parse("f.toml", []byte(in))
+		if err == nil && c == nil {
+			t.Fatal("nil config without error")
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "f.toml") {
+			t.Fatalf("error does not name the file: %v", err)
+		}
+	})
+}

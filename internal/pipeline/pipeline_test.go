@@ -1,0 +1,205 @@
+package pipeline
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"mailguard/internal/stats"
+	"mailguard/internal/verdict"
+)
+
+// fakeFilter answers from a script and counts open checks, so a test can
+// see a leak.
+type fakeFilter struct {
+	name          string
+	reads, decide Stage
+	open          *atomic.Int64
+	newErr        error
+	body          func(chunk []byte) (verdict.Verdict, error)
+	rcpt          func(rcpt string) (verdict.Verdict, error)
+	bodyCalls     int
+}
+
+func (f *fakeFilter) Name() string                   { return f.name }
+func (f *fakeFilter) Stages() (reads, decides Stage) { return f.reads, f.decide }
+func (f *fakeFilter) NewCheck(*Envelope) (Check, error) {
+	if f.newErr != nil {
+		return nil, f.newErr
+	}
+	f.open.Add(1)
+	return &fakeCheck{f: f}, nil
+}
+
+type fakeCheck struct {
+	NopCheck
+	f *fakeFilter
+}
+
+func (c *fakeCheck) Body(chunk []byte) (verdict.Verdict, error) {
+	c.f.bodyCalls++
+	if c.f.body == nil {
+		return verdict.Pass, nil
+	}
+	return c.f.body(chunk)
+}
+
+func (c *fakeCheck) Rcpt(_ *Envelope, rcpt, _ string) (verdict.Verdict, error) {
+	if c.f.rcpt == nil {
+		return verdict.Pass, nil
+	}
+	return c.f.rcpt(rcpt)
+}
+
+func (c *fakeCheck) Close() { c.f.open.Add(-1) }
+
+func testEnv() (Env, *bytes.Buffer) {
+	var logs bytes.Buffer
+	return Env{Log: slog.New(slog.NewTextHandler(&logs, nil)), Stats: stats.NewCounter(), Now: time.Now}, &logs
+}
+
+func newFake(name string, open *atomic.Int64) *fakeFilter {
+	return &fakeFilter{name: name, reads: StageBody, decide: StageEndOfMessage, open: open}
+}
+
+var conn = &Conn{Hostname: "mx.example.org", Addr: "192.0.2.1"}
+
+func TestFirstFinalVerdictWins(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	first := newFake("first", &open)
+	first.body = func([]byte) (verdict.Verdict, error) {
+		v := verdict.Rejectf(550, verdict.EnhSecurity, "VIRUS FOUND")
+		v.Reason = "SIG"
+		return v, nil
+	}
+	second := newFake("second", &open)
+	p := New(env, Member{Filter: first}, Member{Filter: second})
+	m, _ := p.Begin(conn, "a@example.org", "")
+	m.Rcpt("u@example.edu", "")
+	if v := m.Body([]byte("x")); v.Action != verdict.Reject {
+		t.Fatalf("body verdict %v", v)
+	}
+	m.Body([]byte("more"))
+	v := m.End()
+	m.Close()
+	if v.Action != verdict.Reject || v.Filter != "first" || v.Reason != "SIG" {
+		t.Fatalf("final verdict %+v", v)
+	}
+	if second.bodyCalls != 0 || first.bodyCalls != 1 {
+		t.Errorf("filters called after the decision: first %d, second %d", first.bodyCalls, second.bodyCalls)
+	}
+	if open.Load() != 0 {
+		t.Errorf("%d checks not closed", open.Load())
+	}
+	if n := strings.Count(logs.String(), "msg=decision"); n != 1 {
+		t.Errorf("%d decision lines, want 1:\n%s", n, logs)
+	}
+	if sum := env.Stats.Take(); sum.Messages != 1 || sum.Hits["first:SIG"] != 1 {
+		t.Errorf("summary %+v", sum)
+	}
+}
+
+func TestErrorPolicies(t *testing.T) {
+	cases := []struct {
+		policy ErrorPolicy
+		want   verdict.Action
+		code   int
+	}{
+		{OnErrorTempFail, verdict.TempFail, 451},
+		{OnErrorReject, verdict.Reject, 550},
+		{OnErrorAccept, verdict.Continue, 0},
+	}
+	for _, c := range cases {
+		for _, mode := range []string{"error", "panic", "start"} {
+			t.Run(c.policy.String()+"/"+mode, func(t *testing.T) {
+				var open atomic.Int64
+				env, logs := testEnv()
+				f := newFake("broken", &open)
+				switch mode {
+				case "error":
+					f.body = func([]byte) (verdict.Verdict, error) { return verdict.Pass, errors.New("disk on fire: /secret/path") }
+				case "panic":
+					f.body = func([]byte) (verdict.Verdict, error) { panic("boom") }
+				case "start":
+					f.newErr = errors.New("cannot start")
+				}
+				p := New(env, Member{Filter: f, OnError: c.policy})
+				m, _ := p.Begin(conn, "a@example.org", "")
+				m.Body([]byte("x"))
+				v := m.End()
+				m.Close()
+				if v.Action != c.want {
+					t.Fatalf("verdict %v, want %v", v.Action, c.want)
+				}
+				if code, _, text := v.Reply(); code != c.code || strings.Contains(text, "secret") || strings.Contains(text, "boom") {
+					t.Errorf("reply %d %q: wrong code or internal detail leaked", code, text)
+				}
+				if mode == "panic" && !strings.Contains(logs.String(), "stack=") {
+					t.Errorf("panic logged without a stack:\n%s", logs)
+				}
+				if open.Load() != 0 {
+					t.Errorf("%d checks not closed", open.Load())
+				}
+			})
+		}
+	}
+}
+
+func TestRecipientVerdictsAreSeparate(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	f := newFake("quota", &open)
+	f.reads, f.decide = StageRcpt, StageRcpt
+	f.rcpt = func(rcpt string) (verdict.Verdict, error) {
+		if rcpt == "full@example.edu" {
+			return verdict.Rejectf(552, verdict.EnhMailboxFull, "Mailbox full"), nil
+		}
+		return verdict.Pass, nil
+	}
+	p := New(env, Member{Filter: f})
+	m, _ := p.Begin(conn, "a@example.org", "")
+	if v := m.Rcpt("full@example.edu", ""); v.Action != verdict.Reject {
+		t.Fatalf("full mailbox: %v", v)
+	}
+	if v := m.Rcpt("ok@example.edu", ""); v.Final() {
+		t.Fatalf("other recipient refused: %v", v)
+	}
+	if v := m.End(); v.Final() {
+		t.Fatalf("message refused: %v", v)
+	}
+	m.Close()
+	if got := m.Envelope().Rcpts; len(got) != 1 || got[0] != "ok@example.edu" {
+		t.Errorf("recipients %v", got)
+	}
+	if !strings.Contains(logs.String(), "rcpt=full@example.edu") {
+		t.Errorf("no log line for the refused recipient:\n%s", logs)
+	}
+}
+
+func TestStagesUnion(t *testing.T) {
+	var open atomic.Int64
+	env, _ := testEnv()
+	a := newFake("a", &open)
+	b := newFake("b", &open)
+	b.reads, b.decide = StageHeader, StageRcpt
+	reads, decides := New(env, Member{Filter: a}, Member{Filter: b}).Stages()
+	if reads != StageBody|StageEndOfMessage|StageHeader|StageRcpt || decides != StageEndOfMessage|StageRcpt {
+		t.Errorf("reads %b decides %b", reads, decides)
+	}
+}
+
+func TestParseErrorPolicy(t *testing.T) {
+	for _, s := range []string{"tempfail", "accept", "reject", "TempFail"} {
+		if _, err := ParseErrorPolicy(s); err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+	if _, err := ParseErrorPolicy("ignore"); err == nil {
+		t.Error("ignore accepted")
+	}
+}
