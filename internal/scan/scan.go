@@ -142,7 +142,10 @@ func (s *Scanner) scanFile(path string, res *Result) {
 	default:
 		res.Accepted++
 	}
-	line := path + ": " + v.String()
+	line := path + ": accept"
+	if v.Final() {
+		line = path + ": " + v.String()
+	}
 	if v.Final() && v.Reason != "" {
 		line += fmt.Sprintf(" (%s: %s)", v.Filter, v.Reason)
 	}

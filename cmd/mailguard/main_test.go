@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const sobig = "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDyapmmaODQsIBgQs2y6QQgDAPhI7E3TNE3"
+
+func runCLI(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// corpus lays out what a postmaster scans: loose .eml files and a Maildir
+// with a subfolder, a tmp/ file still being written, and Dovecot's files.
+func corpus(t *testing.T, infected bool) string {
+	dir := t.TempDir()
+	clean := "From: a@example.org\nSubject: hello\n\nnothing to see\n"
+	writeFile(t, filepath.Join(dir, "loose.eml"), clean)
+	writeFile(t, filepath.Join(dir, "Maildir", "cur", "1.host:2,S"), clean)
+	writeFile(t, filepath.Join(dir, "Maildir", "new", "2.host"), clean)
+	writeFile(t, filepath.Join(dir, "Maildir", "tmp", "3.host"), "Subject: partial\n\n"+sobig+"\n")
+	writeFile(t, filepath.Join(dir, "Maildir", "maildirsize"), "1000S\n10 1\n")
+	writeFile(t, filepath.Join(dir, "Maildir", "dovecot-uidlist"), "3 V1 N1\n")
+	if infected {
+		writeFile(t, filepath.Join(dir, "Maildir", ".Junk", "cur", "4.host:2,"), "Subject: worm\n\nTVqQ\n"+sobig+"\nAAAA\n")
+	}
+	return dir
+}
+
+func TestScan(t *testing.T) {
+	dir := corpus(t, false)
+	code, out, _ := runCLI("scan", dir)
+	if code != 0 || !strings.Contains(out, "scanned 3 messages: 3 accepted, 0 rejected, 0 errors") {
+		t.Fatalf("clean corpus: exit %d\n%s", code, out)
+	}
+	if !strings.Contains(out, "2.host: accept\n") {
+		t.Errorf("no accept line:\n%s", out)
+	}
+	if strings.Contains(out, "3.host") || strings.Contains(out, "maildirsize") || strings.Contains(out, "dovecot") {
+		t.Errorf("scanned a file that is not a delivered message:\n%s", out)
+	}
+
+	dir = corpus(t, true)
+	code, out, _ = runCLI("scan", dir)
+	if code != 1 || !strings.Contains(out, "4.host:2,: reject 550 5.7.0 VIRUS FOUND (virus: WORM_SOBIG.B)") || !strings.Contains(out, "hits: virus:WORM_SOBIG.B=1") {
+		t.Fatalf("infected corpus: exit %d\n%s", code, out)
+	}
+
+	code, out, _ = runCLI("scan", dir, filepath.Join(dir, "missing.eml"))
+	if code != 2 || !strings.Contains(out, "missing.eml: error:") {
+		t.Fatalf("missing file: exit %d\n%s", code, out)
+	}
+}
+
+func TestScanWithConfig(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "sigs"), "LOCAL_SIG = nothing-like-this-in-mail-0123456789\n")
+	writeFile(t, filepath.Join(dir, "m.toml"), "[virus]\nsignatures = \"sigs\"\n")
+	writeFile(t, filepath.Join(dir, "msgs", "a.eml"), "Subject: x\n\nnothing-like-this-in-mail-0123456789\n")
+	code, out, _ := runCLI("scan", "--config", filepath.Join(dir, "m.toml"), filepath.Join(dir, "msgs"))
+	if code != 1 || !strings.Contains(out, "(virus: LOCAL_SIG)") {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "sigs"), "GOOD =\n"+sobig+"\n")
+	writeFile(t, filepath.Join(dir, "good.toml"), "listen = \"inet:127.0.0.1:8891\"\n[virus]\nsignatures = \"sigs\"\n")
+	if code, out, errOut := runCLI("check-config", "--config", filepath.Join(dir, "good.toml")); code != 0 || !strings.Contains(out, "OK") {
+		t.Fatalf("good config: exit %d\n%s%s", code, out, errOut)
+	}
+
+	writeFile(t, filepath.Join(dir, "badsigs"), "ORPHAN_NAME =\n\nX = short\n")
+	writeFile(t, filepath.Join(dir, "badsigs.toml"), "[virus]\nsignatures = \"badsigs\"\n")
+	code, _, errOut := runCLI("check-config", "--config", filepath.Join(dir, "badsigs.toml"))
+	if code != 1 || !strings.Contains(errOut, "badsigs:1: signature ORPHAN_NAME has no pattern") || !strings.Contains(errOut, "badsigs:3: signature X") {
+		t.Fatalf("bad signatures: exit %d\n%s", code, errOut)
+	}
+
+	writeFile(t, filepath.Join(dir, "nosigs.toml"), "\n[virus]\nsignatures = \"absent\"\n")
+	code, _, errOut = runCLI("check-config", "--config", filepath.Join(dir, "nosigs.toml"))
+	if code != 1 || !strings.Contains(errOut, "nosigs.toml:3: virus.signatures:") {
+		t.Fatalf("missing signature file: exit %d\n%s", code, errOut)
+	}
+
+	if code, _, _ := runCLI("check-config"); code != 2 {
+		t.Errorf("no --config: exit %d", code)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	if code, out, _ := runCLI(); code != 2 || !strings.Contains(out, "mailguard serve") {
+		t.Errorf("no args: exit %d\n%s", code, out)
+	}
+	if code, _, _ := runCLI("frobnicate"); code != 2 {
+		t.Errorf("unknown command: exit %d", code)
+	}
+	for _, cmd := range []string{"serve", "scan", "check-config", "version"} {
+		if code, _, errOut := runCLI(cmd, "--help"); code != 0 || !strings.Contains(errOut, "Usage: mailguard "+cmd) {
+			t.Errorf("%s --help: exit %d\n%s", cmd, code, errOut)
+		}
+	}
+	if code, out, _ := runCLI("version"); code != 0 || !strings.HasPrefix(out, "mailguard ") {
+		t.Errorf("version: exit %d %q", code, out)
+	}
+}

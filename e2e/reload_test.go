@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/d--j/go-milter"
+)
+
+const klez = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+// milterVerdict sends one message with the library's milter client and
+// returns the SMTP reply ("" for accept).
+func milterVerdict(t *testing.T, port int, body string) string {
+	t.Helper()
+	c := milter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	s, err := c.Session(milter.NewMacroBag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	steps := []func() (*milter.Action, error){
+		func() (*milter.Action, error) { return s.Conn("mx.example.org", milter.FamilyInet, 25, "192.0.2.7") },
+		func() (*milter.Action, error) { return s.Helo("mx.example.org") },
+		func() (*milter.Action, error) { return s.Mail("a@example.org", "") },
+		func() (*milter.Action, error) { return s.Rcpt("u@example.edu", "") },
+		func() (*milter.Action, error) { return s.DataStart() },
+		func() (*milter.Action, error) { return s.HeaderEnd() },
+		func() (*milter.Action, error) { return s.BodyChunk([]byte(body)) },
+	}
+	for _, step := range steps {
+		if _, err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, act, err := s.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !act.StopProcessing() {
+		return ""
+	}
+	return act.SMTPReply
+}
+
+func TestReloadOnSIGHUP(t *testing.T) {
+	d := startMailguard(t, "listen = \"LISTEN\"\n[virus]\nsignatures = \"signatures\"\n",
+		map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
+	sigs := filepath.Join(d.dir, "signatures")
+	if r := milterVerdict(t, d.port, "x\r\n"+klez+"\r\n"); r != "" {
+		t.Fatalf("KLEZ refused before it was loaded: %q", r)
+	}
+
+	// A new signature, then SIGHUP: refused from now on.
+	os.WriteFile(sigs, []byte("WORM_SOBIG.B =\n"+sobig+"\nWORM_KLEZ.H =\n"+klez+"\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, d, "msg=reloaded")
+	if r := milterVerdict(t, d.port, "x\r\n"+klez+"\r\n"); !strings.HasPrefix(r, "550 5.7.0") {
+		t.Fatalf("KLEZ not refused after reload: %q", r)
+	}
+
+	// A broken file: the old set keeps running, and the log says why.
+	os.WriteFile(sigs, []byte("WORM_SOBIG.B =\n"+sobig+"\nBROKEN = hex:zz\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, d, "reload failed")
+	if got := d.lines("reload failed", "signatures:3: signature BROKEN: bad hex pattern"); len(got) != 1 {
+		t.Errorf("reload failure not explained with file:line:\n%s", d.logs)
+	}
+	if r := milterVerdict(t, d.port, "x\r\n"+klez+"\r\n"); !strings.HasPrefix(r, "550 5.7.0") {
+		t.Fatalf("a broken reload dropped the running signatures: %q", r)
+	}
+
+	// SIGTERM drains and exits cleanly.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	if len(d.lines("msg=stopped")) != 1 {
+		t.Errorf("no stop line:\n%s", d.logs)
+	}
+}
+
+func waitForLog(t *testing.T, d *daemon, words ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(d.lines(words...)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("log never said %q:\n%s", words, d.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
