@@ -105,7 +105,10 @@ func New(patterns []Pattern) (*Matcher, error) {
 	// smaller filter costs less in the daemon, where the MTA's work shares
 	// the caches.
 	filterBits := clamp(bits.Len(uint(nEntries*8-1)), 16, 24)
-	bucketBits := clamp(bits.Len(uint(nEntries-1)), 4, 24)
+	// A bucket per filter word: the bucket index stays small enough to be
+	// cached, and a word's few entries sit together, so a false "maybe"
+	// costs about one cache miss.
+	bucketBits := filterBits - 6
 	m.fShift = uint(64 - (filterBits - 6))
 	m.bShift = uint(64 - bucketBits)
 	m.filter = make([]uint64, 1<<(filterBits-6))
