@@ -44,9 +44,11 @@ const (
 	// maxPacket bounds one packet. We never negotiate body chunks over
 	// 64 KiB, so anything much larger is a broken or hostile peer.
 	maxPacket = 1 << 20
-	// readBufferSize holds a whole 64 KiB body packet, so packets are
-	// served from the buffer without a copy.
-	readBufferSize = 128 << 10
+	// readBufferSize holds one whole 64 KiB body packet (65,535 bytes of
+	// data and a 5-byte header), so packets are served from the buffer
+	// without a copy, and no more: with hundreds of connections open, the
+	// buffers are most of the daemon's memory.
+	readBufferSize = 65535 + 5 + 64
 )
 
 var errPacketTooLarge = errors.New("milter packet too large")
