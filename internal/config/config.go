@@ -292,30 +292,29 @@ func keyLines(data []byte) (map[string]int, error) {
 		n := p.Expression()
 		switch n.Kind {
 		case unstable.Table, unstable.ArrayTable:
-			table = table[:0]
-			line := 0
-			for it := n.Key(); it.Next(); {
-				k := it.Node()
-				table = append(table, string(k.Data))
-				if line == 0 {
-					line = p.Shape(k.Raw).Start.Line
-				}
-			}
+			var line int
+			table, line = appendKey(&p, n, nil)
 			lines[strings.Join(table, ".")] = line
 		case unstable.KeyValue:
-			key := append([]string(nil), table...)
-			line := 0
-			for it := n.Key(); it.Next(); {
-				k := it.Node()
-				key = append(key, string(k.Data))
-				if line == 0 {
-					line = p.Shape(k.Raw).Start.Line
-				}
-			}
+			key, line := appendKey(&p, n, append([]string(nil), table...))
 			lines[strings.Join(key, ".")] = line
 		}
 	}
 	return lines, p.Error()
+}
+
+// appendKey appends the parts of n's key to prefix and returns them with
+// the line where the key starts.
+func appendKey(p *unstable.Parser, n *unstable.Node, prefix []string) ([]string, int) {
+	line := 0
+	for it := n.Key(); it.Next(); {
+		k := it.Node()
+		prefix = append(prefix, string(k.Data))
+		if line == 0 {
+			line = p.Shape(k.Raw).Start.Line
+		}
+	}
+	return prefix, line
 }
 
 func unknownKeys(file string, strict *toml.StrictMissingError) []error {

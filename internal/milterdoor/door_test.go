@@ -15,10 +15,7 @@ import (
 
 	"github.com/d--j/go-milter"
 
-	"mailguard/internal/filter/virus"
 	"mailguard/internal/milterdoor"
-	"mailguard/internal/pipeline"
-	"mailguard/internal/sigfile"
 	"mailguard/internal/stats"
 )
 
@@ -68,18 +65,9 @@ type testDoor struct {
 
 func startDoor(t *testing.T, sigs string) *testDoor {
 	t.Helper()
-	parsed, err := sigfile.Parse("test", strings.NewReader(sigs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := virus.New(parsed, virus.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	td := &testDoor{stats: stats.NewCounter(), logs: &bytes.Buffer{}}
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: td.logs}, nil))
-	p := pipeline.New(pipeline.Env{Log: log, Stats: td.stats, Now: time.Now}, pipeline.Member{Filter: f})
-	td.door = milterdoor.New(p, log, milterdoor.Options{})
+	td.door = milterdoor.New(pipelineFor(t, sigs, log, td.stats), log, milterdoor.Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

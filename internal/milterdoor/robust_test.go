@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -104,7 +105,7 @@ func TestReloadMidMessage(t *testing.T) {
 	}
 	// MAIL needs no reply, so wait until the door has begun the message.
 	waitFor(t, func() bool { return td.stats.Pending() == 1 })
-	td.door.SetPipeline(pipelineFor(t, "NEW_SIG =\n"+sobig+"\n"))
+	td.door.SetPipeline(pipelineFor(t, "NEW_SIG =\n"+sobig+"\n", discardLog(), stats.NewCounter()))
 	if _, err := s.BodyChunk([]byte(sobig)); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func TestReloadMidMessage(t *testing.T) {
 	assertReject(t, sendMessage(t, s, []byte(sobig), 65535))
 }
 
-func pipelineFor(t *testing.T, sigs string) *pipeline.Pipeline {
+func pipelineFor(t *testing.T, sigs string, log *slog.Logger, counter *stats.Counter) *pipeline.Pipeline {
 	t.Helper()
 	parsed, err := sigfile.Parse("test", strings.NewReader(sigs))
 	if err != nil {
@@ -128,7 +129,7 @@ func pipelineFor(t *testing.T, sigs string) *pipeline.Pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pipeline.New(pipeline.Env{Log: discardLog(), Stats: stats.NewCounter(), Now: time.Now}, pipeline.Member{Filter: f})
+	return pipeline.New(pipeline.Env{Log: log, Stats: counter, Now: time.Now}, pipeline.Member{Filter: f})
 }
 
 // TestShutdownDrains: an idle connection is closed at once; one with a
