@@ -17,3 +17,8 @@ const SignaturesName = "(bundled example signatures)"
 //
 //go:embed mailguard.toml
 var ExampleConfig []byte
+
+// ExampleUsers is an example user directory for the quota filter.
+//
+//go:embed users.example
+var ExampleUsers []byte

@@ -17,6 +17,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 
 	"mailguard/internal/listen"
+	"mailguard/internal/userdir"
 )
 
 // Defaults used when a key is absent (and when there is no file at all).
@@ -38,6 +39,7 @@ type Config struct {
 	IdleTimeout  time.Duration
 	Log          Log
 	Virus        Virus
+	Quota        Quota
 
 	lines map[string]int // dotted key -> line in File
 }
@@ -60,6 +62,18 @@ type Virus struct {
 	OnError     string
 }
 
+// Quota configures the mailbox-full filter.
+type Quota struct {
+	Users              string // the user directory file
+	DefaultQuota       int64  // bytes; 0 is unlimited
+	Margin             int64  // bytes
+	Reply              string
+	ExemptSenders      []string
+	CaseSensitiveLocal bool
+	RecipientDelimiter string
+	OnError            string
+}
+
 // raw mirrors the file; pointers tell "absent" from "zero".
 type raw struct {
 	Listen       *string  `toml:"listen"`
@@ -80,10 +94,20 @@ type raw struct {
 		IncludeName *bool   `toml:"include_name"`
 		OnError     *string `toml:"on_error"`
 	} `toml:"virus"`
+	Quota struct {
+		Users              *string  `toml:"users"`
+		DefaultQuota       *string  `toml:"default_quota"`
+		Margin             *string  `toml:"margin"`
+		Reply              *string  `toml:"reply"`
+		ExemptSenders      []string `toml:"exempt_senders"`
+		LocalPartCase      *string  `toml:"local_part_case"`
+		RecipientDelimiter *string  `toml:"recipient_delimiter"`
+		OnError            *string  `toml:"on_error"`
+	} `toml:"quota"`
 }
 
 // KnownFilters lists the filter names a config may use, in no order.
-var KnownFilters = []string{"virus"}
+var KnownFilters = []string{"virus", "quota"}
 
 // Error is one problem with the configuration.
 type Error struct {
@@ -111,6 +135,8 @@ func Default() *Config {
 		IdleTimeout:  DefaultIdleTimeout,
 		Log:          Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SummaryInterval: DefaultSummaryInterval},
 		Virus:        Virus{Reply: "VIRUS FOUND", OnError: "tempfail"},
+		Quota: Quota{Margin: 25 << 10, Reply: "Mailbox full", RecipientDelimiter: "+", OnError: "accept",
+			ExemptSenders: []string{"postmaster@*", "mailer-daemon@*", "<>"}},
 	}
 }
 
@@ -163,6 +189,26 @@ func Parse(file string, data []byte) (*Config, error) {
 	field(v, &c.Virus.OnError, r.Virus.OnError, "virus.on_error", oneOf("tempfail", "accept", "reject"))
 	if r.Virus.IncludeName != nil {
 		c.Virus.IncludeName = *r.Virus.IncludeName
+	}
+	field(v, &c.Quota.Users, r.Quota.Users, "quota.users", relativeTo(file))
+	field(v, &c.Quota.DefaultQuota, r.Quota.DefaultQuota, "quota.default_quota", parseSize)
+	field(v, &c.Quota.Margin, r.Quota.Margin, "quota.margin", parseSize)
+	field(v, &c.Quota.Reply, r.Quota.Reply, "quota.reply", replyText)
+	field(v, &c.Quota.OnError, r.Quota.OnError, "quota.on_error", oneOf("tempfail", "accept", "reject"))
+	field(v, &c.Quota.RecipientDelimiter, r.Quota.RecipientDelimiter, "quota.recipient_delimiter", delimiter)
+	var localCase string
+	field(v, &localCase, r.Quota.LocalPartCase, "quota.local_part_case", oneOf("insensitive", "sensitive"))
+	c.Quota.CaseSensitiveLocal = localCase == "sensitive"
+	if r.Quota.ExemptSenders != nil {
+		c.Quota.ExemptSenders = r.Quota.ExemptSenders
+		for _, p := range r.Quota.ExemptSenders {
+			if err := senderPattern(p); err != nil {
+				v.fail("quota.exempt_senders", "%v", err)
+			}
+		}
+	}
+	if contains(c.Filters, "quota") && c.Quota.Users == "" {
+		v.fail("filters", "the quota filter needs [quota] users = \"FILE\" (the user directory)")
 	}
 	if len(v.errs) > 0 {
 		return nil, errors.Join(v.errs...)
@@ -254,6 +300,24 @@ func nonEmpty(s string) (string, error) {
 		return "", errors.New("must not be empty")
 	}
 	return s, nil
+}
+
+func parseSize(s string) (int64, error) { return userdir.ParseSize(s) }
+
+func delimiter(s string) (string, error) {
+	if len(s) > 1 || strings.ContainsAny(s, "@ \t") {
+		return "", errors.New("want one character such as \"+\" or \"-\", or \"\" for none")
+	}
+	return s, nil
+}
+
+// senderPattern checks an exempt-sender pattern: "<>", "local@*",
+// "*@domain" or an address.
+func senderPattern(p string) error {
+	if p == "<>" || strings.Count(p, "@") == 1 && !strings.ContainsAny(p, " \t") && p[0] != '@' && p[len(p)-1] != '@' {
+		return nil
+	}
+	return fmt.Errorf("exempt sender %q: want \"<>\", \"local@*\", \"*@domain\" or an address", p)
 }
 
 // relativeTo resolves a path named in the config file against the file's

@@ -9,9 +9,12 @@ import (
 
 	"mailguard/etc"
 	"mailguard/internal/config"
+	"mailguard/internal/filter/quota"
 	"mailguard/internal/filter/virus"
+	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/sigfile"
+	"mailguard/internal/userdir"
 )
 
 // constructor builds one filter from the configuration.
@@ -19,6 +22,7 @@ type constructor func(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, 
 
 var registry = map[string]constructor{
 	virus.Name: newVirus,
+	quota.Name: newQuota,
 }
 
 // Build constructs the pipeline. Its error joins every problem found, each
@@ -73,4 +77,27 @@ func newVirus(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, error) {
 	}
 	f, err := virus.New(sigs, virus.Options{Reply: c.Virus.Reply, IncludeName: c.Virus.IncludeName})
 	return f, policy, err
+}
+
+func newQuota(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, error) {
+	policy, err := pipeline.ParseErrorPolicy(c.Quota.OnError)
+	if err != nil {
+		return nil, 0, &config.Error{File: c.File, Line: c.Line("quota.on_error"), Msg: err.Error()}
+	}
+	users, err := userdir.Load(c.Quota.Users, userdir.Options{CaseSensitiveLocal: c.Quota.CaseSensitiveLocal, Delimiter: c.Quota.RecipientDelimiter})
+	var uerr *userdir.Error
+	if err != nil && !errors.As(err, &uerr) {
+		return nil, 0, &config.Error{File: c.File, Line: c.Line("quota.users"), Msg: "quota.users: " + err.Error()}
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return quota.New(quota.Options{
+		Users:        users,
+		Usage:        &maildir.UsageReader{},
+		DefaultQuota: c.Quota.DefaultQuota,
+		Margin:       c.Quota.Margin,
+		Reply:        c.Quota.Reply,
+		Exempt:       c.Quota.ExemptSenders,
+	}), policy, nil
 }

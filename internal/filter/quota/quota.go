@@ -1,0 +1,150 @@
+// Package quota is the mailbox-full filter: at RCPT TO it refuses, with
+// "552 5.2.2 Mailbox full", a local recipient whose Maildir++ mailbox has
+// less room left than the message needs, so the sender learns at once,
+// other recipients of the same message are unaffected, and smaller mail
+// keeps arriving up to the limit.
+package quota
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"mailguard/internal/maildir"
+	"mailguard/internal/pipeline"
+	"mailguard/internal/userdir"
+	"mailguard/internal/verdict"
+)
+
+// Name is the filter's configuration name.
+const Name = "quota"
+
+// DefaultExempt are the senders never refused: bounces and mail to or
+// from the postmaster must get through (RFC 5321 §4.5.1).
+var DefaultExempt = []string{"postmaster@*", "mailer-daemon@*", "<>"}
+
+// Options configure the filter.
+type Options struct {
+	Users *userdir.Directory
+	Usage *maildir.UsageReader
+	// DefaultQuota applies to users whose maildirsize has no definition
+	// and who have no quota= of their own; 0 is unlimited.
+	DefaultQuota int64
+	// Margin is the least room a message needs when the client declared no
+	// larger SIZE.
+	Margin int64
+	// Reply is the text after "552 5.2.2"; default "Mailbox full".
+	Reply string
+	// Exempt lists sender patterns never refused: "<>" (the null sender),
+	// "local@*", "*@domain" or a full address; case-insensitive.
+	Exempt []string
+}
+
+// Filter is immutable; a reload builds a new one.
+type Filter struct{ opts Options }
+
+// New returns the filter.
+func New(opts Options) *Filter {
+	if opts.Reply == "" {
+		opts.Reply = "Mailbox full"
+	}
+	if opts.Usage == nil {
+		opts.Usage = &maildir.UsageReader{}
+	}
+	return &Filter{opts: opts}
+}
+
+func (f *Filter) Name() string { return Name }
+
+// Stages: MAIL gives the sender and SIZE; the verdict is per recipient, at
+// RCPT, and must reach the MTA there.
+func (f *Filter) Stages() (reads, decides pipeline.Stage) {
+	return pipeline.StageMail, pipeline.StageRcpt
+}
+
+func (f *Filter) NewCheck(env *pipeline.Envelope) (pipeline.Check, error) {
+	return &check{f: f, exempt: exempt(f.opts.Exempt, env.From), size: declaredSize(env.FromArgs)}, nil
+}
+
+type check struct {
+	pipeline.NopCheck
+	f      *Filter
+	exempt bool
+	size   int64
+}
+
+func (c *check) Rcpt(_ *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
+	if c.exempt {
+		return verdict.Pass, nil
+	}
+	return c.f.Decide(rcpt, c.size), nil
+}
+
+// Decide applies the rule to one recipient of a message of the declared
+// size (0 if none was declared).
+func (f *Filter) Decide(rcpt string, size int64) verdict.Verdict {
+	u, ok := f.opts.Users.Lookup(rcpt)
+	if !ok || u.Forward || u.Autoreply {
+		return verdict.Pass
+	}
+	usage, ok := f.opts.Usage.Usage(u.Maildir)
+	if !ok {
+		return verdict.Pass // unknown in time: never refuse on a guess
+	}
+	limitBytes, limitCount := u.Quota, u.Count
+	if usage.Def.Set {
+		limitBytes, limitCount = usage.Def.Bytes, usage.Def.Count
+	} else if limitBytes == 0 {
+		limitBytes = f.opts.DefaultQuota
+	}
+	need := max(f.opts.Margin, size)
+	var reason string
+	switch {
+	case limitBytes > 0 && limitBytes-usage.Bytes < need:
+		reason = fmt.Sprintf("%d of %d bytes used, %d needed", usage.Bytes, limitBytes, need)
+	case limitCount > 0 && usage.Count >= limitCount:
+		reason = fmt.Sprintf("%d of %d messages", usage.Count, limitCount)
+	default:
+		return verdict.Pass
+	}
+	v := verdict.Rejectf(verdict.CodeExceededStorage, verdict.EnhMailboxFull, "%s", f.opts.Reply)
+	v.Reason = reason
+	return v
+}
+
+// declaredSize reads SIZE= from the MAIL FROM parameters (RFC 1870).
+func declaredSize(args string) int64 {
+	for _, a := range strings.Fields(args) {
+		if len(a) > 5 && strings.EqualFold(a[:5], "SIZE=") {
+			if n, err := strconv.ParseInt(a[5:], 10, 64); err == nil && n > 0 {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// exempt reports whether the sender matches one of the patterns.
+func exempt(patterns []string, sender string) bool {
+	sender = strings.ToLower(strings.Trim(sender, "<>"))
+	for _, p := range patterns {
+		p = strings.ToLower(p)
+		switch {
+		case p == "<>":
+			if sender == "" {
+				return true
+			}
+		case strings.HasSuffix(p, "@*"):
+			if at := strings.LastIndexByte(sender, '@'); at >= 0 && sender[:at] == p[:len(p)-2] {
+				return true
+			}
+		case strings.HasPrefix(p, "*@"):
+			if strings.HasSuffix(sender, p[1:]) {
+				return true
+			}
+		case sender == p:
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,196 @@
+package maildir
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseMaildirsize(t *testing.T) {
+	cases := []struct {
+		name, in string
+		def      Definition
+		totals   Totals
+		err      bool
+	}{
+		{"dovecot", "1048576S,100C\n1200 1\n3400 2\n", Definition{1 << 20, 100, true}, Totals{4600, 3}, false},
+		{"removals", "1000S\n500 2\n-200 -1\n", Definition{1000, 0, true}, Totals{300, 1}, false},
+		{"count only", "10C\n1 1\n", Definition{0, 10, true}, Totals{1, 1}, false},
+		{"unlimited", "0S,0C\n99 1\n", Definition{0, 0, true}, Totals{99, 1}, false},
+		{"no definition", "\n10 1\n", Definition{}, Totals{10, 1}, false},
+		{"no trailing newline", "5S\n1 1", Definition{5, 0, true}, Totals{1, 1}, false},
+		{"negative total", "1000S\n-5 -1\n", Definition{}, Totals{}, true},
+		{"garbage line", "1000S\nhello world\n", Definition{}, Totals{}, true},
+		{"three fields", "1000S\n1 2 3\n", Definition{}, Totals{}, true},
+		{"bad definition", "lots\n1 1\n", Definition{}, Totals{}, true},
+		{"overflow", "1000S\n9223372036854775807 1\n1 1\n", Definition{}, Totals{}, true},
+		{"huge number", "1000S\n99999999999999999999 1\n", Definition{}, Totals{}, true},
+		{"empty", "", Definition{}, Totals{}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			def, totals, err := ParseMaildirsize(strings.NewReader(c.in))
+			if (err != nil) != c.err || def != c.def || totals != c.totals {
+				t.Errorf("got %+v %+v %v", def, totals, err)
+			}
+		})
+	}
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	os.MkdirAll(filepath.Dir(path), 0o700)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mailbox makes a Maildir with messages in INBOX and a folder: sizes from
+// names where Dovecot puts them, from stat otherwise.
+func mailbox(t *testing.T) string {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "cur", "1.M1.host,S=1000,W=1020:2,S"), "x")
+	write(t, filepath.Join(dir, "new", "2.M2.host,S=2000"), "x")
+	write(t, filepath.Join(dir, "new", "3.M3.host"), strings.Repeat("y", 300))
+	write(t, filepath.Join(dir, ".Sent", "cur", "4.M4.host,S=4000:2,S"), "x")
+	write(t, filepath.Join(dir, "tmp", "5.M5.host,S=99999"), "x") // being delivered: not counted
+	write(t, filepath.Join(dir, "dovecot-uidlist"), "3 V1\n")
+	os.Symlink("/etc/passwd", filepath.Join(dir, "cur", "6.link,S=12345"))
+	return dir
+}
+
+func TestCount(t *testing.T) {
+	got, err := Count(context.Background(), mailbox(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Totals{7300, 4}); got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+// snapshot lists every path with its size and mtime, to prove a reader
+// changed nothing.
+func snapshot(t *testing.T, dir string) string {
+	var b strings.Builder
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if p == dir {
+			return nil // the test itself adds and removes maildirsize here
+		}
+		info, _ := os.Lstat(p)
+		fmt.Fprintf(&b, "%s %d %v %v\n", p, info.Size(), info.ModTime().UnixNano(), info.Mode())
+		return nil
+	})
+	return b.String()
+}
+
+func TestUsageReader(t *testing.T) {
+	dir := mailbox(t)
+	now := time.Now()
+	r := &UsageReader{Now: func() time.Time { return now }, Wait: 5 * time.Second}
+	before := snapshot(t, dir)
+
+	// No maildirsize: the messages are counted.
+	u, ok := r.Usage(dir)
+	if !ok || !u.FromScan || u.Bytes != 7300 || u.Count != 4 || u.Def.Set {
+		t.Fatalf("counted usage %+v %v", u, ok)
+	}
+
+	// maildirsize is trusted, and cached by size and mtime.
+	size := filepath.Join(dir, "maildirsize")
+	write(t, size, "10000S,50C\n7000 3\n")
+	u, ok = r.Usage(dir)
+	if !ok || u.FromScan || u.Bytes != 7000 || u.Def.Bytes != 10000 || u.Def.Count != 50 {
+		t.Fatalf("file usage %+v %v", u, ok)
+	}
+	// Rewrite with the same size and mtime: the cache answers.
+	mtime := mustStat(t, size).ModTime()
+	write(t, size, "10000S,50C\n8000 3\n")
+	os.Chtimes(size, mtime, mtime)
+	if u, _ = r.Usage(dir); u.Bytes != 7000 {
+		t.Fatalf("file re-read although unchanged: %+v", u)
+	}
+	// A new line (Dovecot appending): re-read.
+	write(t, size, "10000S,50C\n8000 3\n100 1\n")
+	if u, _ = r.Usage(dir); u.Bytes != 8100 {
+		t.Fatalf("change not seen: %+v", u)
+	}
+
+	// Over quota and older than 15 minutes: stale, recounted, definition kept.
+	write(t, size, "5000S\n9000 3\n")
+	old := now.Add(-20 * time.Minute)
+	os.Chtimes(size, old, old)
+	u, ok = r.Usage(dir)
+	if !ok || !u.FromScan || u.Bytes != 7300 || u.Def.Bytes != 5000 {
+		t.Fatalf("stale file: %+v %v", u, ok)
+	}
+
+	// Garbage: recounted. 5120 bytes and more: recounted without parsing.
+	write(t, size, "garbage\x00\xff\n")
+	if u, ok = r.Usage(dir); !ok || !u.FromScan || u.Def.Set {
+		t.Fatalf("garbage: %+v %v", u, ok)
+	}
+	write(t, size, "1000S\n"+strings.Repeat("1 1\n", 300000))
+	if u, ok = r.Usage(dir); !ok || !u.FromScan || u.Def.Bytes != 1000 || u.Bytes != 7300 {
+		t.Fatalf("oversized file: %+v %v", u, ok)
+	}
+
+	os.Remove(size)
+	if after := snapshot(t, dir); before != after {
+		t.Errorf("the reader changed the Maildir:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestSlowCountDoesNotBlock(t *testing.T) {
+	dir := t.TempDir()
+	for i := 0; i < 2000; i++ {
+		write(t, filepath.Join(dir, "cur", fmt.Sprintf("%d.M.host,S=10", i)), "")
+	}
+	r := &UsageReader{Wait: time.Nanosecond}
+	start := time.Now()
+	if _, ok := r.Usage(dir); ok {
+		t.Log("count finished within a nanosecond (fast machine)")
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("a count in progress held the caller for %v", waited)
+	}
+	r.Wait = 10 * time.Second
+	if u, ok := r.Usage(dir); !ok || u.Count != 2000 || u.Bytes != 20000 {
+		t.Fatalf("count result %+v %v", u, ok)
+	}
+}
+
+func TestMissingMaildir(t *testing.T) {
+	r := &UsageReader{}
+	if u, ok := r.Usage(filepath.Join(t.TempDir(), "nope")); ok {
+		t.Fatalf("missing Maildir gave usage %+v", u)
+	}
+}
+
+func mustStat(t *testing.T, p string) os.FileInfo {
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+func FuzzParseMaildirsize(f *testing.F) {
+	f.Add("1048576S,100C\n1200 1\n-1200 -1\n")
+	f.Add("0S\n")
+	f.Add("S,C\n1\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		def, totals, err := ParseMaildirsize(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		if totals.Bytes < 0 || totals.Count < 0 || def.Bytes < 0 || def.Count < 0 {
+			t.Fatalf("negative result accepted: %+v %+v", def, totals)
+		}
+	})
+}
