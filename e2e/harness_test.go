@@ -144,13 +144,20 @@ type daemon struct {
 // runs mailguard serve until the test ends.
 func startMailguard(t *testing.T, config string, files map[string]string) *daemon {
 	t.Helper()
+	return startMailguardOn(t, freePort(t), config, files)
+}
+
+// startMailguardOn is startMailguard on a port chosen beforehand (so an MTA
+// can be configured with it first).
+func startMailguardOn(t *testing.T, port int, config string, files map[string]string) *daemon {
+	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	d := &daemon{logs: &lockedBuffer{}, port: freePort(t), dir: dir}
+	d := &daemon{logs: &lockedBuffer{}, port: port, dir: dir}
 	config = strings.ReplaceAll(config, "LISTEN", fmt.Sprintf("inet:127.0.0.1:%d", d.port))
 	cfgFile := filepath.Join(dir, "mailguard.toml")
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
