@@ -8,6 +8,7 @@ import (
 
 	"mailguard/internal/config"
 	"mailguard/internal/sigfile"
+	"mailguard/internal/userdir"
 )
 
 // TestReadmeExamples parses every ```toml and ```signatures block of the
@@ -21,7 +22,7 @@ func TestReadmeExamples(t *testing.T) {
 	lines := strings.Split(string(readme), "\n")
 	for i := 0; i < len(lines); i++ {
 		lang, ok := strings.CutPrefix(lines[i], "```")
-		if !ok || (lang != "toml" && lang != "signatures") {
+		if !ok || (lang != "toml" && lang != "signatures" && lang != "users") {
 			continue
 		}
 		start := i + 1
@@ -39,9 +40,13 @@ func TestReadmeExamples(t *testing.T) {
 			if _, err := sigfile.Parse(name, strings.NewReader(text)); err != nil {
 				t.Errorf("%s: %v", name, err)
 			}
+		case "users":
+			if _, err := userdir.Parse(name, strings.NewReader(text), userdir.Options{Delimiter: "+"}); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
 		}
 	}
-	if blocks["toml"] == 0 || blocks["signatures"] == 0 {
+	if blocks["toml"] == 0 || blocks["signatures"] == 0 || blocks["users"] == 0 {
 		t.Fatalf("README examples not found: %v", blocks)
 	}
 }

@@ -100,6 +100,18 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatalf("missing signature file: exit %d\n%s", code, errOut)
 	}
 
+	writeFile(t, filepath.Join(dir, "users"), "alice@example.edu /var/mail/alice\nbob@example.edu relative/path\nalice@example.edu /x\n")
+	writeFile(t, filepath.Join(dir, "quota.toml"), "filters = [\"quota\"]\n[quota]\nusers = \"users\"\n")
+	code, _, errOut = runCLI("check-config", "--config", filepath.Join(dir, "quota.toml"))
+	if code != 1 || !strings.Contains(errOut, "users:2: maildir") || !strings.Contains(errOut, "users:3: alice@example.edu is listed twice") {
+		t.Fatalf("bad user directory: exit %d\n%s", code, errOut)
+	}
+	writeFile(t, filepath.Join(dir, "nousers.toml"), "filters = [\"quota\"]\n")
+	code, _, errOut = runCLI("check-config", "--config", filepath.Join(dir, "nousers.toml"))
+	if code != 1 || !strings.Contains(errOut, "nousers.toml:1: filters: the quota filter needs [quota] users") {
+		t.Fatalf("quota without users: exit %d\n%s", code, errOut)
+	}
+
 	if code, _, _ := runCLI("check-config"); code != 2 {
 		t.Errorf("no --config: exit %d", code)
 	}
