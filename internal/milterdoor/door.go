@@ -197,10 +197,31 @@ var stageFlags = []struct {
 	{pipeline.StageBody, milter.OptNoBody, milter.OptNoBodyReply},
 }
 
-// compatible reports whether a connection negotiated with proto delivers
-// every stage p reads and lets us reply wherever p decides: every flag we
-// use says "do not send" or "no reply", so each one the connection has
-// must be one p can live with.
-func compatible(proto milter.OptProtocol, p *pipeline.Pipeline) bool {
-	return proto&^wantedProtocol(p.Stages()) == 0
+// wantedActions are the message changes a pipeline may ask the MTA for.
+func wantedActions(p *pipeline.Pipeline) milter.OptAction {
+	var a milter.OptAction
+	if p.Modifies()&pipeline.ModRemoveRcpt != 0 {
+		a |= milter.OptRemoveRcpt
+	}
+	return a
+}
+
+// compatible reports whether a connection negotiated with proto and
+// actions delivers every stage p reads, lets us reply wherever p decides
+// (every protocol flag we use says "do not send" or "no reply", so each
+// one the connection has must be one p can live with), and allows every
+// change p may make.
+func compatible(proto milter.OptProtocol, actions milter.OptAction, p *pipeline.Pipeline) bool {
+	return proto&^wantedProtocol(p.Stages()) == 0 && wantedActions(p)&^actions == 0
+}
+
+// deliveredStages is what a connection negotiated with proto passes on.
+func deliveredStages(proto milter.OptProtocol) pipeline.Stage {
+	d := pipeline.AllStages
+	for _, s := range stageFlags {
+		if s.noSend != 0 && proto&s.noSend != 0 {
+			d &^= s.stage
+		}
+	}
+	return d
 }

@@ -26,6 +26,8 @@ type session struct {
 	door      *Door
 	w         *wireConn
 	proto     milter.OptProtocol
+	actions   milter.OptAction
+	delivered pipeline.Stage
 	pipe      *pipeline.Pipeline // pipeline of the connection stages
 	conn      pipeline.Conn
 	msg       *pipeline.Message
@@ -87,6 +89,7 @@ func (s *session) negotiate() error {
 		return fmt.Errorf("expected option negotiation, got command %q with %d bytes", cmd, len(data))
 	}
 	version := binary.BigEndian.Uint32(data[0:])
+	mtaActions := milter.OptAction(binary.BigEndian.Uint32(data[4:]))
 	mtaProto := milter.OptProtocol(binary.BigEndian.Uint32(data[8:]))
 	if version < 2 {
 		return fmt.Errorf("MTA speaks milter protocol version %d; at least 2 is needed", version)
@@ -96,9 +99,14 @@ func (s *session) negotiate() error {
 	// Ask only for flags the MTA offers; where it cannot spare us a reply,
 	// we send one.
 	s.proto = wantedProtocol(s.pipe.Stages()) & mtaProto
+	s.delivered = deliveredStages(s.proto)
+	s.actions = wantedActions(s.pipe) & mtaActions
+	if missing := wantedActions(s.pipe) &^ s.actions; missing != 0 {
+		s.door.log.Warn("MTA does not allow message changes a filter needs; recipients will not be removed", "missing", missing.String())
+	}
 	var out [12]byte
 	binary.BigEndian.PutUint32(out[0:], version)
-	binary.BigEndian.PutUint32(out[4:], 0) // no message modifications (yet)
+	binary.BigEndian.PutUint32(out[4:], uint32(s.actions))
 	binary.BigEndian.PutUint32(out[8:], uint32(s.proto))
 	s.w.deadlineSet = time.Time{}
 	return s.w.writePacket(cmdOptNeg, out[:])
@@ -108,7 +116,7 @@ func (s *session) negotiate() error {
 // stages the negotiated protocol delivers. An older connection keeps its
 // pipeline when a reload needs more than it negotiated.
 func (s *session) pipeline() *pipeline.Pipeline {
-	if p := s.door.current.Load(); compatible(s.proto, p) {
+	if p := s.door.current.Load(); compatible(s.proto, s.actions, p) {
 		s.pipe = p
 	}
 	return s.pipe
@@ -149,7 +157,7 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		}
 		s.inMessage.Store(true)
 		var v verdict.Verdict
-		s.msg, v = s.pipeline().Begin(&s.conn, trimAngles(args[0]), strings.Join(args[1:], " "))
+		s.msg, v = s.pipeline().Begin(&s.conn, s.delivered, trimAngles(args[0]), strings.Join(args[1:], " "))
 		return false, s.reply(cmdMail, v)
 	case cmdRcpt:
 		args := cStrings(data)
@@ -208,8 +216,16 @@ func (s *session) endOfMessage(data []byte) error {
 	}
 	s.msg.SetQueueID(s.queueID)
 	v := s.msg.End()
+	removed := s.msg.Envelope().Removed
 	s.endMessage()
 	if !v.Final() {
+		if s.actions&milter.OptRemoveRcpt != 0 {
+			for _, r := range removed {
+				if err := s.w.writePacket(modDeleteRcpt, append([]byte("<"+r.Rcpt+">"), 0)); err != nil {
+					return err
+				}
+			}
+		}
 		return s.w.writePacket(replyAccept, nil)
 	}
 	code, payload := reply(v)

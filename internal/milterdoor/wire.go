@@ -38,6 +38,8 @@ const (
 	replyReject    = 'r'
 	replyTempFail  = 't'
 	replyReplyCode = 'y'
+	// modDeleteRcpt removes a recipient, before the final reply (SMFIR_DELRCPT).
+	modDeleteRcpt = '-'
 )
 
 const (

@@ -39,9 +39,36 @@ type Envelope struct {
 	Conn     *Conn
 	From     string   // envelope sender without <>; "" is the null sender
 	FromArgs string   // ESMTP parameters of MAIL FROM, such as "SIZE=1234"
-	Rcpts    []string // recipients accepted so far
+	Rcpts    []string // recipients accepted so far, less those removed
 	QueueID  string   // the MTA's queue id, when it has told us
+	// Delivered is the set of stages the front door passes on for this
+	// message (a milter connection negotiated without bodies has no body).
+	Delivered Stage
+	// Final is the message's verdict once a filter has decided it.
+	Final verdict.Verdict
+	// Removed lists recipients a filter took off the message.
+	Removed []Removal
 }
+
+// Removal is a recipient taken off a message, and why.
+type Removal struct {
+	Rcpt, Filter, Reason string
+}
+
+// RemoveRcpt takes a recipient off the message; the front door tells the
+// MTA (milter delete-recipient) if the message is delivered.
+func (e *Envelope) RemoveRcpt(rcpt, filter, reason string) {
+	for i, r := range e.Rcpts {
+		if r == rcpt {
+			e.Rcpts = append(e.Rcpts[:i:i], e.Rcpts[i+1:]...)
+			e.Removed = append(e.Removed, Removal{Rcpt: rcpt, Filter: filter, Reason: reason})
+			return
+		}
+	}
+}
+
+// AllStages is every stage, as an offline front door delivers them.
+const AllStages = StageConnect | StageHelo | StageMail | StageRcpt | StageHeader | StageEndOfHeaders | StageBody | StageEndOfMessage
 
 // Filter is one configured filter. It is immutable and shared by all
 // sessions; per-message state lives in the Check it creates.
@@ -67,6 +94,26 @@ type Check interface {
 	Body(chunk []byte) (verdict.Verdict, error)
 	EndOfMessage(env *Envelope) (verdict.Verdict, error)
 	Close()
+}
+
+// Observer is implemented by filters that must see every stage of a
+// message even after another filter decided it, such as a copy of the mail
+// stream. Their verdicts are ignored.
+type Observer interface {
+	Observer()
+}
+
+// Modification is a set of changes to a message a filter may ask for.
+type Modification uint8
+
+const (
+	// ModRemoveRcpt: take recipients off the message (Envelope.RemoveRcpt).
+	ModRemoveRcpt Modification = 1 << iota
+)
+
+// Modifier is implemented by filters that change messages.
+type Modifier interface {
+	Modifies() Modification
 }
 
 // ConnFilter is implemented by filters that judge the connection itself

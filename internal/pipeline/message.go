@@ -17,13 +17,17 @@ type Message struct {
 }
 
 // Begin starts a message on connection c with the MAIL FROM data and runs
-// the MAIL stage. The returned verdict is final if the message is refused.
-func (p *Pipeline) Begin(c *Conn, from, args string) (*Message, verdict.Verdict) {
-	m := &Message{p: p, env: Envelope{Conn: c, From: from, FromArgs: args}, checks: make([]Check, len(p.members))}
+// the MAIL stage. delivered is the set of stages the front door will pass
+// on. The returned verdict is final if the message is refused.
+func (p *Pipeline) Begin(c *Conn, delivered Stage, from, args string) (*Message, verdict.Verdict) {
+	m := &Message{p: p, env: Envelope{Conn: c, From: from, FromArgs: args, Delivered: delivered}, checks: make([]Check, len(p.members))}
 	if p.env.Stats != nil {
 		p.env.Stats.Message()
 	}
 	for i, mem := range p.members {
+		if m.final.Final() && !p.observer[i] {
+			continue
+		}
 		var chk Check
 		v, failed := p.call(i, &m.env, "start", func() (verdict.Verdict, error) {
 			var err error
@@ -31,8 +35,8 @@ func (p *Pipeline) Begin(c *Conn, from, args string) (*Message, verdict.Verdict)
 			return verdict.Pass, err
 		})
 		m.checks[i] = chk
-		if failed && m.decide(v) {
-			return m, m.final
+		if failed {
+			m.decide(v)
 		}
 	}
 	return m, m.run(StageMail, "mail", func(c Check) (verdict.Verdict, error) { return c.MailFrom(&m.env) })
@@ -55,10 +59,11 @@ func (m *Message) Decided() (verdict.Verdict, bool) { return m.final, m.final.Fi
 // decided. The log line waits for the end of the message, when the MTA
 // has told us its queue id.
 func (m *Message) decide(v verdict.Verdict) bool {
-	if !v.Final() {
-		return false
+	if !v.Final() || m.final.Final() {
+		return m.final.Final()
 	}
 	m.final = v
+	m.env.Final = v
 	return true
 }
 
@@ -69,29 +74,33 @@ func (m *Message) logFinal() {
 	}
 }
 
-// run calls stage st on every check that reads it, stopping at the first
-// final verdict, which becomes the message's verdict.
-func (m *Message) run(st Stage, name string, fn func(Check) (verdict.Verdict, error)) verdict.Verdict {
-	if m.final.Final() {
-		return m.final
+// active reports whether member i takes part in stage st now: it has a
+// check, reads the stage, and either nothing is decided yet or it observes.
+func (m *Message) active(i int, st Stage) bool {
+	if m.checks[i] == nil || m.final.Final() && !m.p.observer[i] {
+		return false
 	}
-	for i, mem := range m.p.members {
+	r, d := m.p.members[i].Filter.Stages()
+	return (r|d)&st != 0 || m.p.observer[i]
+}
+
+// run calls stage st on every check that takes part. The first final
+// verdict becomes the message's; after it only observers are called.
+func (m *Message) run(st Stage, name string, fn func(Check) (verdict.Verdict, error)) verdict.Verdict {
+	for i := range m.p.members {
+		if !m.active(i, st) {
+			continue
+		}
 		chk := m.checks[i]
-		if chk == nil {
-			continue
-		}
-		if r, d := mem.Filter.Stages(); (r|d)&st == 0 {
-			continue
-		}
 		v, failed := m.p.call(i, &m.env, name, func() (verdict.Verdict, error) { return fn(chk) })
 		if failed {
 			m.dropCheck(i)
 		}
-		if m.decide(v) {
-			return v
+		if !m.p.observer[i] {
+			m.decide(v)
 		}
 	}
-	return verdict.Pass
+	return m.final
 }
 
 func (m *Message) dropCheck(i int) {
@@ -107,14 +116,11 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 	if m.final.Final() {
 		return m.final
 	}
-	for i, mem := range m.p.members {
+	for i := range m.p.members {
+		if !m.active(i, StageRcpt) || m.p.observer[i] {
+			continue
+		}
 		chk := m.checks[i]
-		if chk == nil {
-			continue
-		}
-		if r, d := mem.Filter.Stages(); (r|d)&StageRcpt == 0 {
-			continue
-		}
 		v, failed := m.p.call(i, &m.env, "rcpt", func() (verdict.Verdict, error) { return chk.Rcpt(&m.env, rcpt, args) })
 		if failed {
 			m.dropCheck(i)
@@ -132,6 +138,15 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 		}
 	}
 	m.env.Rcpts = append(m.env.Rcpts, rcpt)
+	// Observers see the recipients that were accepted.
+	for i := range m.p.members {
+		if m.p.observer[i] && m.active(i, StageRcpt) {
+			chk := m.checks[i]
+			if _, failed := m.p.call(i, &m.env, "rcpt", func() (verdict.Verdict, error) { return chk.Rcpt(&m.env, rcpt, args) }); failed {
+				m.dropCheck(i)
+			}
+		}
+	}
 	return verdict.Pass
 }
 
@@ -155,6 +170,11 @@ func (m *Message) Body(chunk []byte) verdict.Verdict {
 func (m *Message) End() verdict.Verdict {
 	v := m.run(StageEndOfMessage, "eom", func(c Check) (verdict.Verdict, error) { return c.EndOfMessage(&m.env) })
 	m.logFinal()
+	if !v.Final() {
+		for _, r := range m.env.Removed {
+			m.p.logRemoval(&m.env, r)
+		}
+	}
 	return v
 }
 

@@ -17,26 +17,38 @@ type Member struct {
 // Pipeline is an immutable, ordered set of filters. A reload builds a new
 // Pipeline; messages in flight keep the one they started with.
 type Pipeline struct {
-	members []Member
-	reads   Stage
-	decides Stage
-	env     Env
+	members  []Member
+	observer []bool
+	modifies Modification
+	env      Env
 }
 
 // New builds a pipeline. Filters run in the order given.
 func New(env Env, members ...Member) *Pipeline {
-	p := &Pipeline{members: members, env: env}
-	for _, m := range members {
-		r, d := m.Filter.Stages()
-		p.reads |= r | d
-		p.decides |= d
+	p := &Pipeline{members: members, env: env, observer: make([]bool, len(members))}
+	for i, m := range members {
+		_, p.observer[i] = m.Filter.(Observer)
+		if mod, ok := m.Filter.(Modifier); ok {
+			p.modifies |= mod.Modifies()
+		}
 	}
 	return p
 }
 
 // Stages returns the union of the filters' stages: which the front door must
-// ask the MTA for, and at which it must reply.
-func (p *Pipeline) Stages() (reads, decides Stage) { return p.reads, p.decides }
+// ask the MTA for, and at which it must reply. It is asked anew for each
+// connection, since a filter's needs may change (a capture switched on).
+func (p *Pipeline) Stages() (reads, decides Stage) {
+	for _, m := range p.members {
+		r, d := m.Filter.Stages()
+		reads |= r | d
+		decides |= d
+	}
+	return reads, decides
+}
+
+// Modifies returns the union of the changes the filters may make.
+func (p *Pipeline) Modifies() Modification { return p.modifies }
 
 // Filters returns the filter names in order.
 func (p *Pipeline) Filters() []string {
@@ -81,9 +93,6 @@ func (p *Pipeline) Helo(c *Conn) verdict.Verdict {
 }
 
 func (p *Pipeline) connStage(c *Conn, st Stage, name string, fn func(ConnFilter, *Conn) (verdict.Verdict, error)) verdict.Verdict {
-	if p.reads&st == 0 {
-		return verdict.Pass
-	}
 	env := &Envelope{Conn: c}
 	for i, m := range p.members {
 		cf, ok := m.Filter.(ConnFilter)
@@ -128,5 +137,13 @@ func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 	p.env.Log.Info("decision", args...)
 	if p.env.Stats != nil {
 		p.env.Stats.Hit(v.Filter, v.Reason)
+	}
+}
+
+// logRemoval logs a recipient taken off a delivered message.
+func (p *Pipeline) logRemoval(env *Envelope, r Removal) {
+	p.env.Log.Info("decision", "filter", r.Filter, "verdict", "remove recipient", "reason", r.Reason, "rcpt", r.Rcpt, envAttrs(env))
+	if p.env.Stats != nil {
+		p.env.Stats.Hit(r.Filter, "remove recipient")
 	}
 }

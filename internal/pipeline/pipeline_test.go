@@ -79,7 +79,7 @@ func TestFirstFinalVerdictWins(t *testing.T) {
 	}
 	second := newFake("second", &open)
 	p := New(env, Member{Filter: first}, Member{Filter: second})
-	m, _ := p.Begin(conn, "a@example.org", "")
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
 	m.Rcpt("u@example.edu", "")
 	if v := m.Body([]byte("x")); v.Action != verdict.Reject {
 		t.Fatalf("body verdict %v", v)
@@ -129,7 +129,7 @@ func TestErrorPolicies(t *testing.T) {
 					f.newErr = errors.New("cannot start")
 				}
 				p := New(env, Member{Filter: f, OnError: c.policy})
-				m, _ := p.Begin(conn, "a@example.org", "")
+				m, _ := p.Begin(conn, AllStages, "a@example.org", "")
 				m.Body([]byte("x"))
 				v := m.End()
 				m.Close()
@@ -162,7 +162,7 @@ func TestRecipientVerdictsAreSeparate(t *testing.T) {
 		return verdict.Pass, nil
 	}
 	p := New(env, Member{Filter: f})
-	m, _ := p.Begin(conn, "a@example.org", "")
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
 	if v := m.Rcpt("full@example.edu", ""); v.Action != verdict.Reject {
 		t.Fatalf("full mailbox: %v", v)
 	}

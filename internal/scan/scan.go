@@ -166,7 +166,7 @@ func Message(p *pipeline.Pipeline, r io.Reader) (verdict.Verdict, error) {
 		return verdict.Pass, err
 	}
 	conn := scanConn
-	msg, v := p.Begin(&conn, envelopeSender(fields), "")
+	msg, v := p.Begin(&conn, pipeline.AllStages, envelopeSender(fields), "")
 	defer msg.Close()
 	if v.Final() {
 		return v, nil

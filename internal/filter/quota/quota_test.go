@@ -126,7 +126,7 @@ func TestDeclaredSize(t *testing.T) {
 func TestPerRecipientThroughPipeline(t *testing.T) {
 	f := testFilter(t)
 	p := pipeline.New(pipeline.Env{Log: discard(), Now: nil}, pipeline.Member{Filter: f, OnError: pipeline.OnErrorAccept})
-	m, _ := p.Begin(&pipeline.Conn{Addr: "192.0.2.1"}, "a@example.org", "SIZE=1000")
+	m, _ := p.Begin(&pipeline.Conn{Addr: "192.0.2.1"}, pipeline.AllStages, "a@example.org", "SIZE=1000")
 	if v := m.Rcpt("full@example.edu", ""); v.Action != verdict.Reject {
 		t.Fatalf("full: %v", v)
 	}
