@@ -22,3 +22,8 @@ var ExampleConfig []byte
 //
 //go:embed users.example
 var ExampleUsers []byte
+
+// ExampleBlocklist is an example sender blocklist.
+//
+//go:embed blocklist.example
+var ExampleBlocklist []byte

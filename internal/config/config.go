@@ -40,6 +40,8 @@ type Config struct {
 	Log          Log
 	Virus        Virus
 	Quota        Quota
+	Capture      Capture
+	Senders      Senders
 
 	lines map[string]int // dotted key -> line in File
 }
@@ -74,6 +76,25 @@ type Quota struct {
 	OnError            string
 }
 
+// Capture configures the copy of the mail stream.
+type Capture struct {
+	Switch          string
+	Dir             string
+	Recipients      []string
+	Senders         []string
+	IncludeRejected bool
+	MaxSize         int64 // bytes; 0 is no limit
+	OnError         string
+}
+
+// Senders configures the per-user sender blocklists.
+type Senders struct {
+	Blocklist          string
+	Reply              string
+	RecipientDelimiter string
+	OnError            string
+}
+
 // raw mirrors the file; pointers tell "absent" from "zero".
 type raw struct {
 	Listen       *string  `toml:"listen"`
@@ -104,10 +125,25 @@ type raw struct {
 		RecipientDelimiter *string  `toml:"recipient_delimiter"`
 		OnError            *string  `toml:"on_error"`
 	} `toml:"quota"`
+	Capture struct {
+		Switch          *string  `toml:"switch"`
+		Dir             *string  `toml:"dir"`
+		Recipients      []string `toml:"recipients"`
+		Senders         []string `toml:"senders"`
+		IncludeRejected *bool    `toml:"include_rejected"`
+		MaxSize         *string  `toml:"max_size"`
+		OnError         *string  `toml:"on_error"`
+	} `toml:"capture"`
+	Senders struct {
+		Blocklist          *string `toml:"blocklist"`
+		Reply              *string `toml:"reply"`
+		RecipientDelimiter *string `toml:"recipient_delimiter"`
+		OnError            *string `toml:"on_error"`
+	} `toml:"senders"`
 }
 
 // KnownFilters lists the filter names a config may use, in no order.
-var KnownFilters = []string{"virus", "quota"}
+var KnownFilters = []string{"virus", "quota", "capture", "senders"}
 
 // Error is one problem with the configuration.
 type Error struct {
@@ -137,6 +173,8 @@ func Default() *Config {
 		Virus:        Virus{Reply: "VIRUS FOUND", OnError: "tempfail"},
 		Quota: Quota{Margin: 25 << 10, Reply: "Mailbox full", RecipientDelimiter: "+", OnError: "accept",
 			ExemptSenders: []string{"postmaster@*", "mailer-daemon@*", "<>"}},
+		Capture: Capture{MaxSize: 100 << 20, OnError: "accept", Recipients: []string{}, Senders: []string{}},
+		Senders: Senders{Reply: "Sender blocked by recipient", RecipientDelimiter: "+", OnError: "accept"},
 	}
 }
 
@@ -206,6 +244,36 @@ func Parse(file string, data []byte) (*Config, error) {
 				v.fail("quota.exempt_senders", "%v", err)
 			}
 		}
+	}
+	field(v, &c.Capture.Switch, r.Capture.Switch, "capture.switch", relativeTo(file))
+	field(v, &c.Capture.Dir, r.Capture.Dir, "capture.dir", relativeTo(file))
+	field(v, &c.Capture.MaxSize, r.Capture.MaxSize, "capture.max_size", parseSize)
+	field(v, &c.Capture.OnError, r.Capture.OnError, "capture.on_error", oneOf("tempfail", "accept", "reject"))
+	if r.Capture.IncludeRejected != nil {
+		c.Capture.IncludeRejected = *r.Capture.IncludeRejected
+	}
+	for key, list := range map[string][]string{"capture.recipients": r.Capture.Recipients, "capture.senders": r.Capture.Senders} {
+		for _, a := range list {
+			if strings.Count(a, "@") != 1 || strings.ContainsAny(a, " \t") || strings.HasSuffix(a, "@") {
+				v.fail(key, "%q: want an address or @domain", a)
+			}
+		}
+	}
+	if r.Capture.Recipients != nil {
+		c.Capture.Recipients = r.Capture.Recipients
+	}
+	if r.Capture.Senders != nil {
+		c.Capture.Senders = r.Capture.Senders
+	}
+	field(v, &c.Senders.Blocklist, r.Senders.Blocklist, "senders.blocklist", relativeTo(file))
+	field(v, &c.Senders.Reply, r.Senders.Reply, "senders.reply", replyText)
+	field(v, &c.Senders.RecipientDelimiter, r.Senders.RecipientDelimiter, "senders.recipient_delimiter", delimiter)
+	field(v, &c.Senders.OnError, r.Senders.OnError, "senders.on_error", oneOf("tempfail", "accept", "reject"))
+	if contains(c.Filters, "capture") && (c.Capture.Switch == "" || c.Capture.Dir == "") {
+		v.fail("filters", "the capture filter needs [capture] switch = \"FILE\" and dir = \"DIR\"")
+	}
+	if contains(c.Filters, "senders") && c.Senders.Blocklist == "" {
+		v.fail("filters", "the senders filter needs [senders] blocklist = \"FILE\"")
 	}
 	if contains(c.Filters, "quota") && c.Quota.Users == "" {
 		v.fail("filters", "the quota filter needs [quota] users = \"FILE\" (the user directory)")

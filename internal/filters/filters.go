@@ -9,7 +9,9 @@ import (
 
 	"mailguard/etc"
 	"mailguard/internal/config"
+	"mailguard/internal/filter/capture"
 	"mailguard/internal/filter/quota"
+	"mailguard/internal/filter/senders"
 	"mailguard/internal/filter/virus"
 	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
@@ -18,11 +20,32 @@ import (
 )
 
 // constructor builds one filter from the configuration.
-type constructor func(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, error)
+type constructor func(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error)
 
 var registry = map[string]constructor{
-	virus.Name: newVirus,
-	quota.Name: newQuota,
+	virus.Name:   newVirus,
+	quota.Name:   newQuota,
+	capture.Name: newCapture,
+	senders.Name: newSenders,
+}
+
+// policy reads a filter's on_error setting, placing an error at its key.
+func policy(c *config.Config, key, value string) (pipeline.ErrorPolicy, error) {
+	p, err := pipeline.ParseErrorPolicy(value)
+	if err != nil {
+		return 0, &config.Error{File: c.File, Line: c.Line(key), Msg: err.Error()}
+	}
+	return p, nil
+}
+
+// fileError places an error reading a file at the key that names it, unless
+// the file's own parser already said where.
+func fileError[E error](c *config.Config, key string, err error) error {
+	var own E
+	if err == nil || errors.As(err, &own) {
+		return err
+	}
+	return &config.Error{File: c.File, Line: c.Line(key), Msg: key + ": " + err.Error()}
 }
 
 // Build constructs the pipeline. Its error joins every problem found, each
@@ -38,7 +61,7 @@ func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
 			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("unknown filter %q", name)})
 			continue
 		}
-		f, policy, err := build(c)
+		f, policy, err := build(c, env)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -58,39 +81,30 @@ func VirusSignatures(c *config.Config) ([]sigfile.Signature, error) {
 		return sigfile.Parse(etc.SignaturesName, bytes.NewReader(etc.Signatures))
 	}
 	sigs, err := sigfile.Load(c.Virus.Signatures)
-	var perr *sigfile.Error
-	if err != nil && !errors.As(err, &perr) {
-		// The file itself could not be read: say which key named it.
-		return nil, &config.Error{File: c.File, Line: c.Line("virus.signatures"), Msg: "virus.signatures: " + err.Error()}
-	}
-	return sigs, err
+	return sigs, fileError[*sigfile.Error](c, "virus.signatures", err)
 }
 
-func newVirus(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, error) {
-	policy, err := pipeline.ParseErrorPolicy(c.Virus.OnError)
+func newVirus(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
+	p, err := policy(c, "virus.on_error", c.Virus.OnError)
 	if err != nil {
-		return nil, 0, &config.Error{File: c.File, Line: c.Line("virus.on_error"), Msg: err.Error()}
+		return nil, 0, err
 	}
 	sigs, err := VirusSignatures(c)
 	if err != nil {
 		return nil, 0, err
 	}
 	f, err := virus.New(sigs, virus.Options{Reply: c.Virus.Reply, IncludeName: c.Virus.IncludeName})
-	return f, policy, err
+	return f, p, err
 }
 
-func newQuota(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, error) {
-	policy, err := pipeline.ParseErrorPolicy(c.Quota.OnError)
-	if err != nil {
-		return nil, 0, &config.Error{File: c.File, Line: c.Line("quota.on_error"), Msg: err.Error()}
-	}
-	users, err := userdir.Load(c.Quota.Users, userdir.Options{CaseSensitiveLocal: c.Quota.CaseSensitiveLocal, Delimiter: c.Quota.RecipientDelimiter})
-	var uerr *userdir.Error
-	if err != nil && !errors.As(err, &uerr) {
-		return nil, 0, &config.Error{File: c.File, Line: c.Line("quota.users"), Msg: "quota.users: " + err.Error()}
-	}
+func newQuota(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
+	p, err := policy(c, "quota.on_error", c.Quota.OnError)
 	if err != nil {
 		return nil, 0, err
+	}
+	users, err := userdir.Load(c.Quota.Users, userdir.Options{CaseSensitiveLocal: c.Quota.CaseSensitiveLocal, Delimiter: c.Quota.RecipientDelimiter})
+	if err != nil {
+		return nil, 0, fileError[*userdir.Error](c, "quota.users", err)
 	}
 	return quota.New(quota.Options{
 		Users:        users,
@@ -99,5 +113,32 @@ func newQuota(c *config.Config) (pipeline.Filter, pipeline.ErrorPolicy, error) {
 		Margin:       c.Quota.Margin,
 		Reply:        c.Quota.Reply,
 		Exempt:       c.Quota.ExemptSenders,
-	}), policy, nil
+	}), p, nil
+}
+
+func newCapture(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
+	p, err := policy(c, "capture.on_error", c.Capture.OnError)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := capture.New(capture.Options{
+		Switch: c.Capture.Switch, Dir: c.Capture.Dir, Recipients: c.Capture.Recipients, Senders: c.Capture.Senders,
+		IncludeRejected: c.Capture.IncludeRejected, MaxSize: c.Capture.MaxSize, Log: env.Log, Now: env.Now,
+	})
+	if err != nil {
+		return nil, 0, &config.Error{File: c.File, Line: c.Line("capture.dir"), Msg: "capture.dir: " + err.Error()}
+	}
+	return f, p, nil
+}
+
+func newSenders(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
+	p, err := policy(c, "senders.on_error", c.Senders.OnError)
+	if err != nil {
+		return nil, 0, err
+	}
+	list, err := senders.Load(c.Senders.Blocklist, c.Senders.RecipientDelimiter)
+	if err != nil {
+		return nil, 0, fileError[*senders.Error](c, "senders.blocklist", err)
+	}
+	return senders.New(senders.Options{List: list, Reply: c.Senders.Reply}), p, nil
 }

@@ -1,0 +1,335 @@
+// Package capture writes a copy of the mail stream into a Maildir while a
+// switch file exists: to build signatures for a new worm, to feed a new
+// scanner with real traffic, or to keep one person's mail under a legal
+// hold, without touching the MTA's configuration.
+//
+// A copy never changes a verdict and never holds mail up: a full disk or a
+// write error is logged and counted, the partial file removed, and the
+// message goes on. Copies stream to disk as chunks arrive.
+package capture
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"mailguard/internal/pipeline"
+	"mailguard/internal/verdict"
+)
+
+// Name is the filter's configuration name.
+const Name = "capture"
+
+// Options configure the filter.
+type Options struct {
+	// Switch is the file whose existence turns capturing on.
+	Switch string
+	// Dir is the Maildir copies go to; created (mode 0700) if missing.
+	Dir string
+	// Recipients and Senders select messages: addresses or "@domain",
+	// case-insensitive. Both empty: every message. Otherwise a message is
+	// copied if a recipient or the sender matches.
+	Recipients, Senders []string
+	// IncludeRejected copies messages another filter refused, too.
+	IncludeRejected bool
+	// MaxSize skips (and logs) a copy that would grow larger; 0 is no limit.
+	MaxSize int64
+	Log     *slog.Logger
+	Now     func() time.Time
+}
+
+// Filter is immutable but for its counters; a reload builds a new one.
+type Filter struct {
+	opts    Options
+	sw      switchFile
+	host    string
+	seq     atomic.Uint64
+	Written atomic.Uint64 // copies written
+	Failed  atomic.Uint64 // copies lost to errors
+	Skipped atomic.Uint64 // copies over MaxSize
+	recips  matcher
+	senders matcher
+}
+
+// New prepares the capture Maildir and returns the filter.
+func New(opts Options) (*Filter, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	for _, sub := range []string{"", "tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(opts.Dir, sub), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	host, _ := os.Hostname()
+	// Maildir names must not hold "/" or ":"; the host name comes from the
+	// system, but keep the rule anyway.
+	host = strings.NewReplacer("/", "\\057", ":", "\\072").Replace(host)
+	return &Filter{opts: opts, sw: switchFile{path: opts.Switch, now: opts.Now}, host: host,
+		recips: newMatcher(opts.Recipients), senders: newMatcher(opts.Senders)}, nil
+}
+
+func (f *Filter) Name() string { return Name }
+
+// Observer: a copy needs the whole message, whatever other filters decide.
+func (f *Filter) Observer() {}
+
+// Stages: while the switch is off the filter needs nothing, so the MTA is
+// asked for nothing on its behalf; it never decides.
+func (f *Filter) Stages() (reads, decides pipeline.Stage) {
+	if !f.sw.on() {
+		return 0, 0
+	}
+	return pipeline.StageMail | pipeline.StageRcpt | pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.StageBody | pipeline.StageEndOfMessage, 0
+}
+
+const needed = pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.StageBody | pipeline.StageEndOfMessage
+
+func (f *Filter) NewCheck(env *pipeline.Envelope) (pipeline.Check, error) {
+	// A connection negotiated while the switch was off carries no body:
+	// its messages cannot be copied whole, so they are not copied at all.
+	if !f.sw.on() || env.Delivered&needed != needed {
+		return nil, nil
+	}
+	return &check{f: f, env: env}, nil
+}
+
+// check is one message's copy. The envelope is complete (every RCPT seen)
+// by the first header, which is when the copy is opened.
+type check struct {
+	pipeline.NopCheck
+	f       *Filter
+	env     *pipeline.Envelope
+	started bool
+	file    *os.File
+	w       *bufio.Writer
+	tmp     string
+	size    int64
+	done    bool // copy not wanted, abandoned or finished
+}
+
+func (c *check) Header(name, value string) (verdict.Verdict, error) {
+	c.start()
+	c.write(name, ": ", crlf(value), "\r\n")
+	return verdict.Pass, nil
+}
+
+func (c *check) EndOfHeaders(*pipeline.Envelope) (verdict.Verdict, error) {
+	c.start()
+	c.write("\r\n")
+	return verdict.Pass, nil
+}
+
+func (c *check) Body(chunk []byte) (verdict.Verdict, error) {
+	c.start()
+	c.writeBytes(chunk)
+	return verdict.Pass, nil
+}
+
+func (c *check) EndOfMessage(env *pipeline.Envelope) (verdict.Verdict, error) {
+	c.start()
+	switch {
+	case c.done:
+	case env.Final.Final() && !c.f.opts.IncludeRejected:
+		c.abandon()
+	default:
+		c.finish()
+	}
+	return verdict.Pass, nil
+}
+
+// Close removes an unfinished copy (an aborted or refused message).
+func (c *check) Close() {
+	if !c.done {
+		c.abandon()
+	}
+}
+
+// start makes the selection and opens the copy in tmp/ with the envelope
+// recorded in headers of its own.
+func (c *check) start() {
+	if c.started {
+		return
+	}
+	c.started = true
+	f, env := c.f, c.env
+	if !f.selected(env) {
+		c.done = true
+		return
+	}
+	now := f.opts.Now()
+	// A unique name from the system alone: time, process, a counter, host.
+	name := fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), f.seq.Add(1), f.host)
+	c.tmp = filepath.Join(f.opts.Dir, "tmp", name)
+	file, err := os.OpenFile(c.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		c.fail("cannot create copy", err)
+		return
+	}
+	c.file = file
+	c.w = bufio.NewWriterSize(file, 64<<10)
+	if env.Conn != nil {
+		c.write("X-Envelope-Client: ", clean(env.Conn.Hostname), " [", clean(env.Conn.Addr), "]\r\n")
+		if env.Conn.Helo != "" {
+			c.write("X-Envelope-Helo: ", clean(env.Conn.Helo), "\r\n")
+		}
+	}
+	c.write("X-Envelope-From: <", clean(env.From), ">\r\n")
+	rcpts := make([]string, len(env.Rcpts))
+	for i, r := range env.Rcpts {
+		rcpts[i] = "<" + clean(r) + ">"
+	}
+	c.write("X-Envelope-To: ", strings.Join(rcpts, ", "), "\r\n")
+	if env.QueueID != "" {
+		c.write("X-Envelope-Queue-ID: ", clean(env.QueueID), "\r\n")
+	}
+	c.write("X-Envelope-Date: ", now.Format(time.RFC1123Z), "\r\n")
+}
+
+func (c *check) write(parts ...string) {
+	for _, p := range parts {
+		c.writeBytes([]byte(p))
+	}
+}
+
+func (c *check) writeBytes(b []byte) {
+	if c.done || c.w == nil {
+		return
+	}
+	if c.grow(len(b)); c.done {
+		return
+	}
+	if _, err := c.w.Write(b); err != nil {
+		c.fail("write failed", err)
+	}
+}
+
+// grow accounts for n more bytes, skipping the copy past MaxSize: a
+// truncated copy would be mistaken for the message.
+func (c *check) grow(n int) {
+	c.size += int64(n)
+	if max := c.f.opts.MaxSize; max > 0 && c.size > max && !c.done {
+		c.f.Skipped.Add(1)
+		c.f.opts.Log.Warn("capture: message larger than max_size; not copied", "max_size", max, "queue_id", c.env.QueueID)
+		c.abandon()
+	}
+}
+
+// finish flushes, syncs and moves the copy into new/; write-once from
+// there on.
+func (c *check) finish() {
+	err := c.w.Flush()
+	if err == nil {
+		err = c.file.Sync()
+	}
+	if cerr := c.file.Close(); err == nil {
+		err = cerr
+	}
+	c.file = nil
+	if err == nil {
+		final := filepath.Join(c.f.opts.Dir, "new", filepath.Base(c.tmp)+fmt.Sprintf(",S=%d", c.size))
+		err = os.Rename(c.tmp, final)
+	}
+	if err != nil {
+		c.fail("cannot finish copy", err)
+		return
+	}
+	c.done = true
+	c.f.Written.Add(1)
+}
+
+// fail logs and counts a lost copy and removes what was written.
+func (c *check) fail(what string, err error) {
+	c.f.Failed.Add(1)
+	c.f.opts.Log.Error("capture: "+what+"; message not copied, mail flows on", "error", err.Error(), "queue_id", c.env.QueueID)
+	c.abandon()
+}
+
+func (c *check) abandon() {
+	c.done = true
+	if c.file != nil {
+		c.file.Close()
+		c.file = nil
+	}
+	if c.tmp != "" {
+		os.Remove(c.tmp)
+	}
+}
+
+// clean keeps an envelope value on one header line.
+func clean(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// crlf gives a folded header value CRLF line ends, as the body has.
+func crlf(v string) string {
+	if !strings.Contains(v, "\n") {
+		return v
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(v, "\r\n", "\n"), "\n", "\r\n")
+}
+
+// switchFile reports whether the switch file exists, looking at most once
+// a second.
+type switchFile struct {
+	path      string
+	now       func() time.Time
+	checkedAt atomic.Int64
+	exists    atomic.Bool
+}
+
+func (s *switchFile) on() bool {
+	now := s.now().UnixNano()
+	if last := s.checkedAt.Load(); now-last < int64(time.Second) && last != 0 {
+		return s.exists.Load()
+	}
+	_, err := os.Stat(s.path)
+	s.exists.Store(err == nil)
+	s.checkedAt.Store(now)
+	return err == nil
+}
+
+// matcher matches addresses and "@domain" entries, case-insensitively.
+type matcher map[string]bool
+
+func newMatcher(list []string) matcher {
+	m := matcher{}
+	for _, a := range list {
+		m[strings.ToLower(strings.Trim(a, "<>"))] = true
+	}
+	return m
+}
+
+func (m matcher) match(addr string) bool {
+	addr = strings.ToLower(addr)
+	if m[addr] {
+		return true
+	}
+	at := strings.LastIndexByte(addr, '@')
+	return at >= 0 && m[addr[at:]]
+}
+
+func (f *Filter) selected(env *pipeline.Envelope) bool {
+	if len(f.recips) == 0 && len(f.senders) == 0 {
+		return true
+	}
+	if f.senders.match(env.From) {
+		return true
+	}
+	for _, r := range env.Rcpts {
+		if f.recips.match(r) {
+			return true
+		}
+	}
+	return false
+}
