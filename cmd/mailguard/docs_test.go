@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"mailguard/internal/config"
+	"mailguard/internal/filter/senders"
 	"mailguard/internal/sigfile"
 	"mailguard/internal/userdir"
 )
@@ -22,7 +23,7 @@ func TestReadmeExamples(t *testing.T) {
 	lines := strings.Split(string(readme), "\n")
 	for i := 0; i < len(lines); i++ {
 		lang, ok := strings.CutPrefix(lines[i], "```")
-		if !ok || (lang != "toml" && lang != "signatures" && lang != "users") {
+		if !ok || (lang != "toml" && lang != "signatures" && lang != "users" && lang != "blocklist") {
 			continue
 		}
 		start := i + 1
@@ -40,13 +41,17 @@ func TestReadmeExamples(t *testing.T) {
 			if _, err := sigfile.Parse(name, strings.NewReader(text)); err != nil {
 				t.Errorf("%s: %v", name, err)
 			}
+		case "blocklist":
+			if _, err := senders.Parse(name, strings.NewReader(text), "+"); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
 		case "users":
 			if _, err := userdir.Parse(name, strings.NewReader(text), userdir.Options{Delimiter: "+"}); err != nil {
 				t.Errorf("%s: %v", name, err)
 			}
 		}
 	}
-	if blocks["toml"] == 0 || blocks["signatures"] == 0 || blocks["users"] == 0 {
+	if blocks["toml"] == 0 || blocks["signatures"] == 0 || blocks["users"] == 0 || blocks["blocklist"] == 0 {
 		t.Fatalf("README examples not found: %v", blocks)
 	}
 }

@@ -118,3 +118,41 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestFilterSections(t *testing.T) {
+	_, err := Parse("m.toml", []byte(`filters = ["capture", "senders", "quota"]
+[capture]
+recipients = ["nobody", "@example.edu"]
+max_size = "huge"
+[senders]
+recipient_delimiter = "++"
+`))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, w := range []string{
+		`m.toml:3: capture.recipients: "nobody": want an address or @domain`,
+		`m.toml:4: capture.max_size:`,
+		`m.toml:6: senders.recipient_delimiter:`,
+		`m.toml:1: filters: the capture filter needs [capture] switch`,
+		`m.toml:1: filters: the senders filter needs [senders] blocklist`,
+		`m.toml:1: filters: the quota filter needs [quota] users`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("missing %q in:\n%v", w, err)
+		}
+	}
+	c, err := Parse("/etc/mailguard/m.toml", []byte(`filters = ["capture"]
+[capture]
+switch = "capture.on"
+dir = "/var/spool/mailguard/capture"
+senders = ["@suspect.example"]
+include_rejected = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Capture.Switch != "/etc/mailguard/capture.on" || !c.Capture.IncludeRejected || c.Capture.MaxSize != 100<<20 || c.Capture.Senders[0] != "@suspect.example" {
+		t.Errorf("capture %+v", c.Capture)
+	}
+}

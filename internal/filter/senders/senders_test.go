@@ -65,16 +65,16 @@ func TestParseErrors(t *testing.T) {
 
 func TestFromAddresses(t *testing.T) {
 	cases := map[string][]string{
-		`"Bob (boss)" <bob@example.org>`:          {"bob@example.org"},
-		`bob@example.org (Bob)`:                   {"bob@example.org"},
+		`"Bob (boss)" <bob@example.org>`:           {"bob@example.org"},
+		`bob@example.org (Bob)`:                    {"bob@example.org"},
 		`=?utf-8?q?J=C3=B6rg?= <jorg@example.org>`: {"jorg@example.org"},
 		`=?koi8-r?b?8NLJ18XU?= <ivan@example.ru>`:  {"ivan@example.ru"},
-		`friends: a@x.org, b@y.org;`:              {"a@x.org", "b@y.org"},
-		`a@x.org, "C, D" <c@z.org>`:               {"a@x.org", "c@z.org"},
-		"Bob\r\n <bob@example.org>":               {"bob@example.org"},
-		`undisclosed-recipients:;`:                {},
-		`not an address`:                          nil,
-		`<unterminated@example.org`:               nil,
+		`friends: a@x.org, b@y.org;`:               {"a@x.org", "b@y.org"},
+		`a@x.org, "C, D" <c@z.org>`:                {"a@x.org", "c@z.org"},
+		"Bob\r\n <bob@example.org>":                {"bob@example.org"},
+		`undisclosed-recipients:;`:                 {},
+		`not an address`:                           nil,
+		`<unterminated@example.org`:                nil,
 	}
 	for in, want := range cases {
 		got := FromAddresses(in)
