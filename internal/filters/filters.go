@@ -13,6 +13,7 @@ import (
 	"mailguard/internal/filter/quota"
 	"mailguard/internal/filter/senders"
 	"mailguard/internal/filter/virus"
+	"mailguard/internal/linefile"
 	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/sigfile"
@@ -104,7 +105,7 @@ func newQuota(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.Err
 	}
 	users, err := userdir.Load(c.Quota.Users, userdir.Options{CaseSensitiveLocal: c.Quota.CaseSensitiveLocal, Delimiter: c.Quota.RecipientDelimiter})
 	if err != nil {
-		return nil, 0, fileError[*userdir.Error](c, "quota.users", err)
+		return nil, 0, fileError[*linefile.Error](c, "quota.users", err)
 	}
 	return quota.New(quota.Options{
 		Users:        users,
@@ -138,7 +139,7 @@ func newSenders(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.E
 	}
 	list, err := senders.Load(c.Senders.Blocklist, c.Senders.RecipientDelimiter)
 	if err != nil {
-		return nil, 0, fileError[*senders.Error](c, "senders.blocklist", err)
+		return nil, 0, fileError[*linefile.Error](c, "senders.blocklist", err)
 	}
 	return senders.New(senders.Options{List: list, Reply: c.Senders.Reply}), p, nil
 }

@@ -13,14 +13,14 @@
 package userdir
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"mailguard/internal/linefile"
 )
 
 // User is one local account.
@@ -31,7 +31,7 @@ type User struct {
 	Count     int64  // messages; 0: not set here
 	Forward   bool   // mail is forwarded elsewhere: never refused for quota
 	Autoreply bool   // an auto-reply is set: never refused for quota
-	Line      int
+	Line      int    // where the account is defined
 }
 
 // Options say how addresses compare.
@@ -50,74 +50,43 @@ type Directory struct {
 	users map[string]*User
 }
 
-// Error is one problem in a user directory file.
-type Error struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg) }
-
-const maxLine = 64 << 10
-
 // Load reads a user directory file.
 func Load(path string, opts Options) (*Directory, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return Parse(path, f, opts)
+	d := newDirectory(opts)
+	return d.result(linefile.ReadFile(path, d.addLine))
 }
 
 // Parse reads a user directory; name is used in errors. Every problem is
-// reported, joined.
+// reported, joined, each a *linefile.Error.
 func Parse(name string, r io.Reader, opts Options) (*Directory, error) {
-	d := &Directory{opts: opts, users: map[string]*User{}}
-	var errs []error
-	fail := func(line int, format string, args ...any) {
-		errs = append(errs, &Error{File: name, Line: line, Msg: fmt.Sprintf(format, args...)})
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), maxLine)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := sc.Text()
-		if i := strings.IndexByte(text, '#'); i >= 0 {
-			text = text[:i]
-		}
-		fields := strings.Fields(text)
-		if len(fields) == 0 {
-			continue
-		}
-		if len(fields) < 2 {
-			fail(line, "want ADDRESS MAILDIR [quota=SIZE] [count=N] [forward] [autoreply]")
-			continue
-		}
-		u, err := d.parseUser(fields, line)
-		if err != nil {
-			fail(line, "%v", err)
-			continue
-		}
-		if prev, dup := d.users[u.Address]; dup {
-			fail(line, "%s is listed twice (first at line %d)", fields[0], prev.Line)
-			continue
-		}
-		d.users[u.Address] = u
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			fail(line+1, "line longer than %d bytes", maxLine)
-		} else {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	d := newDirectory(opts)
+	return d.result(linefile.Read(name, r, d.addLine))
+}
+
+func newDirectory(opts Options) *Directory {
+	return &Directory{opts: opts, users: map[string]*User{}}
+}
+
+func (d *Directory) result(err error) (*Directory, error) {
+	if err != nil {
+		return nil, err
 	}
 	return d, nil
+}
+
+func (d *Directory) addLine(line int, fields []string) error {
+	if len(fields) < 2 {
+		return errors.New("want ADDRESS MAILDIR [quota=SIZE] [count=N] [forward] [autoreply]")
+	}
+	u, err := d.parseUser(fields, line)
+	if err != nil {
+		return err
+	}
+	if prev, dup := d.users[u.Address]; dup {
+		return fmt.Errorf("%s is listed twice (first at line %d)", fields[0], prev.Line)
+	}
+	d.users[u.Address] = u
+	return nil
 }
 
 func (d *Directory) parseUser(fields []string, line int) (*User, error) {

@@ -5,12 +5,12 @@
 package senders
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
+
+	"mailguard/internal/linefile"
 )
 
 // Blocklist maps local recipients to the sender patterns they refuse.
@@ -26,63 +26,35 @@ type rules struct {
 	suffixes       []string // ".domain" for "*.domain"
 }
 
-// Error is one problem in a blocklist file.
-type Error struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg) }
-
 // Load reads a blocklist file; delimiter maps "user+detail" to "user".
 func Load(path, delimiter string) (*Blocklist, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return Parse(path, f, delimiter)
+	b := &Blocklist{delimiter: delimiter, rules: map[string]*rules{}}
+	return b.result(linefile.ReadFile(path, b.addLine))
 }
 
 // Parse reads "RECIPIENT PATTERN" lines with "#" comments, reporting every
-// problem with its line.
+// problem with its line (each a *linefile.Error).
 func Parse(name string, r io.Reader, delimiter string) (*Blocklist, error) {
 	b := &Blocklist{delimiter: delimiter, rules: map[string]*rules{}}
-	var errs []error
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := sc.Text()
-		if i := strings.IndexByte(text, '#'); i >= 0 {
-			text = text[:i]
-		}
-		f := strings.Fields(text)
-		if len(f) == 0 {
-			continue
-		}
-		if len(f) != 2 {
-			errs = append(errs, &Error{name, line, "want RECIPIENT PATTERN"})
-			continue
-		}
-		rcpt, ok := address(f[0])
-		if !ok {
-			errs = append(errs, &Error{name, line, fmt.Sprintf("recipient %q is not an address", f[0])})
-			continue
-		}
-		if err := b.add(rcpt, strings.ToLower(f[1])); err != nil {
-			errs = append(errs, &Error{name, line, err.Error()})
-		}
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, &Error{name, line + 1, err.Error()})
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	return b.result(linefile.Read(name, r, b.addLine))
+}
+
+func (b *Blocklist) result(err error) (*Blocklist, error) {
+	if err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+func (b *Blocklist) addLine(_ int, f []string) error {
+	if len(f) != 2 {
+		return errors.New("want RECIPIENT PATTERN")
+	}
+	rcpt, ok := address(f[0])
+	if !ok {
+		return fmt.Errorf("recipient %q is not an address", f[0])
+	}
+	return b.add(rcpt, strings.ToLower(f[1]))
 }
 
 func (b *Blocklist) add(rcpt, pattern string) error {
