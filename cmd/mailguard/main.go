@@ -4,6 +4,7 @@
 //	mailguard serve [--config FILE]
 //	mailguard scan --config FILE PATH...
 //	mailguard check-config --config FILE
+//	mailguard sigmine --samples PATH... [--clean PATH...]
 //	mailguard version
 package main
 
@@ -24,6 +25,8 @@ import (
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/scan"
+	"mailguard/internal/sigfile"
+	"mailguard/internal/sigmine"
 	"mailguard/internal/stats"
 )
 
@@ -39,6 +42,7 @@ var commands = []command{
 	{"serve", "[--config FILE]", "run the milter daemon (built-in defaults without --config)", runServe},
 	{"scan", "[--config FILE] PATH...", "run stored messages (files, directories, Maildirs) through the filters", runScan},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
+	{"sigmine", "--samples PATH --clean PATH", "mine signatures from worm samples, proven against clean mail", runSigmine},
 	{"version", "", "print the version", runVersion},
 }
 
@@ -68,7 +72,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "mailguard refuses bad mail during the SMTP dialogue, as a milter.")
 	fmt.Fprintln(w, "\nUsage:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  mailguard %-13s %-24s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  mailguard %-13s %-28s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun \"mailguard COMMAND --help\" for a command's flags.")
 }
@@ -171,6 +175,90 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: OK (filters: %s)\n", *cfgFile, strings.Join(cfg.Filters, ", "))
+	return 0
+}
+
+// paths is a repeatable flag.
+type paths []string
+
+func (p *paths) String() string     { return strings.Join(*p, ",") }
+func (p *paths) Set(v string) error { *p = append(*p, v); return nil }
+
+func runSigmine(args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("sigmine", "--samples PATH... [--clean PATH...] [--name NAME]\n       mailguard sigmine --check --signatures FILE --clean PATH... [--samples PATH...]",
+		"Mine signatures from copies of one worm (files, directories, Maildirs such as\n"+
+			"the capture filter's): lines of the raw body found in the samples, never in\n"+
+			"the clean mail, and random enough not to match by accident. Prints them in\n"+
+			"the signature-file format, best first, with their evidence. Exit status 0\n"+
+			"when the printed set matches every sample, 1 when it does not, 2 on error.\n\n"+
+			"With --check, proves a signature file instead: clean messages and samples\n"+
+			"matched per signature. Exit status 0 when no clean message matched and\n"+
+			"every sample did, 1 otherwise.", stderr)
+	var samples, clean paths
+	fs.Var(&samples, "samples", "worm samples: a file, directory or Maildir (repeatable)")
+	fs.Var(&clean, "clean", "clean mail: a file, directory or Maildir (repeatable)")
+	d := sigmine.Defaults
+	name := fs.String("name", "MINED", "signature `NAME` prefix (NAME.1, NAME.2, ...)")
+	minCoverage := fs.Float64("min-coverage", d.MinCoverage, "fraction of samples a signature must occur in (below 1: a set of signatures covers variants)")
+	minLength := fs.Int("min-length", d.MinLength, "shortest signature, bytes (at least 16)")
+	minEntropy := fs.Float64("min-entropy", d.MinEntropy, "least character entropy, bits per character (random base64: about 5.6; English: about 4.2)")
+	maxRun := fs.Int("max-run", d.MaxRun, "longest run of one repeated character")
+	window := fs.Int("window", d.Window, "length of substrings that survive re-wrapping of base64 lines; 0 for whole lines only")
+	maxSigs := fs.Int("max", d.Max, "signatures to print at most")
+	check := fs.Bool("check", false, "prove the signature file given with --signatures")
+	sigFile := fs.String("signatures", "", "with --check: the signature `FILE`")
+	if rc := parse(fs, args); rc >= 0 {
+		return rc
+	}
+	var progress io.Writer
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 && stderr == os.Stderr {
+		progress = stderr
+	}
+	if *window == 0 {
+		*window = -1 // the flag's 0 means off; the library's zero value means the default
+	}
+	opts := sigmine.Options{Samples: samples, Clean: clean, MinCoverage: *minCoverage, MinLength: *minLength,
+		MinEntropy: *minEntropy, MaxRun: *maxRun, Window: *window, Max: *maxSigs, Progress: progress}
+	if *check {
+		if *sigFile == "" || len(clean) == 0 {
+			fmt.Fprintln(stderr, "mailguard sigmine --check: --signatures FILE and --clean PATH are required")
+			return 2
+		}
+		sigs, err := sigfile.Load(*sigFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "mailguard sigmine: %v\n", err)
+			return 2
+		}
+		res, err := sigmine.Check(sigs, opts)
+		if err != nil {
+			fmt.Fprintf(stderr, "mailguard sigmine: %v\n", err)
+			return 2
+		}
+		res.Write(stdout)
+		if !res.OK() {
+			return 1
+		}
+		return 0
+	}
+	if len(samples) == 0 {
+		fmt.Fprintln(stderr, "mailguard sigmine: --samples PATH is required")
+		return 2
+	}
+	res, err := sigmine.Mine(opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailguard sigmine: %v\n", err)
+		return 2
+	}
+	res.Write(stdout, *name)
+	for _, err := range res.Errors {
+		fmt.Fprintf(stderr, "mailguard sigmine: %v\n", err)
+	}
+	switch {
+	case len(res.Errors) > 0:
+		return 2
+	case len(res.Uncovered) > 0 || len(res.Signatures) == 0:
+		return 1
+	}
 	return 0
 }
 

@@ -5,6 +5,7 @@
 //
 //	milterbench gen -dir DIR [-count N] [-size BYTES]
 //	milterbench sigs [-count N] [-min LEN] [-max LEN] > FILE
+//	milterbench worm -dir DIR [-count N] [-widths 76,72] [-payload SEED]
 //	milterbench run -milter inet:127.0.0.1:8891 -corpus DIR [-c N] [-n N] [-pid PID]
 package main
 
@@ -15,6 +16,8 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"mailguard/internal/listen"
@@ -27,7 +30,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: milterbench gen|sigs|run [flags]; milterbench COMMAND -h for its flags")
+		fmt.Fprintln(stderr, "usage: milterbench gen|sigs|worm|run [flags]; milterbench COMMAND -h for its flags")
 		return 2
 	}
 	switch args[0] {
@@ -37,8 +40,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runLoad(args[1:], stdout, stderr)
 	case "sigs":
 		return sigs(args[1:], stdout, stderr)
+	case "worm":
+		return worm(args[1:], stderr)
 	}
-	fmt.Fprintf(stderr, "milterbench: unknown command %q (want gen, sigs or run)\n", args[0])
+	fmt.Fprintf(stderr, "milterbench: unknown command %q (want gen, sigs, worm or run)\n", args[0])
 	return 2
 }
 
@@ -143,5 +148,38 @@ func sigs(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	loadgen.WriteSignatures(stdout, *count, *minLen, *maxLen, *seed)
+	return 0
+}
+
+func worm(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("worm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "write the copies into `DIR`")
+	count := fs.Int("count", 50, "number of copies")
+	size := fs.Int("size", 20000, "attachment bytes")
+	payload := fs.Uint64("payload", 1, "seed of the attachment: the same seed is the same worm")
+	widthList := fs.String("widths", "76", "base64 line widths, used in turn, comma-separated")
+	seed := fs.Uint64("seed", 1, "seed of the per-copy parts")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *dir == "" {
+		fmt.Fprintln(stderr, "milterbench worm: -dir is required")
+		return 2
+	}
+	var widths []int
+	for _, w := range strings.Split(*widthList, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || n < 4 || n > 998 {
+			fmt.Fprintf(stderr, "milterbench worm: bad width %q\n", w)
+			return 2
+		}
+		widths = append(widths, n)
+	}
+	err := loadgen.GenerateWorm(loadgen.WormOptions{Dir: *dir, Count: *count, Payload: *payload, Size: *size, Widths: widths, Seed: *seed})
+	if err != nil {
+		fmt.Fprintf(stderr, "milterbench worm: %v\n", err)
+		return 1
+	}
 	return 0
 }

@@ -184,6 +184,38 @@ func (m *Matcher) Find(text []byte) int {
 	return -1
 }
 
+// FindEach calls fn with the index of every pattern that occurs in text,
+// once per occurrence, in no particular order, until fn returns false.
+// Every occurrence covers exactly one sampled position at one of the
+// indexed offsets, so none is missed or reported twice.
+func (m *Matcher) FindEach(text []byte, fn func(p int) bool) {
+	if m.patCount == 0 || len(text) < m.minLen {
+		return
+	}
+	last := len(text) - gramLen
+	for i := 0; i <= last; i += m.step {
+		g := binary.LittleEndian.Uint64(text[i:])
+		h := g * hashMul
+		mask := filterMask(h)
+		if m.filter[h>>m.fShift]&mask != mask {
+			continue
+		}
+		b := h >> m.bShift
+		for _, e := range m.entries[m.buckets[b]:m.buckets[b+1]] {
+			if e.gram != g {
+				continue
+			}
+			start := i - int(e.off)
+			p := m.pattern(int(e.pat))
+			if start >= 0 && start+len(p) <= len(text) && string(text[start:start+len(p)]) == string(p) {
+				if !fn(int(e.pat)) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // verify checks the patterns whose gram hash equals h against the text at i.
 func (m *Matcher) verify(text []byte, i int, h uint64) int {
 	g := binary.LittleEndian.Uint64(text[i:])

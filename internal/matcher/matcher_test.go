@@ -175,3 +175,34 @@ func FuzzScanner(f *testing.F) {
 		}
 	})
 }
+
+// TestFindEach compares FindEach with a naive count of every occurrence.
+func TestFindEach(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for round := 0; round < 100; round++ {
+		var patterns []Pattern
+		for i := 0; i < 1+r.IntN(30); i++ {
+			patterns = append(patterns, Pattern{Name: "p", Bytes: randomBase64Line(r, MinPatternLen+r.IntN(60))})
+		}
+		m := mustNew(t, patterns)
+		text := randomBase64Line(r, r.IntN(3000))
+		for k := r.IntN(5); k > 0; k-- {
+			p := patterns[r.IntN(len(patterns))].Bytes
+			at := r.IntN(len(text) + 1)
+			text = append(text[:at:at], append(append([]byte{}, p...), text[at:]...)...)
+		}
+		got := make([]int, len(patterns))
+		m.FindEach(text, func(p int) bool { got[p]++; return true })
+		for i, p := range patterns {
+			want := 0
+			for j := 0; j+len(p.Bytes) <= len(text); j++ {
+				if bytes.Equal(text[j:j+len(p.Bytes)], p.Bytes) {
+					want++
+				}
+			}
+			if got[i] != want {
+				t.Fatalf("round %d pattern %d: %d occurrences reported, %d present", round, i, got[i], want)
+			}
+		}
+	}
+}

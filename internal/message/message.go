@@ -156,3 +156,29 @@ func AppendCRLF(dst, src []byte, prevCR bool) ([]byte, bool) {
 	}
 	return dst, prevCR
 }
+
+// ErrTooLarge is returned by ReadBody for a body over its limit.
+var ErrTooLarge = errors.New("message body too large")
+
+// ReadBody returns the body of a stored message as the MTA would pass it
+// (CRLF line ends), reading at most limit bytes of it.
+func ReadBody(r io.Reader, limit int) ([]byte, error) {
+	m := NewReader(r)
+	if _, err := m.Header(); err != nil {
+		return nil, err
+	}
+	var body []byte
+	for {
+		c, err := m.BodyChunk()
+		if errors.Is(err, io.EOF) {
+			return body, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(body)+len(c) > limit {
+			return nil, ErrTooLarge
+		}
+		body = append(body, c...)
+	}
+}

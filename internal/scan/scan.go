@@ -52,10 +52,9 @@ type Scanner struct {
 // Run scans every path and prints one line per message.
 func (s *Scanner) Run(paths []string) Result {
 	var res Result
-	for _, p := range paths {
-		for _, file := range s.files(p, &res) {
-			s.scanFile(file, &res)
-		}
+	files := Files(paths, func(path string, err error) { s.fail(path, err, &res) })
+	for _, file := range files {
+		s.scanFile(file, &res)
 	}
 	if s.Stats != nil {
 		res.Hits = s.Stats.Take()
@@ -63,13 +62,22 @@ func (s *Scanner) Run(paths []string) Result {
 	return res
 }
 
-// files lists the message files under path: the file itself, or every
-// regular file below a directory except in Maildir tmp/ folders (where
-// files are still being written), sorted.
-func (s *Scanner) files(path string, res *Result) []string {
+// Files lists the message files the paths name: a file itself, or every
+// regular file below a directory except Maildir bookkeeping files and
+// Maildir tmp/ folders (where files are still being written), sorted per
+// path. Paths that cannot be read are passed to onError.
+func Files(paths []string, onError func(path string, err error)) []string {
+	var files []string
+	for _, p := range paths {
+		files = append(files, filesUnder(p, onError)...)
+	}
+	return files
+}
+
+func filesUnder(path string, onError func(string, error)) []string {
 	fi, err := os.Stat(path)
 	if err != nil {
-		s.fail(path, err, res)
+		onError(path, err)
 		return nil
 	}
 	if !fi.IsDir() {
@@ -78,7 +86,7 @@ func (s *Scanner) files(path string, res *Result) []string {
 	var files []string
 	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			s.fail(p, err, res)
+			onError(p, err)
 			return nil
 		}
 		if d.IsDir() {
@@ -93,7 +101,7 @@ func (s *Scanner) files(path string, res *Result) []string {
 		return nil
 	})
 	if err != nil {
-		s.fail(path, err, res)
+		onError(path, err)
 	}
 	sort.Strings(files)
 	return files

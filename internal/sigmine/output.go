@@ -1,0 +1,134 @@
+package sigmine
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"mailguard/internal/matcher"
+	"mailguard/internal/scan"
+	"mailguard/internal/sigfile"
+)
+
+// Write prints the result in the signature-file format, best first, each
+// signature preceded by a comment with its evidence.
+func (r *Result) Write(w io.Writer, name string) {
+	fmt.Fprintf(w, "# mailguard sigmine: %d samples, %d clean messages.\n", r.Samples, r.CleanMessages)
+	covering := 0
+	for _, s := range r.Signatures {
+		if s.Covers {
+			covering++
+		}
+	}
+	matched := r.Samples - len(r.Uncovered)
+	switch {
+	case covering == 0:
+		fmt.Fprintln(w, "# No line qualified: none occurs in enough samples, is random enough, and is absent from the clean mail.")
+	case covering == 1:
+		fmt.Fprintf(w, "# The first signature matches %d of %d samples and no clean message.\n", matched, r.Samples)
+	default:
+		fmt.Fprintf(w, "# The first %d signatures together match %d of %d samples and no clean message.\n", covering, matched, r.Samples)
+	}
+	for i, s := range r.Signatures {
+		kind := "whole line"
+		if !s.Line {
+			kind = "substring that survives re-wrapping"
+		}
+		extra := ""
+		if !s.Covers {
+			extra = ", alternative"
+		}
+		fmt.Fprintf(w, "\n# samples: %d/%d, clean: %d/%d, length: %d, entropy: %.2f bits/char, %s%s\n",
+			s.Samples, r.Samples, s.Clean, r.CleanMessages, len(s.Pattern), s.Entropy, kind, extra)
+		fmt.Fprintf(w, "%s.%d =\n%s\n", name, i+1, s.Pattern)
+	}
+	if len(r.Uncovered) > 0 {
+		fmt.Fprintf(w, "\n# Not matched by any signature above (%d samples):\n", len(r.Uncovered))
+		for _, u := range r.Uncovered {
+			fmt.Fprintf(w, "#   %s\n", u)
+		}
+	}
+}
+
+// CheckResult is what Check found for each signature.
+type CheckResult struct {
+	Names          []string
+	CleanHits      []int // clean messages each signature matches
+	SampleHits     []int // samples each signature matches
+	CleanMessages  int
+	Samples        int
+	SamplesMatched int // samples matched by at least one signature
+	Errors         []error
+}
+
+// OK reports a file safe to load: no clean message matched, and every
+// sample (if any were given) matched.
+func (c *CheckResult) OK() bool {
+	for _, n := range c.CleanHits {
+		if n > 0 {
+			return false
+		}
+	}
+	return c.SamplesMatched == c.Samples && len(c.Errors) == 0
+}
+
+// Check proves a signature file: false positives per signature on the
+// clean corpus, and coverage per signature on the samples.
+func Check(sigs []sigfile.Signature, o Options) (*CheckResult, error) {
+	o.defaults()
+	m, err := matcher.New(sigfile.Patterns(sigs))
+	if err != nil {
+		return nil, err
+	}
+	res := &CheckResult{CleanHits: make([]int, len(sigs)), SampleHits: make([]int, len(sigs))}
+	for _, s := range sigs {
+		res.Names = append(res.Names, s.Name)
+	}
+	onErr := func(path string, err error) { res.Errors = append(res.Errors, fmt.Errorf("%s: %w", path, err)) }
+	clean := &corpus{name: "clean messages", files: scan.Files(o.Clean, onErr), maxBody: o.MaxBody}
+	samples := &corpus{name: "samples", files: scan.Files(o.Samples, onErr), maxBody: o.MaxBody}
+	res.CleanMessages, res.Samples = len(clean.files), len(samples.files)
+	var mu lockedCounts
+	res.Errors = append(res.Errors, clean.each(o.Workers, o.Progress, func(_ int, body []byte) {
+		mu.add(res.CleanHits, hitsIn(m, body), nil)
+	})...)
+	res.Errors = append(res.Errors, samples.each(o.Workers, o.Progress, func(_ int, body []byte) {
+		mu.add(res.SampleHits, hitsIn(m, body), &res.SamplesMatched)
+	})...)
+	return res, nil
+}
+
+// Write prints a table, then the verdict.
+func (c *CheckResult) Write(w io.Writer) {
+	width := len("SIGNATURE")
+	for _, n := range c.Names {
+		width = max(width, len(n))
+	}
+	fmt.Fprintf(w, "%-*s  %12s  %s\n", width, "SIGNATURE", "CLEAN HITS", "SAMPLES")
+	for i, n := range c.Names {
+		mark := ""
+		if c.CleanHits[i] > 0 {
+			mark = "  <- matches clean mail: do not load"
+		}
+		fmt.Fprintf(w, "%-*s  %12d  %d/%d%s\n", width, n, c.CleanHits[i], c.SampleHits[i], c.Samples, mark)
+	}
+	for _, err := range c.Errors {
+		fmt.Fprintf(w, "error: %v\n", err)
+	}
+	var bad []string
+	for i, n := range c.CleanHits {
+		if n > 0 {
+			bad = append(bad, c.Names[i])
+		}
+	}
+	switch {
+	case len(bad) > 0:
+		fmt.Fprintf(w, "FAIL: %s would refuse legitimate mail (%d clean messages checked)\n", strings.Join(bad, ", "), c.CleanMessages)
+	case c.SamplesMatched < c.Samples:
+		fmt.Fprintf(w, "FAIL: %d of %d samples matched by no signature\n", c.Samples-c.SamplesMatched, c.Samples)
+	case len(c.Errors) > 0:
+		fmt.Fprintln(w, "FAIL: some files could not be read")
+	default:
+		fmt.Fprintf(w, "OK: no clean message matched (%d checked); %d of %d samples matched\n", c.CleanMessages, c.SamplesMatched, c.Samples)
+	}
+}
