@@ -144,9 +144,9 @@ func extract(body []byte, q quality, window int) []*candidate {
 // bitset is a set of sample indices.
 type bitset []uint64
 
-func newBitset(n int) bitset        { return make(bitset, (n+63)/64) }
-func (b bitset) set(i int)          { b[i/64] |= 1 << (i % 64) }
-func (b bitset) has(i int) bool     { return b[i/64]&(1<<(i%64)) != 0 }
+func newBitset(n int) bitset    { return make(bitset, (n+63)/64) }
+func (b bitset) set(i int)      { b[i/64] |= 1 << (i % 64) }
+func (b bitset) has(i int) bool { return b[i/64]&(1<<(i%64)) != 0 }
 func (b bitset) clear(other bitset) {
 	for i := range b {
 		b[i] &^= other[i]
@@ -173,4 +173,3 @@ func (b bitset) first() int {
 	}
 	return -1
 }
-
