@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"mailguard/internal/loadgen"
 )
 
 const sobig = "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDyapmmaODQsIBgQs2y6QQgDAPhI7E3TNE3"
@@ -131,5 +133,38 @@ func TestUsage(t *testing.T) {
 	}
 	if code, out, _ := runCLI("version"); code != 0 || !strings.HasPrefix(out, "mailguard ") {
 		t.Errorf("version: exit %d %q", code, out)
+	}
+}
+
+func TestSigmineCommand(t *testing.T) {
+	dir := t.TempDir()
+	samples, clean := filepath.Join(dir, "samples"), filepath.Join(dir, "clean")
+	if err := loadgen.GenerateWorm(loadgen.WormOptions{Dir: samples, Count: 15, Payload: 3, Widths: []int{76, 72}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := loadgen.Generate(loadgen.GenerateOptions{Dir: clean, Count: 40, Size: 10000}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI("sigmine", "--samples", samples, "--clean", clean, "--name", "WORM_X", "--max", "2")
+	if code != 0 || !strings.Contains(out, "WORM_X.1 =") {
+		t.Fatalf("sigmine: exit %d\n%s%s", code, out, errOut)
+	}
+	sigs := filepath.Join(dir, "sigs")
+	writeFile(t, sigs, out)
+	if code, out, _ := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", clean, "--samples", samples); code != 0 || !strings.Contains(out, "OK:") {
+		t.Fatalf("check: exit %d\n%s", code, out)
+	}
+	// The mined file, loaded by scan, refuses the samples and nothing clean.
+	writeFile(t, filepath.Join(dir, "m.toml"), "[virus]\nsignatures = \"sigs\"\n")
+	code, out, _ = runCLI("scan", "--config", filepath.Join(dir, "m.toml"), samples, clean)
+	if code != 1 || !strings.Contains(out, "55 messages: 40 accepted, 15 rejected, 0 errors") {
+		t.Fatalf("scan with mined signatures: exit %d\n%s", code, out)
+	}
+	writeFile(t, sigs, "COMMON = Content-Transfer-Encoding: base64\n")
+	if code, out, _ := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", clean); code != 1 || !strings.Contains(out, "FAIL: COMMON") {
+		t.Fatalf("check of a bad signature: exit %d\n%s", code, out)
+	}
+	if code, _, _ := runCLI("sigmine"); code != 2 {
+		t.Errorf("no samples: exit %d", code)
 	}
 }
