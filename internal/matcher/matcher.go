@@ -164,24 +164,12 @@ func (m *Matcher) Name(i int) string { return m.names[i] }
 
 // Find returns the index of a pattern that occurs in text, or -1.
 func (m *Matcher) Find(text []byte) int {
-	if m.patCount == 0 || len(text) < m.minLen {
-		return -1
-	}
-	step := m.step
-	filter := m.filter
-	shift := m.fShift
-	last := len(text) - gramLen
-	for i := 0; i <= last; i += step {
-		h := binary.LittleEndian.Uint64(text[i:]) * hashMul
-		mask := filterMask(h)
-		if filter[h>>shift]&mask != mask {
-			continue
-		}
-		if p := m.verify(text, i, h); p >= 0 {
-			return p
-		}
-	}
-	return -1
+	found := -1
+	m.FindEach(text, func(p int) bool {
+		found = p
+		return false
+	})
+	return found
 }
 
 // FindEach calls fn with the index of every pattern that occurs in text,
@@ -192,12 +180,13 @@ func (m *Matcher) FindEach(text []byte, fn func(p int) bool) {
 	if m.patCount == 0 || len(text) < m.minLen {
 		return
 	}
+	step, filter, shift := m.step, m.filter, m.fShift
 	last := len(text) - gramLen
-	for i := 0; i <= last; i += m.step {
+	for i := 0; i <= last; i += step {
 		g := binary.LittleEndian.Uint64(text[i:])
 		h := g * hashMul
 		mask := filterMask(h)
-		if m.filter[h>>m.fShift]&mask != mask {
+		if filter[h>>shift]&mask != mask {
 			continue
 		}
 		b := h >> m.bShift
@@ -214,21 +203,4 @@ func (m *Matcher) FindEach(text []byte, fn func(p int) bool) {
 			}
 		}
 	}
-}
-
-// verify checks the patterns whose gram hash equals h against the text at i.
-func (m *Matcher) verify(text []byte, i int, h uint64) int {
-	g := binary.LittleEndian.Uint64(text[i:])
-	b := h >> m.bShift
-	for _, e := range m.entries[m.buckets[b]:m.buckets[b+1]] {
-		if e.gram != g {
-			continue
-		}
-		start := i - int(e.off)
-		p := m.pattern(int(e.pat))
-		if start >= 0 && start+len(p) <= len(text) && string(text[start:start+len(p)]) == string(p) {
-			return int(e.pat)
-		}
-	}
-	return -1
 }
