@@ -75,3 +75,31 @@ func FuzzDispatch(f *testing.F) {
 		}
 	})
 }
+
+// TestQueueIDBeforeMail: Sendmail sends the queue id with the MAIL
+// macros, before the MAIL command; the message keeps it.
+func TestQueueIDBeforeMail(t *testing.T) {
+	sigs, _ := sigfile.Parse("f", strings.NewReader("S = uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDya\n"))
+	vf, _ := virus.New(sigs, virus.Options{})
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	p := pipeline.New(pipeline.Env{Log: log, Now: time.Now}, pipeline.Member{Filter: vf})
+	s := &session{door: New(p, log, Options{}), w: &wireConn{conn: discardConn{}, idle: time.Minute}, pipe: p, delivered: pipeline.AllStages}
+	for _, pkt := range []struct {
+		cmd  byte
+		data string
+	}{
+		{'D', "Mi\x00QID123\x00"},
+		{'M', "<a@b.example>\x00"},
+		{'R', "<u@example.edu>\x00"},
+		{'B', "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDya"},
+		{'E', ""},
+	} {
+		if _, err := s.dispatch(pkt.cmd, []byte(pkt.data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !strings.Contains(logs.String(), "msg.queue_id=QID123") {
+		t.Fatalf("queue id lost:\n%s", logs.String())
+	}
+}

@@ -150,7 +150,12 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		s.conn.Helo, _ = cString(data)
 		return false, s.reply(cmdHelo, s.pipeline().Helo(&s.conn))
 	case cmdMail:
+		// The macros for this MAIL came just before it: Sendmail sends the
+		// queue id with them, so it must survive the end of the previous
+		// message.
+		id := s.queueID
 		s.endMessage()
+		s.queueID = id
 		args := cStrings(data)
 		if len(args) == 0 {
 			return false, errors.New("MAIL without a sender")
@@ -158,6 +163,7 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		s.inMessage.Store(true)
 		var v verdict.Verdict
 		s.msg, v = s.pipeline().Begin(&s.conn, s.delivered, trimAngles(args[0]), strings.Join(args[1:], " "))
+		s.msg.SetQueueID(s.queueID)
 		return false, s.reply(cmdMail, v)
 	case cmdRcpt:
 		args := cStrings(data)
