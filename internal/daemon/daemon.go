@@ -112,9 +112,8 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 		var p *pipeline.Pipeline
 		if p, err = filters.Build(cfg, env); err == nil {
 			door.SetPipeline(p)
-			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log ||
-				cfg.DrainTimeout != old.DrainTimeout || cfg.IdleTimeout != old.IdleTimeout {
-				log.Warn("reload: changes to listen, socket_mode, drain_timeout, idle_timeout and [log] take effect after a restart", "listen", old.Listen.String())
+			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout {
+				log.Warn("reload: changes to listen, socket_mode, idle_timeout and [log] take effect after a restart", "listen", old.Listen.String())
 			}
 			log.Info("reloaded", "filters", p.Filters(), logSignatures(cfg))
 			return cfg
