@@ -102,3 +102,38 @@ func waitForLog(t *testing.T, d *daemon, words ...string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestSummaryLine: every summary_interval the daemon logs messages seen
+// and hits per signature since the last summary, then starts again.
+func TestSummaryLine(t *testing.T) {
+	d := startMailguard(t, "listen = \"LISTEN\"\n[log]\nsummary_interval = \"1s\"\n[virus]\nsignatures = \"signatures\"\n",
+		map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
+	milterVerdict(t, d.port, "clean\r\n")
+	milterVerdict(t, d.port, "x\r\n"+sobig+"\r\n")
+	milterVerdict(t, d.port, sobig+"\r\n")
+	// A tick may fall between the messages: add the summaries up.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		messages, hits, empty := 0, 0, 0
+		for _, l := range d.lines("msg=summary") {
+			var m int
+			fmt.Sscanf(l[strings.Index(l, "messages=")+len("messages="):], "%d", &m)
+			messages += m
+			if i := strings.Index(l, "virus:WORM_SOBIG.B="); i >= 0 {
+				var h int
+				fmt.Sscanf(l[i+len("virus:WORM_SOBIG.B="):], "%d", &h)
+				hits += h
+			}
+			if messages == 3 && m == 0 && strings.Contains(l, `hits=""`) {
+				empty++ // a summary after all three: the counts were reset
+			}
+		}
+		if messages == 3 && hits == 2 && empty > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("summaries add up to %d messages and %d hits (want 3 and 2, then an empty one):\n%s", messages, hits, d.logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
