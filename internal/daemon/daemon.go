@@ -77,10 +77,11 @@ func Run(ctx context.Context, opts Options) error {
 
 	var wg sync.WaitGroup
 	summaryCtx, stopSummary := context.WithCancel(context.Background())
+	interval := cfg.Log.SummaryInterval // cfg changes on reload; this needs a restart
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		summaries(summaryCtx, log, counter, cfg.Log.SummaryInterval)
+		summaries(summaryCtx, log, counter, interval)
 	}()
 	defer func() {
 		stopSummary()
