@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -133,6 +134,9 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
+	// A scan judges stored mail; it must not add it to the mail stream's
+	// copy, so the capture filter stays out.
+	cfg.Filters = slices.DeleteFunc(slices.Clone(cfg.Filters), func(f string) bool { return f == "capture" })
 	// Decisions are this command's output; the log shows only failures.
 	log, _, err := logging.New(config.Log{Target: "stderr", Level: "warn"}, stderr)
 	if err != nil {

@@ -81,6 +81,21 @@ func TestScanWithConfig(t *testing.T) {
 	}
 }
 
+// TestScanNeverCaptures: scanning with a configuration whose capture is
+// switched on copies nothing.
+func TestScanNeverCaptures(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "capture.on"), "")
+	writeFile(t, filepath.Join(dir, "m.toml"), "filters = [\"virus\", \"capture\"]\n[capture]\nswitch = \"capture.on\"\ndir = \"copies\"\n")
+	writeFile(t, filepath.Join(dir, "msgs", "a.eml"), "Subject: x\n\nhello\n")
+	if code, out, _ := runCLI("scan", "--config", filepath.Join(dir, "m.toml"), filepath.Join(dir, "msgs")); code != 0 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "copies", "new")); len(entries) != 0 {
+		t.Fatalf("scan wrote %d copies", len(entries))
+	}
+}
+
 func TestCheckConfig(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "sigs"), "GOOD =\n"+sobig+"\n")
