@@ -156,9 +156,6 @@ func (m *Matcher) pattern(i int) []byte { return m.data[m.starts[i]:m.starts[i+1
 // Len is the number of patterns.
 func (m *Matcher) Len() int { return m.patCount }
 
-// MaxLen is the length of the longest pattern (0 for an empty set).
-func (m *Matcher) MaxLen() int { return m.maxLen }
-
 // Name returns the name of pattern i.
 func (m *Matcher) Name(i int) string { return m.names[i] }
 

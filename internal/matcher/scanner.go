@@ -1,7 +1,7 @@
 package matcher
 
 // Scanner finds patterns in a stream that arrives in chunks, such as a
-// message body from the MTA. It keeps only the last MaxLen()-1 bytes of the
+// message body from the MTA. It keeps only the last (longest pattern - 1) bytes of the
 // stream, which is all a match spanning a chunk boundary needs, so memory per
 // stream is bounded by the longest pattern, not by the message.
 //

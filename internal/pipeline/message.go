@@ -77,11 +77,17 @@ func (m *Message) logFinal() {
 // active reports whether member i takes part in stage st now: it has a
 // check, reads the stage, and either nothing is decided yet or it observes.
 func (m *Message) active(i int, st Stage) bool {
-	if m.checks[i] == nil || m.final.Final() && !m.p.observer[i] {
+	if m.checks[i] == nil {
+		return false
+	}
+	if m.p.observer[i] {
+		return true // observers see every stage; no need to ask (capture reads a clock to answer)
+	}
+	if m.final.Final() {
 		return false
 	}
 	r, d := m.p.members[i].Filter.Stages()
-	return (r|d)&st != 0 || m.p.observer[i]
+	return (r|d)&st != 0
 }
 
 // run calls stage st on every check that takes part. The first final

@@ -46,9 +46,6 @@ func New(sigs []sigfile.Signature, opts Options) (*Filter, error) {
 	return f, nil
 }
 
-// Signatures is the number of signatures loaded.
-func (f *Filter) Signatures() int { return f.m.Len() }
-
 func (f *Filter) Name() string { return Name }
 
 // Stages: the filter reads the body, and its verdict waits for the end of
