@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"mailguard/internal/config"
+	"mailguard/internal/filters"
 	"mailguard/internal/filter/senders"
 	"mailguard/internal/sigfile"
 	"mailguard/internal/userdir"
@@ -34,7 +34,7 @@ func TestReadmeExamples(t *testing.T) {
 		blocks[lang]++
 		switch lang {
 		case "toml":
-			if _, err := config.Parse(name, []byte(text)); err != nil {
+			if _, err := filters.Parse(name, []byte(text)); err != nil {
 				t.Errorf("%s: %v", name, err)
 			}
 		case "signatures":

@@ -5,6 +5,7 @@
 //	mailguard scan --config FILE PATH...
 //	mailguard check-config --config FILE
 //	mailguard sigmine --samples PATH... [--clean PATH...]
+//	mailguard example-config
 //	mailguard version
 package main
 
@@ -23,6 +24,7 @@ import (
 	"mailguard/internal/config"
 	"mailguard/internal/daemon"
 	"mailguard/internal/filters"
+	_ "mailguard/internal/filters/all"
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/scan"
@@ -44,6 +46,7 @@ var commands = []command{
 	{"scan", "[--config FILE] PATH...", "run stored messages (files, directories, Maildirs) through the filters", runScan},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
 	{"sigmine", "--samples PATH --clean PATH", "mine signatures from worm samples, proven against clean mail", runSigmine},
+	{"example-config", "", "print the complete example configuration (every key, its default)", runExampleConfig},
 	{"version", "", "print the version", runVersion},
 }
 
@@ -126,10 +129,10 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailguard scan: name at least one file, directory or Maildir")
 		return 2
 	}
-	cfg := config.Default()
+	cfg := filters.Default()
 	if *cfgFile != "" {
 		var err error
-		if cfg, err = config.Load(*cfgFile); err != nil {
+		if cfg, err = filters.Load(*cfgFile); err != nil {
 			fmt.Fprintf(stderr, "mailguard scan: %v\n", err)
 			return 2
 		}
@@ -151,7 +154,8 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 	}
 	s := &scan.Scanner{Pipeline: p, Stats: counter, Out: stdout}
 	res := s.Run(fs.Args())
-	fmt.Fprintf(stdout, "scanned %d messages: %d accepted, %d rejected, %d errors\n", res.Messages, res.Accepted, res.Rejected, res.Errors)
+	fmt.Fprintf(stdout, "scanned %d messages: %d accepted, %d rejected, %d rejected for some recipients, %d errors\n",
+		res.Messages, res.Accepted, res.Rejected, res.PartlyRejected, res.Errors)
 	if hits := res.Hits.HitsString(); hits != "" {
 		fmt.Fprintf(stdout, "hits: %s\n", hits)
 	}
@@ -168,7 +172,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailguard check-config: --config FILE is required")
 		return 2
 	}
-	cfg, err := config.Load(*cfgFile)
+	cfg, err := filters.Load(*cfgFile)
 	if err == nil {
 		_, err = filters.Build(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now})
 	}
@@ -263,6 +267,15 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 	case len(res.Uncovered) > 0 || len(res.Signatures) == 0:
 		return 1
 	}
+	return 0
+}
+
+func runExampleConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("example-config", "", "Print the complete example configuration: every key of every filter with its\ndefault and what it does.", stderr)
+	if rc := parse(fs, args); rc >= 0 {
+		return rc
+	}
+	fmt.Fprint(stdout, filters.ExampleConfig())
 	return 0
 }
 

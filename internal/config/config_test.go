@@ -1,4 +1,4 @@
-package config
+package config_test
 
 import (
 	"errors"
@@ -7,21 +7,43 @@ import (
 	"testing"
 
 	"mailguard/etc"
+	"mailguard/internal/config"
+	"mailguard/internal/filter/capture"
+	"mailguard/internal/filter/virus"
+	"mailguard/internal/filters"
+	_ "mailguard/internal/filters/all"
 )
 
-// The shipped example documents every key with its default: parsed, it
-// must equal the built-in defaults, so docs and code cannot drift apart.
+// Parse reads config text with every filter's section, as the daemon does.
+func Parse(file string, data []byte) (*config.Config, error) { return filters.Parse(file, data) }
+
+// The complete example (the global keys and every filter's section)
+// documents every key with its default: parsed, it must equal the
+// built-in defaults, so docs and code cannot drift apart.
 func TestExampleConfigIsTheDefaults(t *testing.T) {
-	c, err := Parse("etc/mailguard.toml", etc.ExampleConfig)
-	if err != nil {
-		t.Fatal(err)
+	for name, text := range map[string]string{"etc/mailguard.toml": string(etc.ExampleConfig), "example-config": filters.ExampleConfig()} {
+		c, err := Parse(name, []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := filters.Default()
+		c.File = ""
+		if !reflect.DeepEqual(c.Sections, want.Sections) || c.Listen != want.Listen || c.Log != want.Log ||
+			c.SocketMode != want.SocketMode || c.DrainTimeout != want.DrainTimeout || c.IdleTimeout != want.IdleTimeout ||
+			!reflect.DeepEqual(c.Filters, want.Filters) {
+			t.Errorf("%s differs from the defaults:\n got %+v\nwant %+v", name, c, want)
+		}
 	}
-	want := Default()
-	c.File, c.lines = "", nil
-	if !reflect.DeepEqual(c, want) {
-		t.Errorf("example config differs from the defaults:\n got %+v\nwant %+v", c, want)
+	for _, name := range filters.Names() {
+		if !strings.Contains(filters.ExampleConfig(), "\n["+name+"]\n") {
+			t.Errorf("example-config lacks [%s]", name)
+		}
 	}
 }
+
+func virusOf(c *config.Config) *virus.Config     { return c.Sections["virus"].(*virus.Config) }
+func captureOf(c *config.Config) *capture.Config { return c.Sections["capture"].(*capture.Config) }
+
 
 func TestParseValues(t *testing.T) {
 	c, err := Parse("/etc/mailguard/mailguard.toml", []byte(`
@@ -45,10 +67,10 @@ on_error = "accept"
 	if c.Listen.Network != "unix" || c.Listen.Address != "/run/mailguard/milter.sock" || c.SocketMode != 0o600 {
 		t.Errorf("listen %+v mode %o", c.Listen, c.SocketMode)
 	}
-	if c.Virus.Signatures != "/etc/mailguard/signatures" {
-		t.Errorf("relative signature path not resolved against the config's directory: %q", c.Virus.Signatures)
+	if virusOf(c).Signatures != "/etc/mailguard/signatures" {
+		t.Errorf("relative signature path not resolved against the config's directory: %q", virusOf(c).Signatures)
 	}
-	if c.Log.Target != "syslog" || c.Log.SummaryInterval.Minutes() != 1 || !c.Virus.IncludeName || c.Virus.OnError != "accept" || c.Virus.Reply != "Worm refused" {
+	if c.Log.Target != "syslog" || c.Log.SummaryInterval.Minutes() != 1 || !virusOf(c).IncludeName || virusOf(c).OnError != "accept" || virusOf(c).Reply != "Worm refused" {
 		t.Errorf("values not taken: %+v", c)
 	}
 	if c.Line("virus.reply") != 12 || c.Line("log.level") != 8 {
@@ -84,7 +106,7 @@ colour = "red"
 			t.Errorf("missing %q in:\n%v", w, err)
 		}
 	}
-	var ce *Error
+	var ce *config.Error
 	if !errors.As(err, &ce) {
 		t.Error("errors are not *config.Error")
 	}
@@ -152,7 +174,7 @@ include_rejected = true
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Capture.Switch != "/etc/mailguard/capture.on" || !c.Capture.IncludeRejected || c.Capture.MaxSize != 100<<20 || c.Capture.Senders[0] != "@suspect.example" {
-		t.Errorf("capture %+v", c.Capture)
+	if cc := captureOf(c); cc.Switch != "/etc/mailguard/capture.on" || !cc.IncludeRejected || cc.MaxSize.Bytes != 100<<20 || cc.Senders[0] != "@suspect.example" {
+		t.Errorf("capture %+v", cc)
 	}
 }

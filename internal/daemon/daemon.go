@@ -19,6 +19,7 @@ import (
 
 	"mailguard/internal/config"
 	"mailguard/internal/filters"
+	_ "mailguard/internal/filters/all"
 	"mailguard/internal/listen"
 	"mailguard/internal/logging"
 	"mailguard/internal/milterdoor"
@@ -62,8 +63,8 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout})
-	log.Info("mailguard started", "listen", cfg.Listen.String(), "addr", ln.Addr().String(),
-		"filters", p.Filters(), "config", describe(opts.ConfigFile), logSignatures(cfg))
+	log.Info("mailguard started", append([]any{"listen", cfg.Listen.String(), "addr", ln.Addr().String(),
+		"filters", p.Filters(), "config", describe(opts.ConfigFile)}, p.Summaries()...)...)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- door.Serve(ln) }()
@@ -116,7 +117,7 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout {
 				log.Warn("reload: changes to listen, socket_mode, idle_timeout and [log] take effect after a restart", "listen", old.Listen.String())
 			}
-			log.Info("reloaded", "filters", p.Filters(), logSignatures(cfg))
+			log.Info("reloaded", append([]any{"filters", p.Filters()}, p.Summaries()...)...)
 			return cfg
 		}
 	}
@@ -127,10 +128,13 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serveErr <-chan error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := door.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	switch err := door.Shutdown(ctx); {
+	case errors.Is(err, milterdoor.ErrSessionsLeft):
+		log.Error("drain timeout: sessions did not end after their filter calls were cancelled; stopping anyway", "error", err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("drain timeout: closed sessions still in flight; their filter calls were cancelled", "open", door.Active())
+	case err != nil:
 		return err
-	} else if err != nil {
-		log.Warn("drain timeout: closed sessions still in flight", "open", door.Active())
 	}
 	<-serveErr
 	log.Info("stopped")
@@ -153,9 +157,9 @@ func summaries(ctx context.Context, log *slog.Logger, c *stats.Counter, every ti
 
 func loadConfig(file string) (*config.Config, error) {
 	if file == "" {
-		return config.Default(), nil
+		return filters.Default(), nil
 	}
-	return config.Load(file)
+	return filters.Load(file)
 }
 
 func describe(file string) string {
@@ -163,11 +167,4 @@ func describe(file string) string {
 		return "(built-in defaults)"
 	}
 	return file
-}
-
-func logSignatures(c *config.Config) slog.Attr {
-	if c.Virus.Signatures == "" {
-		return slog.String("signatures", "(bundled examples)")
-	}
-	return slog.String("signatures", c.Virus.Signatures)
 }

@@ -1,52 +1,111 @@
-// Package filters builds the pipeline a configuration describes: it maps
-// each filter name in `filters` to its constructor, in the configured order.
+// Package filters is the filter registry. Each filter's folder owns its
+// configuration section, defaults, example and constructor, and registers
+// them here once (Register, from its init); the line that imports the
+// folder is in package filters/all. This package then reads configuration
+// files for every registered filter and builds the pipeline a
+// configuration describes, in the configured order.
 package filters
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"mailguard/etc"
 	"mailguard/internal/config"
-	"mailguard/internal/filter/capture"
-	"mailguard/internal/filter/quota"
-	"mailguard/internal/filter/senders"
-	"mailguard/internal/filter/virus"
-	"mailguard/internal/linefile"
-	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
-	"mailguard/internal/sigfile"
-	"mailguard/internal/userdir"
 )
 
-// constructor builds one filter from the configuration.
-type constructor func(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error)
-
-var registry = map[string]constructor{
-	virus.Name:   newVirus,
-	quota.Name:   newQuota,
-	capture.Name: newCapture,
-	senders.Name: newSenders,
+// Spec is what a filter registers.
+type Spec struct {
+	Name string
+	// NewSection returns the filter's [Name] section with its defaults.
+	NewSection func() config.Section
+	// New builds the filter from its checked section.
+	New func(s config.Section, b *Env) (pipeline.Filter, error)
+	// Example is the section as the example configuration documents it:
+	// "[Name]" and every key at its default, with comments.
+	Example string
 }
 
-// policy reads a filter's on_error setting, placing an error at its key.
-func policy(c *config.Config, key, value string) (pipeline.ErrorPolicy, error) {
-	p, err := pipeline.ParseErrorPolicy(value)
-	if err != nil {
-		return 0, &config.Error{File: c.File, Line: c.Line(key), Msg: err.Error()}
+var registry = map[string]Spec{}
+
+// Register adds a filter. It is called from the filter package's init, so
+// it panics on a programming error (a name registered twice).
+func Register[S config.Section](name string, defaults func() S, build func(S, *Env) (pipeline.Filter, error), example string) {
+	if _, dup := registry[name]; dup {
+		panic("filters: " + name + " registered twice")
 	}
-	return p, nil
+	registry[name] = Spec{
+		Name:       name,
+		NewSection: func() config.Section { return defaults() },
+		New:        func(s config.Section, b *Env) (pipeline.Filter, error) { return build(s.(S), b) },
+		Example:    example,
+	}
 }
 
-// fileError places an error reading a file at the key that names it, unless
-// the file's own parser already said where.
-func fileError[E error](c *config.Config, key string, err error) error {
+// Lookup returns a registered filter's spec.
+func Lookup(name string) (Spec, bool) {
+	s, ok := registry[name]
+	return s, ok
+}
+
+// Names lists the registered filters, sorted.
+func Names() []string { return slices.Sorted(maps.Keys(registry)) }
+
+// Sections is every registered filter's section constructor.
+func Sections() config.Sections {
+	out := config.Sections{}
+	for name, s := range registry {
+		out[name] = s.NewSection
+	}
+	return out
+}
+
+// Default is the built-in configuration.
+func Default() *config.Config { return config.Default(Sections()) }
+
+// Load reads a configuration file with every registered filter's section.
+func Load(path string) (*config.Config, error) { return config.Load(path, Sections()) }
+
+// Parse reads configuration text with every registered filter's section.
+func Parse(file string, data []byte) (*config.Config, error) {
+	return config.Parse(file, data, Sections())
+}
+
+// ExampleConfig is the complete example configuration: the global keys,
+// then every registered filter's section.
+func ExampleConfig() string {
+	var b strings.Builder
+	b.Write(etc.ExampleConfig)
+	for _, name := range Names() {
+		b.WriteString("\n")
+		b.WriteString(strings.TrimSpace(registry[name].Example))
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// Env is what a filter's constructor gets: the pipeline's environment, and
+// a way to place an error at a key of its section.
+type Env struct {
+	pipeline.Env
+	cfg  *config.Config
+	name string
+}
+
+// KeyError places err (a file the key names failed to load, say) at the
+// key's line, unless err is already placed (an error of type E, such as
+// a parser's own file:line error).
+func KeyError[E error](b *Env, key string, err error) error {
 	var own E
 	if err == nil || errors.As(err, &own) {
 		return err
 	}
-	return &config.Error{File: c.File, Line: c.Line(key), Msg: key + ": " + err.Error()}
+	full := b.name + "." + key
+	return &config.Error{File: b.cfg.File, Line: b.cfg.Line(full), Msg: full + ": " + err.Error()}
 }
 
 // Build constructs the pipeline. Its error joins every problem found, each
@@ -57,89 +116,25 @@ func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
 		errs    []error
 	)
 	for _, name := range c.Filters {
-		build, ok := registry[name]
-		if !ok {
+		spec, ok := registry[name]
+		sec := c.Sections[name]
+		if !ok || sec == nil {
 			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("unknown filter %q", name)})
 			continue
 		}
-		f, policy, err := build(c, env)
+		f, err := spec.New(sec, &Env{Env: env, cfg: c, name: name})
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		members = append(members, pipeline.Member{Filter: f, OnError: policy})
+		common := config.CommonOf(sec)
+		// The section was checked: these parse.
+		onError, _ := pipeline.ParseErrorPolicy(common.OnError)
+		mode, _ := pipeline.ParseMode(common.Mode)
+		members = append(members, pipeline.Member{Filter: f, OnError: onError, Mode: mode, Timeout: common.Timeout.Duration})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return pipeline.New(env, members...), nil
-}
-
-// VirusSignatures loads the signature file a configuration names, or the
-// bundled examples.
-func VirusSignatures(c *config.Config) ([]sigfile.Signature, error) {
-	if c.Virus.Signatures == "" {
-		return sigfile.Parse(etc.SignaturesName, bytes.NewReader(etc.Signatures))
-	}
-	sigs, err := sigfile.Load(c.Virus.Signatures)
-	return sigs, fileError[*sigfile.Error](c, "virus.signatures", err)
-}
-
-func newVirus(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
-	p, err := policy(c, "virus.on_error", c.Virus.OnError)
-	if err != nil {
-		return nil, 0, err
-	}
-	sigs, err := VirusSignatures(c)
-	if err != nil {
-		return nil, 0, err
-	}
-	f, err := virus.New(sigs, virus.Options{Reply: c.Virus.Reply, IncludeName: c.Virus.IncludeName})
-	return f, p, err
-}
-
-func newQuota(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
-	p, err := policy(c, "quota.on_error", c.Quota.OnError)
-	if err != nil {
-		return nil, 0, err
-	}
-	users, err := userdir.Load(c.Quota.Users, userdir.Options{CaseSensitiveLocal: c.Quota.CaseSensitiveLocal, Delimiter: c.Quota.RecipientDelimiter})
-	if err != nil {
-		return nil, 0, fileError[*linefile.Error](c, "quota.users", err)
-	}
-	return quota.New(quota.Options{
-		Users:        users,
-		Usage:        &maildir.UsageReader{},
-		DefaultQuota: c.Quota.DefaultQuota,
-		Margin:       c.Quota.Margin,
-		Reply:        c.Quota.Reply,
-		Exempt:       c.Quota.ExemptSenders,
-	}), p, nil
-}
-
-func newCapture(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
-	p, err := policy(c, "capture.on_error", c.Capture.OnError)
-	if err != nil {
-		return nil, 0, err
-	}
-	f, err := capture.New(capture.Options{
-		Switch: c.Capture.Switch, Dir: c.Capture.Dir, Recipients: c.Capture.Recipients, Senders: c.Capture.Senders,
-		IncludeRejected: c.Capture.IncludeRejected, MaxSize: c.Capture.MaxSize, Log: env.Log, Now: env.Now,
-	})
-	if err != nil {
-		return nil, 0, &config.Error{File: c.File, Line: c.Line("capture.dir"), Msg: "capture.dir: " + err.Error()}
-	}
-	return f, p, nil
-}
-
-func newSenders(c *config.Config, env pipeline.Env) (pipeline.Filter, pipeline.ErrorPolicy, error) {
-	p, err := policy(c, "senders.on_error", c.Senders.OnError)
-	if err != nil {
-		return nil, 0, err
-	}
-	list, err := senders.Load(c.Senders.Blocklist, c.Senders.RecipientDelimiter)
-	if err != nil {
-		return nil, 0, fileError[*linefile.Error](c, "senders.blocklist", err)
-	}
-	return senders.New(senders.Options{List: list, Reply: c.Senders.Reply}), p, nil
 }

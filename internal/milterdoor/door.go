@@ -19,6 +19,7 @@ package milterdoor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -43,6 +44,10 @@ type Door struct {
 	current atomic.Pointer[pipeline.Pipeline]
 	log     *slog.Logger
 	opts    Options
+	// ctx is every session's base context: cancelled when the drain
+	// timeout runs out, so filter calls still waiting give up.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -58,6 +63,7 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 		opts.IdleTimeout = 10 * time.Minute
 	}
 	d := &Door{log: log, opts: opts, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{}}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.current.Store(p)
 	return d
 }
@@ -135,9 +141,21 @@ func (d *Door) untrack(s *session) {
 	d.wg.Done()
 }
 
+// stopGrace is how long Shutdown waits, after the drain timeout, for
+// sessions whose filter calls were cancelled to end. A filter that
+// ignores its context cannot hold the daemon past it.
+const stopGrace = 2 * time.Second
+
+// ErrSessionsLeft is Shutdown's error when sessions did not end even after
+// their calls were cancelled and their connections closed.
+var ErrSessionsLeft = errors.New("sessions still running after the drain timeout")
+
 // Shutdown stops accepting connections, closes those with no message in
 // flight, and waits until ctx ends for the others to finish their message.
-// Connections still open then are closed, and ctx's error returned.
+// Then it cancels every filter call still running, closes the connections
+// still open, and returns ctx's error. The drain is a hard limit: if a
+// session has still not ended stopGrace later, Shutdown returns
+// ErrSessionsLeft and leaves it behind.
 func (d *Door) Shutdown(ctx context.Context) error {
 	d.mu.Lock()
 	d.closing = true
@@ -155,15 +173,21 @@ func (d *Door) Shutdown(ctx context.Context) error {
 	go func() { d.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		d.cancel()
 		return nil
 	case <-ctx.Done():
-		d.mu.Lock()
-		for s := range d.sessions {
-			s.w.conn.Close()
-		}
-		d.mu.Unlock()
-		<-done
+	}
+	d.cancel()
+	d.mu.Lock()
+	for s := range d.sessions {
+		s.w.conn.Close()
+	}
+	d.mu.Unlock()
+	select {
+	case <-done:
 		return ctx.Err()
+	case <-time.After(stopGrace):
+		return fmt.Errorf("%w: %d", ErrSessionsLeft, d.active.Load())
 	}
 }
 
@@ -200,8 +224,15 @@ var stageFlags = []struct {
 // wantedActions are the message changes a pipeline may ask the MTA for.
 func wantedActions(p *pipeline.Pipeline) milter.OptAction {
 	var a milter.OptAction
-	if p.Modifies()&pipeline.ModRemoveRcpt != 0 {
+	mods := p.Modifies()
+	if mods&pipeline.ModRemoveRcpt != 0 {
 		a |= milter.OptRemoveRcpt
+	}
+	if mods&pipeline.ModAddHeader != 0 {
+		a |= milter.OptAddHeader
+	}
+	if mods&pipeline.ModChangeHeader != 0 {
+		a |= milter.OptChangeHeader
 	}
 	return a
 }

@@ -27,12 +27,15 @@ type session struct {
 	w         *wireConn
 	proto     milter.OptProtocol
 	actions   milter.OptAction
+	macroReq  map[milter.MacroStage]string // the macro lists negotiated; nil: the MTA's defaults
 	delivered pipeline.Stage
-	pipe      *pipeline.Pipeline // pipeline of the connection stages
+	pipe      *pipeline.Pipeline   // the pipeline negotiated for
+	cn        *pipeline.Connection // the pipeline's connection state, from connect on
 	conn      pipeline.Conn
+	macros    macroStore
 	msg       *pipeline.Message
-	queueID   string // the MTA's "i" macro, until the message ends
 	inMessage atomic.Bool
+	watch     watch
 }
 
 func (s *session) serve() {
@@ -42,6 +45,7 @@ func (s *session) serve() {
 			s.door.log.Error("milter session panicked; connection closed", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 		s.endMessage()
+		s.closeConnection()
 		s.w.conn.Close()
 		s.w.release()
 	}()
@@ -102,24 +106,55 @@ func (s *session) negotiate() error {
 	s.delivered = deliveredStages(s.proto)
 	s.actions = wantedActions(s.pipe) & mtaActions
 	if missing := wantedActions(s.pipe) &^ s.actions; missing != 0 {
-		s.door.log.Warn("MTA does not allow message changes a filter needs; recipients will not be removed", "missing", missing.String())
+		s.door.log.Warn("MTA does not allow message changes a filter needs; they will not be made", "missing", missing.String())
 	}
-	var out [12]byte
+	out := make([]byte, 12, 64)
+	if req := macroRequest(s.pipe); req != nil && version >= 6 && mtaActions&milter.OptSetMacros != 0 {
+		s.macroReq = req
+		s.actions |= milter.OptSetMacros
+		for _, ms := range macroStages {
+			out = binary.BigEndian.AppendUint32(out, uint32(ms.slot))
+			out = append(append(out, req[ms.slot]...), 0)
+		}
+	}
 	binary.BigEndian.PutUint32(out[0:], version)
 	binary.BigEndian.PutUint32(out[4:], uint32(s.actions))
 	binary.BigEndian.PutUint32(out[8:], uint32(s.proto))
 	s.w.deadlineSet = time.Time{}
-	return s.w.writePacket(cmdOptNeg, out[:])
+	s.conn.Macros = &s.macros
+	return s.w.writePacket(cmdOptNeg, out)
 }
 
-// pipeline returns the newest pipeline this connection can serve: one whose
-// stages the negotiated protocol delivers. An older connection keeps its
-// pipeline when a reload needs more than it negotiated.
-func (s *session) pipeline() *pipeline.Pipeline {
-	if p := s.door.current.Load(); compatible(s.proto, s.actions, p) {
+// openConnection starts the pipeline's connection state, on the newest
+// pipeline this connection can serve: one whose stages, changes and
+// macros the negotiation covers. A connection keeps an older pipeline
+// when a reload needs more than it negotiated.
+func (s *session) openConnection() {
+	if p := s.door.current.Load(); p != s.pipe && compatible(s.proto, s.actions, p) && macrosCovered(s.macroReq, p) {
 		s.pipe = p
 	}
-	return s.pipe
+	s.cn = s.pipe.Open(s.door.ctx, &s.conn)
+}
+
+func (s *session) closeConnection() {
+	if s.cn != nil {
+		s.cn.Close()
+		s.cn = nil
+	}
+}
+
+// connection returns the connection state for a new message. A reload
+// since the connection opened moves it to the new pipeline here, between
+// messages: the filters' connection state is closed and opened anew (the
+// connect and HELO stages are not repeated).
+func (s *session) connection() *pipeline.Connection {
+	if s.cn == nil {
+		s.openConnection()
+	} else if p := s.door.current.Load(); p != s.cn.Pipeline() && compatible(s.proto, s.actions, p) && macrosCovered(s.macroReq, p) {
+		s.closeConnection()
+		s.openConnection()
+	}
+	return s.cn
 }
 
 func (s *session) endMessage() {
@@ -127,7 +162,6 @@ func (s *session) endMessage() {
 		s.msg.Close()
 		s.msg = nil
 	}
-	s.queueID = ""
 	s.inMessage.Store(false)
 }
 
@@ -136,72 +170,72 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 	switch cmd {
 	case cmdMacro:
 		if len(data) > 0 {
-			if id, ok := queueIDFromMacros(data[1:]); ok {
-				s.queueID = id
-			}
+			s.macros.set(data[0], data[1:])
 		}
 		return false, nil
 	case cmdConnect:
 		if err := s.parseConnect(data); err != nil {
 			return false, err
 		}
-		return false, s.reply(cmdConnect, s.pipeline().Connect(&s.conn))
+		s.closeConnection()
+		s.openConnection()
+		return false, s.guardedReply(cmdConnect, s.cn.Connect)
 	case cmdHelo:
 		s.conn.Helo, _ = cString(data)
-		return false, s.reply(cmdHelo, s.pipeline().Helo(&s.conn))
+		return false, s.guardedReply(cmdHelo, s.connection().Helo)
 	case cmdMail:
-		// The macros for this MAIL came just before it: Sendmail sends the
-		// queue id with them, so it must survive the end of the previous
-		// message.
-		id := s.queueID
-		s.endMessage()
-		s.queueID = id
+		s.endMessage() // a MAIL without the end of the previous message
 		args := cStrings(data)
 		if len(args) == 0 {
 			return false, errors.New("MAIL without a sender")
 		}
 		s.inMessage.Store(true)
-		var v verdict.Verdict
-		s.msg, v = s.pipeline().Begin(&s.conn, s.delivered, trimAngles(args[0]), strings.Join(args[1:], " "))
-		s.msg.SetQueueID(s.queueID)
-		return false, s.reply(cmdMail, v)
+		cn := s.connection()
+		return false, s.guardedReply(cmdMail, func() verdict.Verdict {
+			var v verdict.Verdict
+			s.msg, v = cn.Begin(s.delivered, allowedChanges(s.actions), trimAngles(args[0]), strings.Join(args[1:], " "))
+			s.msg.SetQueueID(s.macro("i"))
+			return v
+		})
 	case cmdRcpt:
 		args := cStrings(data)
 		if s.msg == nil || len(args) == 0 {
 			return false, s.reply(cmdRcpt, verdict.Pass)
 		}
-		s.msg.SetQueueID(s.queueID)
-		return false, s.reply(cmdRcpt, s.msg.Rcpt(trimAngles(args[0]), strings.Join(args[1:], " ")))
+		s.msg.SetQueueID(s.macro("i"))
+		return false, s.guardedReply(cmdRcpt, func() verdict.Verdict {
+			return s.msg.Rcpt(trimAngles(args[0]), strings.Join(args[1:], " "))
+		})
 	case cmdData:
 		return false, s.reply(cmdData, verdict.Pass)
 	case cmdHeader:
 		name, rest := cString(data)
 		value, _ := cString(rest)
-		v := verdict.Pass
-		if s.msg != nil {
-			v = s.msg.Header(name, value)
+		if s.msg == nil {
+			return false, s.reply(cmdHeader, verdict.Pass)
 		}
-		return false, s.reply(cmdHeader, v)
+		return false, s.guardedReply(cmdHeader, func() verdict.Verdict { return s.msg.Header(name, value) })
 	case cmdEOH:
-		v := verdict.Pass
-		if s.msg != nil {
-			v = s.msg.EndOfHeaders()
+		if s.msg == nil {
+			return false, s.reply(cmdEOH, verdict.Pass)
 		}
-		return false, s.reply(cmdEOH, v)
+		return false, s.guardedReply(cmdEOH, s.msg.EndOfHeaders)
 	case cmdBody:
-		v := verdict.Pass
-		if s.msg != nil {
-			v = s.msg.Body(data)
+		if s.msg == nil {
+			return false, s.reply(cmdBody, verdict.Pass)
 		}
-		return false, s.reply(cmdBody, v)
+		return false, s.guardedReply(cmdBody, func() verdict.Verdict { return s.msg.Body(data) })
 	case cmdEOB:
 		return false, s.endOfMessage(data)
 	case cmdAbort:
 		s.endMessage()
+		s.macros.clearFrom(int(milter.StageMail))
 		return false, nil
 	case cmdQuitNewConn:
 		s.endMessage()
-		s.conn = pipeline.Conn{}
+		s.closeConnection()
+		s.macros.clearFrom(int(milter.StageConnect))
+		s.conn = pipeline.Conn{Macros: &s.macros}
 		return false, nil
 	case cmdQuit:
 		return true, nil
@@ -213,29 +247,81 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 	return false, fmt.Errorf("unknown milter command %q", cmd)
 }
 
+func (s *session) macro(name string) string {
+	v, _ := s.macros.Macro(name)
+	return v
+}
+
 func (s *session) endOfMessage(data []byte) error {
 	if s.msg == nil {
 		return s.w.writePacket(replyAccept, nil)
 	}
-	if len(data) > 0 { // a last body chunk may ride on the end-of-body packet
-		s.msg.Body(data)
-	}
-	s.msg.SetQueueID(s.queueID)
-	v := s.msg.End()
-	removed := s.msg.Envelope().Removed
+	msg := s.msg
+	v := s.guarded(true, func() verdict.Verdict {
+		if len(data) > 0 { // a last body chunk may ride on the end-of-body packet
+			msg.Body(data)
+		}
+		msg.SetQueueID(s.macro("i"))
+		return msg.End()
+	})
+	env := msg.Envelope()
+	removed, headers := env.Removed, env.Headers
 	s.endMessage()
-	if !v.Final() {
-		if s.actions&milter.OptRemoveRcpt != 0 {
-			for _, r := range removed {
-				if err := s.w.writePacket(modDeleteRcpt, append([]byte("<"+r.Rcpt+">"), 0)); err != nil {
-					return err
-				}
+	s.macros.clearFrom(int(milter.StageMail))
+	if v.Final() {
+		code, payload := reply(v)
+		return s.w.writePacket(code, payload)
+	}
+	if s.actions&milter.OptRemoveRcpt != 0 {
+		for _, r := range removed {
+			if err := s.w.writePacket(modDeleteRcpt, append([]byte("<"+r.Rcpt+">"), 0)); err != nil {
+				return err
 			}
 		}
-		return s.w.writePacket(replyAccept, nil)
 	}
-	code, payload := reply(v)
-	return s.w.writePacket(code, payload)
+	for _, h := range headers {
+		if code, payload, ok := headerPacket(h, s.actions); ok {
+			if err := s.w.writePacket(code, payload); err != nil {
+				return err
+			}
+		}
+	}
+	return s.w.writePacket(replyAccept, nil)
+}
+
+// headerPacket encodes a header change, if the MTA allows it.
+func headerPacket(h pipeline.HeaderChange, actions milter.OptAction) (byte, []byte, bool) {
+	var b []byte
+	switch h.Op {
+	case pipeline.HeaderAdd:
+		if actions&milter.OptAddHeader == 0 {
+			return 0, nil, false
+		}
+		return modAddHeader, append(append(append(append(b, h.Name...), 0), h.Value...), 0), true
+	case pipeline.HeaderInsert:
+		if actions&milter.OptAddHeader == 0 {
+			return 0, nil, false
+		}
+		b = binary.BigEndian.AppendUint32(b, uint32(h.Index))
+		return modInsertHeader, append(append(append(append(b, h.Name...), 0), h.Value...), 0), true
+	case pipeline.HeaderReplace:
+		if actions&milter.OptChangeHeader == 0 {
+			return 0, nil, false
+		}
+		b = binary.BigEndian.AppendUint32(b, uint32(h.Index))
+		return modChangeHeader, append(append(append(append(b, h.Name...), 0), h.Value...), 0), true
+	}
+	return 0, nil, false
+}
+
+// guardedReply runs a stage and answers it. Where the MTA waits for the
+// answer, the call is watched (see guarded).
+func (s *session) guardedReply(cmd byte, stage func() verdict.Verdict) error {
+	if s.proto&noReplyFlag(cmd) != 0 {
+		stage() // the verdict, if any, is held for a later stage
+		return nil
+	}
+	return s.reply(cmd, s.guarded(false, stage))
 }
 
 // reply answers a stage, unless the connection negotiated that the stage
@@ -275,7 +361,7 @@ func noReplyFlag(cmd byte) milter.OptProtocol {
 // parseConnect reads "hostname\0 family [port address\0]".
 func (s *session) parseConnect(data []byte) error {
 	host, rest := cString(data)
-	s.conn = pipeline.Conn{Hostname: host}
+	s.conn = pipeline.Conn{Hostname: host, Macros: &s.macros}
 	if len(rest) == 0 {
 		return errors.New("connect packet without address family")
 	}
@@ -288,9 +374,16 @@ func (s *session) parseConnect(data []byte) error {
 		if len(rest) < 2 {
 			return errors.New("connect packet too short for a port")
 		}
+		s.conn.Port = int(binary.BigEndian.Uint16(rest))
 		addr, _ := cString(rest[2:])
-		if family == '6' {
+		switch family {
+		case '4':
+			s.conn.Family = pipeline.FamilyInet
+		case '6':
+			s.conn.Family = pipeline.FamilyInet6
 			addr = strings.TrimPrefix(addr, "IPv6:")
+		case 'L':
+			s.conn.Family = pipeline.FamilyUnix
 		}
 		s.conn.Addr = addr
 		return nil
@@ -303,4 +396,19 @@ func trimAngles(a string) string {
 		return a[1 : len(a)-1]
 	}
 	return a
+}
+
+// allowedChanges maps the negotiated actions to the changes filters may make.
+func allowedChanges(a milter.OptAction) pipeline.Modification {
+	var m pipeline.Modification
+	if a&milter.OptRemoveRcpt != 0 {
+		m |= pipeline.ModRemoveRcpt
+	}
+	if a&milter.OptAddHeader != 0 {
+		m |= pipeline.ModAddHeader
+	}
+	if a&milter.OptChangeHeader != 0 {
+		m |= pipeline.ModChangeHeader
+	}
+	return m
 }

@@ -38,8 +38,15 @@ const (
 	replyReject    = 'r'
 	replyTempFail  = 't'
 	replyReplyCode = 'y'
-	// modDeleteRcpt removes a recipient, before the final reply (SMFIR_DELRCPT).
-	modDeleteRcpt = '-'
+	// replyProgress asks the MTA to keep waiting (SMFIR_PROGRESS, v6).
+	replyProgress = 'p'
+	// Message changes, sent before the final reply at the end of the
+	// message: remove a recipient (SMFIR_DELRCPT), add, insert or change a
+	// header field (SMFIR_ADDHEADER, SMFIR_INSHEADER, SMFIR_CHGHEADER).
+	modDeleteRcpt   = '-'
+	modAddHeader    = 'h'
+	modInsertHeader = 'i'
+	modChangeHeader = 'm'
 )
 
 const (
@@ -165,21 +172,6 @@ func cStrings(b []byte) []string {
 		out = append(out, s)
 	}
 	return out
-}
-
-// queueIDFromMacros finds the value of macro "i" in a macro packet's data
-// (after the command byte): name\0value\0 pairs. It allocates only the
-// queue id itself.
-func queueIDFromMacros(b []byte) (string, bool) {
-	for len(b) > 0 {
-		var name, value []byte
-		name, b = nextCString(b)
-		value, b = nextCString(b)
-		if string(name) == "i" || string(name) == "{i}" {
-			return string(value), true
-		}
-	}
-	return "", false
 }
 
 func nextCString(b []byte) ([]byte, []byte) {

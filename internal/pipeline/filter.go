@@ -4,6 +4,7 @@
 package pipeline
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -27,11 +28,51 @@ const (
 	StageEndOfMessage
 )
 
+// Family is how the SMTP client reached the MTA.
+type Family string
+
+const (
+	FamilyUnknown Family = ""
+	FamilyInet    Family = "inet"
+	FamilyInet6   Family = "inet6"
+	FamilyUnix    Family = "unix"
+)
+
 // Conn describes the SMTP client of a session.
 type Conn struct {
 	Hostname string // as the MTA resolved it, or "[addr]"
-	Addr     string // IP address, empty if unknown
+	Addr     string // IP address (or socket path), empty if unknown
+	Port     int    // client port, 0 if unknown
+	Family   Family
 	Helo     string
+	// Macros are the MTA's macros as they stand at the current stage
+	// (libmilter's lifetimes: the connect macros for the connection, the
+	// MAIL macros for the message, ...); nil when the front door has none.
+	Macros Macros
+}
+
+// Macros looks up the MTA's macros by name: "j", "{auth_authen}" or
+// "auth_authen" (the braces are optional).
+type Macros interface {
+	Macro(name string) (value string, ok bool)
+}
+
+// Macro returns a macro's value, or "" if the MTA did not send it.
+func (c *Conn) Macro(name string) string {
+	if c == nil || c.Macros == nil {
+		return ""
+	}
+	v, _ := c.Macros.Macro(name)
+	return v
+}
+
+// MacroUser is implemented by filters that read macros: the front door
+// asks the MTA for them at negotiation (milter protocol v6 macro lists).
+type MacroUser interface {
+	// Macros returns the macro names the filter reads, by the stage at
+	// which the MTA should send them (StageConnect, StageHelo, StageMail,
+	// StageRcpt, StageEndOfHeaders, StageEndOfMessage).
+	Macros() map[Stage][]string
 }
 
 // Envelope is what is known about the message so far.
@@ -44,11 +85,23 @@ type Envelope struct {
 	// Delivered is the set of stages the front door passes on for this
 	// message (a milter connection negotiated without bodies has no body).
 	Delivered Stage
+	// Allowed is the set of changes the MTA lets us make to this message.
+	Allowed Modification
 	// Final is the message's verdict once a filter has decided it.
 	Final verdict.Verdict
 	// Removed lists recipients a filter took off the message.
 	Removed []Removal
+	// Headers lists the header changes filters asked for, in order.
+	Headers []HeaderChange
+	// Monitored lists what filters in monitor mode would have done.
+	Monitored []MonitorHit
+
+	caller *Member     // the filter being called, for RemoveRcpt and header changes
+	conn   *Connection // for ConnState
 }
+
+// Macro returns one of the MTA's macros, or "".
+func (e *Envelope) Macro(name string) string { return e.Conn.Macro(name) }
 
 // Removal is a recipient taken off a message, and why.
 type Removal struct {
@@ -56,8 +109,14 @@ type Removal struct {
 }
 
 // RemoveRcpt takes a recipient off the message; the front door tells the
-// MTA (milter delete-recipient) if the message is delivered.
-func (e *Envelope) RemoveRcpt(rcpt, filter, reason string) {
+// MTA (milter delete-recipient) if the message is delivered. Called by a
+// filter in monitor mode, it only records that the filter would have.
+func (e *Envelope) RemoveRcpt(rcpt, reason string) {
+	filter := e.callerName()
+	if e.caller != nil && e.caller.Mode == Monitor {
+		e.monitor(MonitorHit{Filter: filter, Action: "remove recipient", Rcpt: rcpt, Reason: reason})
+		return
+	}
 	for i, r := range e.Rcpts {
 		if r == rcpt {
 			e.Rcpts = append(e.Rcpts[:i:i], e.Rcpts[i+1:]...)
@@ -67,11 +126,135 @@ func (e *Envelope) RemoveRcpt(rcpt, filter, reason string) {
 	}
 }
 
+func (e *Envelope) callerName() string {
+	if e.caller == nil {
+		return ""
+	}
+	return e.caller.Filter.Name()
+}
+
+// HeaderOp is a kind of header change.
+type HeaderOp uint8
+
+const (
+	// HeaderAdd appends a field (SMFIR_ADDHEADER).
+	HeaderAdd HeaderOp = iota
+	// HeaderInsert inserts a field at a position (SMFIR_INSHEADER).
+	HeaderInsert
+	// HeaderChange replaces the Index-th field of that name, or deletes it
+	// when Value is "" (SMFIR_CHGHEADER).
+	HeaderReplace
+)
+
+// HeaderChange is one change to the message's header that a filter asked
+// for; the front door makes it at the end of the message.
+type HeaderChange struct {
+	Op     HeaderOp
+	Name   string
+	Value  string
+	Index  int // HeaderInsert: 0 is the top; HeaderReplace: 1 is the first field of Name
+	Filter string
+}
+
+// maxHeaderChanges bounds the header changes of one message, and
+// maxHeaderValue the length of one value: a filter's bug or a hostile
+// input must not grow a message without bound.
+const (
+	maxHeaderChanges = 64
+	maxHeaderValue   = 2048
+)
+
+// AddHeader appends a header field when the message is delivered.
+func (e *Envelope) AddHeader(name, value string) { e.headerChange(HeaderAdd, name, value, 0) }
+
+// InsertHeader inserts a header field at index (0: before every other).
+func (e *Envelope) InsertHeader(index int, name, value string) {
+	e.headerChange(HeaderInsert, name, value, index)
+}
+
+// ChangeHeader replaces the index-th (from 1) field called name with value,
+// or deletes it if value is "".
+func (e *Envelope) ChangeHeader(name string, index int, value string) {
+	e.headerChange(HeaderReplace, name, value, index)
+}
+
+func (e *Envelope) headerChange(op HeaderOp, name, value string, index int) {
+	if !validHeaderName(name) || len(e.Headers) >= maxHeaderChanges || index < 0 {
+		return
+	}
+	e.Headers = append(e.Headers, HeaderChange{Op: op, Name: name, Value: cleanHeaderValue(value), Index: index, Filter: e.callerName()})
+}
+
+// validHeaderName: printable ASCII without ":" or blanks (RFC 5322 §2.2).
+func validHeaderName(name string) bool {
+	if name == "" || len(name) > 76 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanHeaderValue keeps a value on one line of bounded length: control
+// characters (CR, LF, NUL among them) become blanks.
+func cleanHeaderValue(v string) string {
+	if len(v) > maxHeaderValue {
+		v = v[:maxHeaderValue]
+	}
+	clean := true
+	for i := 0; i < len(v); i++ {
+		if v[i] < ' ' && v[i] != '\t' || v[i] == 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return v
+	}
+	b := []byte(v)
+	for i, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+// MonitorHit is what a filter in monitor mode would have done.
+type MonitorHit struct {
+	Filter string
+	Action string // "reject 550 5.7.0 VIRUS FOUND", "remove recipient", ...
+	Rcpt   string // for a refusal or removal of one recipient
+	Reason string
+	Stage  string
+	logged bool
+}
+
+// maxMonitorHits bounds the monitor records (and X-Mailguard headers) of
+// one message.
+const maxMonitorHits = 16
+
+func (e *Envelope) monitor(h MonitorHit) {
+	if len(e.Monitored) < maxMonitorHits {
+		e.Monitored = append(e.Monitored, h)
+	}
+}
+
 // AllStages is every stage, as an offline front door delivers them.
 const AllStages = StageConnect | StageHelo | StageMail | StageRcpt | StageHeader | StageEndOfHeaders | StageBody | StageEndOfMessage
 
 // Filter is one configured filter. It is immutable and shared by all
 // sessions; per-message state lives in the Check it creates.
+//
+// Every call gets a context that ends when the MTA aborts the message or
+// hangs up, when the daemon's drain timeout runs out, or when the
+// filter's own timeout (per call) does. A filter that waits (on the
+// network, a lock, a slow disk) must return soon after the context ends;
+// the pipeline then applies the filter's on_error policy. The context is
+// valid for that call only.
 type Filter interface {
 	// Name is the filter's configuration name, used in logs.
 	Name() string
@@ -80,19 +263,23 @@ type Filter interface {
 	// given at another stage is held until the next stage that replies).
 	Stages() (reads, decides Stage)
 	// NewCheck starts the filter's work on one message.
-	NewCheck(env *Envelope) (Check, error)
+	NewCheck(ctx context.Context, env *Envelope) (Check, error)
 }
 
 // Check is a filter's state for one message. The pipeline calls only the
 // methods of the stages the filter reads, and always calls Close. Embed
 // NopCheck to implement only the stages you need.
 type Check interface {
-	MailFrom(env *Envelope) (verdict.Verdict, error)
-	Rcpt(env *Envelope, rcpt, args string) (verdict.Verdict, error)
-	Header(name, value string) (verdict.Verdict, error)
-	EndOfHeaders(env *Envelope) (verdict.Verdict, error)
-	Body(chunk []byte) (verdict.Verdict, error)
-	EndOfMessage(env *Envelope) (verdict.Verdict, error)
+	MailFrom(ctx context.Context, env *Envelope) (verdict.Verdict, error)
+	Rcpt(ctx context.Context, env *Envelope, rcpt, args string) (verdict.Verdict, error)
+	Header(ctx context.Context, name, value string) (verdict.Verdict, error)
+	EndOfHeaders(ctx context.Context, env *Envelope) (verdict.Verdict, error)
+	// Body gets the next chunk of the raw body. The chunk's bytes are
+	// valid only until Body returns: the milter door reads them in place
+	// from its buffer and the next packet overwrites them. A filter that
+	// needs them later copies them.
+	Body(ctx context.Context, chunk []byte) (verdict.Verdict, error)
+	EndOfMessage(ctx context.Context, env *Envelope) (verdict.Verdict, error)
 	Close()
 }
 
@@ -109,30 +296,68 @@ type Modification uint8
 const (
 	// ModRemoveRcpt: take recipients off the message (Envelope.RemoveRcpt).
 	ModRemoveRcpt Modification = 1 << iota
+	// ModAddHeader: add or insert header fields (Envelope.AddHeader, InsertHeader).
+	ModAddHeader
+	// ModChangeHeader: change or delete header fields (Envelope.ChangeHeader).
+	ModChangeHeader
 )
+
+// AllModifications is every change, as an offline front door allows them.
+const AllModifications = ModRemoveRcpt | ModAddHeader | ModChangeHeader
 
 // Modifier is implemented by filters that change messages.
 type Modifier interface {
 	Modifies() Modification
 }
 
-// ConnFilter is implemented by filters that judge the connection itself
-// (client address, HELO) before any message.
-type ConnFilter interface {
-	Connect(c *Conn) (verdict.Verdict, error)
-	Helo(c *Conn) (verdict.Verdict, error)
+// Connector is implemented by filters that keep state per client
+// connection, across its messages (a rate limiter's counters), or judge
+// the connection itself (client address, HELO). The connection stages are
+// called for a filter that names them in its reads or decides.
+type Connector interface {
+	// NewConnState starts the filter's state for one connection. Its
+	// Close always runs: at disconnect, at shutdown, and when a reload
+	// moves the connection to a new pipeline between messages.
+	NewConnState(ctx context.Context, c *Conn) (ConnState, error)
 }
+
+// ConnState is a filter's state for one connection. A Check reaches it
+// with Envelope.ConnState.
+type ConnState interface {
+	Connect(ctx context.Context, c *Conn) (verdict.Verdict, error)
+	Helo(ctx context.Context, c *Conn) (verdict.Verdict, error)
+	Close()
+}
+
+// NopConnState answers Pass at every connection stage.
+type NopConnState struct{}
+
+func (NopConnState) Connect(context.Context, *Conn) (verdict.Verdict, error) {
+	return verdict.Pass, nil
+}
+func (NopConnState) Helo(context.Context, *Conn) (verdict.Verdict, error) { return verdict.Pass, nil }
+func (NopConnState) Close()                                               {}
 
 // NopCheck answers Pass at every stage.
 type NopCheck struct{}
 
-func (NopCheck) MailFrom(*Envelope) (verdict.Verdict, error)             { return verdict.Pass, nil }
-func (NopCheck) Rcpt(*Envelope, string, string) (verdict.Verdict, error) { return verdict.Pass, nil }
-func (NopCheck) Header(string, string) (verdict.Verdict, error)          { return verdict.Pass, nil }
-func (NopCheck) EndOfHeaders(*Envelope) (verdict.Verdict, error)         { return verdict.Pass, nil }
-func (NopCheck) Body([]byte) (verdict.Verdict, error)                    { return verdict.Pass, nil }
-func (NopCheck) EndOfMessage(*Envelope) (verdict.Verdict, error)         { return verdict.Pass, nil }
-func (NopCheck) Close()                                                  {}
+func (NopCheck) MailFrom(context.Context, *Envelope) (verdict.Verdict, error) {
+	return verdict.Pass, nil
+}
+func (NopCheck) Rcpt(context.Context, *Envelope, string, string) (verdict.Verdict, error) {
+	return verdict.Pass, nil
+}
+func (NopCheck) Header(context.Context, string, string) (verdict.Verdict, error) {
+	return verdict.Pass, nil
+}
+func (NopCheck) EndOfHeaders(context.Context, *Envelope) (verdict.Verdict, error) {
+	return verdict.Pass, nil
+}
+func (NopCheck) Body(context.Context, []byte) (verdict.Verdict, error) { return verdict.Pass, nil }
+func (NopCheck) EndOfMessage(context.Context, *Envelope) (verdict.Verdict, error) {
+	return verdict.Pass, nil
+}
+func (NopCheck) Close() {}
 
 // ErrorPolicy is what a filter's failure (an error or a panic) means for
 // the message.
@@ -166,7 +391,7 @@ func (p ErrorPolicy) String() string {
 
 // verdictFor is the verdict a failed filter's policy gives. The text is
 // generic: the real error goes to the log, never to the client.
-func (p ErrorPolicy) verdictFor(filter string) verdict.Verdict {
+func (p ErrorPolicy) verdictFor(filter, reason string) verdict.Verdict {
 	var v verdict.Verdict
 	switch p {
 	case OnErrorTempFail:
@@ -176,9 +401,44 @@ func (p ErrorPolicy) verdictFor(filter string) verdict.Verdict {
 	default:
 		return verdict.Pass
 	}
-	v.Filter, v.Reason = filter, "error"
+	v.Filter, v.Reason, v.Policy = filter, reason, true
 	return v
 }
+
+// Mode is how a filter's decisions take effect.
+type Mode uint8
+
+const (
+	// Enforce: refusals reach the MTA.
+	Enforce Mode = iota
+	// Monitor: refusals are logged and counted as "would reject", an
+	// X-Mailguard header records them (where the MTA allows header
+	// changes), and the message goes on. For rolling out a filter or a
+	// signature set safely.
+	Monitor
+)
+
+// ParseMode reads "enforce" or "monitor".
+func ParseMode(s string) (Mode, error) {
+	switch strings.ToLower(s) {
+	case "enforce":
+		return Enforce, nil
+	case "monitor":
+		return Monitor, nil
+	}
+	return 0, fmt.Errorf("mode %q: want enforce or monitor", s)
+}
+
+func (m Mode) String() string {
+	if m == Monitor {
+		return "monitor"
+	}
+	return "enforce"
+}
+
+// DefaultTimeout bounds one filter call when the configuration names no
+// timeout: well under Postfix's milter_command_timeout (30 s).
+const DefaultTimeout = 10 * time.Second
 
 // Env is what filters and the pipeline share with the rest of the daemon.
 type Env struct {

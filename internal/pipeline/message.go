@@ -1,6 +1,10 @@
 package pipeline
 
 import (
+	"context"
+	"fmt"
+	"time"
+
 	"mailguard/internal/verdict"
 )
 
@@ -9,37 +13,57 @@ import (
 // disconnect) so every filter can free its state.
 type Message struct {
 	p      *Pipeline
+	ctx    *lazyCtx
 	env    Envelope
 	checks []Check // per member; nil when the filter failed or does not take part
 	final  verdict.Verdict
 	logged bool // the final verdict's log line is written
 	closed bool
+	owned  *Connection // opened by Pipeline.Begin, closed with the message
 }
 
-// Begin starts a message on connection c with the MAIL FROM data and runs
-// the MAIL stage. delivered is the set of stages the front door will pass
-// on. The returned verdict is final if the message is refused.
+// Begin starts a message on a connection of its own, as an offline front
+// door does: every stage delivered and every change allowed. Close closes
+// the connection too.
 func (p *Pipeline) Begin(c *Conn, delivered Stage, from, args string) (*Message, verdict.Verdict) {
-	m := &Message{p: p, env: Envelope{Conn: c, From: from, FromArgs: args, Delivered: delivered}, checks: make([]Check, len(p.members))}
+	cn := p.Open(context.Background(), c)
+	m, v := cn.Begin(delivered, AllModifications, from, args)
+	m.owned = cn
+	return m, v
+}
+
+// Begin starts a message on the connection with the MAIL FROM data and
+// runs the MAIL stage. delivered is the set of stages the front door will
+// pass on, allowed the changes it can make. The returned verdict is final
+// if the message is refused (at MAIL, or at connect or HELO when that
+// verdict could not be given there).
+func (cn *Connection) Begin(delivered Stage, allowed Modification, from, args string) (*Message, verdict.Verdict) {
+	p := cn.p
+	m := &Message{p: p, ctx: newLazyCtx(cn.ctx, time.Time{}), checks: make([]Check, len(p.members)),
+		env: Envelope{Conn: cn.conn, From: from, FromArgs: args, Delivered: delivered, Allowed: allowed, conn: cn}}
+	m.env.Monitored = append(m.env.Monitored, cn.hits...)
 	if p.env.Stats != nil {
 		p.env.Stats.Message()
+	}
+	if cn.final.Final() { // logged at its stage
+		m.final, m.env.Final, m.logged = cn.final, cn.final, true
 	}
 	for i, mem := range p.members {
 		if m.final.Final() && !p.observer[i] {
 			continue
 		}
 		var chk Check
-		v, failed := p.call(i, &m.env, "start", func() (verdict.Verdict, error) {
+		v, failed := p.call(m.ctx, i, &m.env, "start", func(ctx context.Context) (verdict.Verdict, error) {
 			var err error
-			chk, err = mem.Filter.NewCheck(&m.env)
+			chk, err = mem.Filter.NewCheck(ctx, &m.env)
 			return verdict.Pass, err
 		})
 		m.checks[i] = chk
 		if failed {
-			m.decide(v)
+			m.decide(i, v, "start")
 		}
 	}
-	return m, m.run(StageMail, "mail", func(c Check) (verdict.Verdict, error) { return c.MailFrom(&m.env) })
+	return m, m.run(StageMail, "mail", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.MailFrom(ctx, &m.env) })
 }
 
 // Envelope returns the message's envelope (read-only for callers).
@@ -52,15 +76,24 @@ func (m *Message) SetQueueID(id string) {
 	}
 }
 
+// Cancel ends the context of the message's filter calls: the MTA hung
+// up or aborted. Safe to call from another goroutine.
+func (m *Message) Cancel() { m.ctx.cancel(context.Canceled) }
+
 // Decided returns the final verdict so far, if any.
 func (m *Message) Decided() (verdict.Verdict, bool) { return m.final, m.final.Final() }
 
-// decide records a final verdict. It reports whether the message is now
-// decided. The log line waits for the end of the message, when the MTA
-// has told us its queue id.
-func (m *Message) decide(v verdict.Verdict) bool {
-	if !v.Final() || m.final.Final() {
+// decide takes member i's verdict at a stage. An observer's is ignored; a
+// monitor-mode filter's is recorded as what it would have done. It
+// reports whether the message is now decided. The log line waits for the
+// end of the message, when the MTA has told us its queue id.
+func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
+	switch {
+	case !v.Final() || m.p.observer[i] || m.final.Final():
 		return m.final.Final()
+	case m.p.members[i].Mode == Monitor:
+		m.env.monitor(MonitorHit{Filter: m.p.members[i].Filter.Name(), Action: v.String(), Reason: v.Reason, Stage: stage})
+		return false
 	}
 	m.final = v
 	m.env.Final = v
@@ -71,6 +104,12 @@ func (m *Message) logFinal() {
 	if m.final.Final() && !m.logged {
 		m.logged = true
 		m.p.logDecision(&m.env, m.final, "")
+	}
+	for i := range m.env.Monitored {
+		if h := &m.env.Monitored[i]; !h.logged {
+			h.logged = true
+			m.p.logMonitor(&m.env, *h)
+		}
 	}
 }
 
@@ -92,19 +131,17 @@ func (m *Message) active(i int, st Stage) bool {
 
 // run calls stage st on every check that takes part. The first final
 // verdict becomes the message's; after it only observers are called.
-func (m *Message) run(st Stage, name string, fn func(Check) (verdict.Verdict, error)) verdict.Verdict {
+func (m *Message) run(st Stage, name string, fn func(context.Context, Check) (verdict.Verdict, error)) verdict.Verdict {
 	for i := range m.p.members {
 		if !m.active(i, st) {
 			continue
 		}
 		chk := m.checks[i]
-		v, failed := m.p.call(i, &m.env, name, func() (verdict.Verdict, error) { return fn(chk) })
+		v, failed := m.p.call(m.ctx, i, &m.env, name, func(ctx context.Context) (verdict.Verdict, error) { return fn(ctx, chk) })
 		if failed {
 			m.dropCheck(i)
 		}
-		if !m.p.observer[i] {
-			m.decide(v)
-		}
+		m.decide(i, v, name)
 	}
 	return m.final
 }
@@ -112,7 +149,7 @@ func (m *Message) run(st Stage, name string, fn func(Check) (verdict.Verdict, er
 func (m *Message) dropCheck(i int) {
 	if c := m.checks[i]; c != nil {
 		m.checks[i] = nil
-		m.p.closeCheck(i, c)
+		m.p.closeSafely(i, "closing check", c.Close)
 	}
 }
 
@@ -127,19 +164,24 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 			continue
 		}
 		chk := m.checks[i]
-		v, failed := m.p.call(i, &m.env, "rcpt", func() (verdict.Verdict, error) { return chk.Rcpt(&m.env, rcpt, args) })
+		v, failed := m.p.call(m.ctx, i, &m.env, "rcpt", func(ctx context.Context) (verdict.Verdict, error) { return chk.Rcpt(ctx, &m.env, rcpt, args) })
 		if failed {
 			m.dropCheck(i)
 		}
-		switch v.Action {
-		case verdict.Continue:
+		if !v.Final() {
 			continue
+		}
+		if m.p.members[i].Mode == Monitor {
+			m.env.monitor(MonitorHit{Filter: m.p.members[i].Filter.Name(), Action: v.String(), Rcpt: rcpt, Reason: v.Reason, Stage: "rcpt"})
+			continue
+		}
+		switch v.Action {
 		case verdict.Reject, verdict.TempFail:
 			m.p.logDecision(&m.env, v, rcpt)
 			return v
 		default: // accept or discard decide the whole message
 			m.env.Rcpts = append(m.env.Rcpts, rcpt)
-			m.decide(v)
+			m.decide(i, v, "rcpt")
 			return v
 		}
 	}
@@ -148,7 +190,7 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 	for i := range m.p.members {
 		if m.p.observer[i] && m.active(i, StageRcpt) {
 			chk := m.checks[i]
-			if _, failed := m.p.call(i, &m.env, "rcpt", func() (verdict.Verdict, error) { return chk.Rcpt(&m.env, rcpt, args) }); failed {
+			if _, failed := m.p.call(m.ctx, i, &m.env, "rcpt", func(ctx context.Context) (verdict.Verdict, error) { return chk.Rcpt(ctx, &m.env, rcpt, args) }); failed {
 				m.dropCheck(i)
 			}
 		}
@@ -158,30 +200,54 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 
 // Header runs the header stage for one header field.
 func (m *Message) Header(name, value string) verdict.Verdict {
-	return m.run(StageHeader, "header", func(c Check) (verdict.Verdict, error) { return c.Header(name, value) })
+	return m.run(StageHeader, "header", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.Header(ctx, name, value) })
 }
 
 // EndOfHeaders runs the end-of-headers stage.
 func (m *Message) EndOfHeaders() verdict.Verdict {
-	return m.run(StageEndOfHeaders, "eoh", func(c Check) (verdict.Verdict, error) { return c.EndOfHeaders(&m.env) })
+	return m.run(StageEndOfHeaders, "eoh", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.EndOfHeaders(ctx, &m.env) })
 }
 
-// Body runs the body stage on one chunk.
+// Body runs the body stage on one chunk; the chunk is valid only during
+// the call (see Check.Body).
 func (m *Message) Body(chunk []byte) verdict.Verdict {
-	return m.run(StageBody, "body", func(c Check) (verdict.Verdict, error) { return c.Body(chunk) })
+	return m.run(StageBody, "body", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.Body(ctx, chunk) })
 }
 
 // End runs the end-of-message stage and returns the message's verdict:
-// a final one, or Pass (deliver).
+// a final one, or Pass (deliver). For a delivered message, the envelope's
+// Removed and Headers are the changes to make, X-Mailguard records of
+// monitor-mode filters among them.
 func (m *Message) End() verdict.Verdict {
-	v := m.run(StageEndOfMessage, "eom", func(c Check) (verdict.Verdict, error) { return c.EndOfMessage(&m.env) })
-	m.logFinal()
+	v := m.run(StageEndOfMessage, "eom", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.EndOfMessage(ctx, &m.env) })
 	if !v.Final() {
-		for _, r := range m.env.Removed {
-			m.p.logRemoval(&m.env, r)
+		for _, h := range m.env.Monitored {
+			m.env.Headers = append(m.env.Headers, HeaderChange{Op: HeaderAdd, Name: MonitorHeader, Value: h.headerValue(), Filter: h.Filter})
 		}
 	}
+	m.logFinal()
+	if !v.Final() {
+		m.p.logChanges(&m.env)
+	}
 	return v
+}
+
+// MonitorHeader records, on a delivered message, what a filter in monitor
+// mode would have done.
+const MonitorHeader = "X-Mailguard"
+
+// headerValue is the X-Mailguard value for a monitor hit. A recipient's
+// refusal names the recipient but not the reason, which may describe
+// another person's mailbox.
+func (h MonitorHit) headerValue() string {
+	if h.Rcpt != "" {
+		return cleanHeaderValue(fmt.Sprintf("monitor; filter=%s; would %s; rcpt=<%s>", h.Filter, h.Action, h.Rcpt))
+	}
+	s := fmt.Sprintf("monitor; filter=%s; would %s", h.Filter, h.Action)
+	if h.Reason != "" {
+		s += "; reason=" + h.Reason
+	}
+	return cleanHeaderValue(s)
 }
 
 // Close frees every filter's state. It is safe to call more than once.
@@ -191,19 +257,18 @@ func (m *Message) Close() {
 	}
 	m.closed = true
 	m.logFinal() // a message refused before its end (at MAIL, say)
-	for i, c := range m.checks {
-		if c != nil {
-			m.checks[i] = nil
-			m.p.closeCheck(i, c)
-		}
+	for i := range m.checks {
+		m.dropCheck(i)
 	}
+	m.ctx.cancel(context.Canceled)
+	m.owned.Close()
 }
 
-func (p *Pipeline) closeCheck(i int, c Check) {
+func (p *Pipeline) closeSafely(i int, what string, close func()) {
 	defer func() {
 		if r := recover(); r != nil {
-			p.env.Log.Error("filter panicked in Close", "filter", p.members[i].Filter.Name(), "panic", r)
+			p.env.Log.Error("filter panicked "+what, "filter", p.members[i].Filter.Name(), "panic", fmt.Sprint(r))
 		}
 	}()
-	c.Close()
+	close()
 }

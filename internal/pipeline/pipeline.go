@@ -1,35 +1,51 @@
 package pipeline
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
+	"time"
 
 	"mailguard/internal/verdict"
 )
 
-// Member is a filter with its failure policy, as configured.
+// Member is a filter with its settings, as configured.
 type Member struct {
 	Filter  Filter
 	OnError ErrorPolicy
+	Mode    Mode
+	// Timeout bounds each call of the filter; 0 is DefaultTimeout.
+	Timeout time.Duration
 }
 
 // Pipeline is an immutable, ordered set of filters. A reload builds a new
-// Pipeline; messages in flight keep the one they started with.
+// Pipeline; connections move to it between messages.
 type Pipeline struct {
-	members  []Member
-	observer []bool
-	modifies Modification
-	env      Env
+	members   []Member
+	observer  []bool
+	connector []Connector // nil where the filter keeps no connection state
+	modifies  Modification
+	env       Env
 }
 
 // New builds a pipeline. Filters run in the order given.
 func New(env Env, members ...Member) *Pipeline {
-	p := &Pipeline{members: members, env: env, observer: make([]bool, len(members))}
-	for i, m := range members {
+	p := &Pipeline{members: members, env: env, observer: make([]bool, len(members)), connector: make([]Connector, len(members))}
+	for i := range p.members {
+		m := &p.members[i]
+		if m.Timeout <= 0 {
+			m.Timeout = DefaultTimeout
+		}
 		_, p.observer[i] = m.Filter.(Observer)
+		p.connector[i], _ = m.Filter.(Connector)
 		if mod, ok := m.Filter.(Modifier); ok {
 			p.modifies |= mod.Modifies()
+		}
+		if m.Mode == Monitor {
+			p.modifies |= ModAddHeader // the X-Mailguard record
 		}
 	}
 	return p
@@ -50,6 +66,31 @@ func (p *Pipeline) Stages() (reads, decides Stage) {
 // Modifies returns the union of the changes the filters may make.
 func (p *Pipeline) Modifies() Modification { return p.modifies }
 
+// Macros returns the macros the filters read, by stage.
+func (p *Pipeline) Macros() map[Stage][]string {
+	out := map[Stage][]string{}
+	for _, m := range p.members {
+		if mu, ok := m.Filter.(MacroUser); ok {
+			for st, names := range mu.Macros() {
+				out[st] = append(out[st], names...)
+			}
+		}
+	}
+	return out
+}
+
+// Summaries returns, for the start-up and reload log lines, what each
+// filter that says so has loaded ("virus": "23 signatures from FILE").
+func (p *Pipeline) Summaries() []any {
+	var out []any
+	for _, m := range p.members {
+		if s, ok := m.Filter.(interface{ Summary() string }); ok {
+			out = append(out, slog.String(m.Filter.Name(), s.Summary()))
+		}
+	}
+	return out
+}
+
 // Filters returns the filter names in order.
 func (p *Pipeline) Filters() []string {
 	names := make([]string, len(p.members))
@@ -59,22 +100,26 @@ func (p *Pipeline) Filters() []string {
 	return names
 }
 
-// call runs one filter stage, turning an error or a panic into the filter's
+// call runs one filter call with its own context (the filter's timeout
+// under parent), turning an error, a timeout or a panic into the filter's
 // policy verdict and a log line. The boolean reports a failure.
-func (p *Pipeline) call(i int, env *Envelope, stage string, fn func() (verdict.Verdict, error)) (v verdict.Verdict, failed bool) {
-	m := p.members[i]
+func (p *Pipeline) call(parent context.Context, i int, env *Envelope, stage string, fn func(ctx context.Context) (verdict.Verdict, error)) (v verdict.Verdict, failed bool) {
+	m := &p.members[i]
+	ctx := newLazyCtx(parent, time.Now().Add(m.Timeout))
+	env.caller = m
 	defer func() {
+		env.caller = nil
 		if r := recover(); r != nil {
 			p.env.Log.Error("filter panicked", "filter", m.Filter.Name(), "stage", stage,
 				"panic", fmt.Sprint(r), "stack", string(debug.Stack()), envAttrs(env))
-			v, failed = m.OnError.verdictFor(m.Filter.Name()), true
+			v, failed = m.OnError.verdictFor(m.Filter.Name(), "panic"), true
+			p.count(m.Filter.Name(), "panic")
 		}
+		ctx.cancel(context.Canceled)
 	}()
-	v, err := fn()
+	v, err := fn(ctx)
 	if err != nil {
-		p.env.Log.Error("filter failed", "filter", m.Filter.Name(), "stage", stage,
-			"error", err.Error(), "on_error", m.OnError.String(), envAttrs(env))
-		return m.OnError.verdictFor(m.Filter.Name()), true
+		return p.failure(ctx, parent, m, env, stage, err), true
 	}
 	if v.Final() && v.Filter == "" {
 		v.Filter = m.Filter.Name()
@@ -82,36 +127,55 @@ func (p *Pipeline) call(i int, env *Envelope, stage string, fn func() (verdict.V
 	return v, false
 }
 
-// Connect runs the connection filters on a new client.
-func (p *Pipeline) Connect(c *Conn) verdict.Verdict {
-	return p.connStage(c, StageConnect, "connect", ConnFilter.Connect)
-}
-
-// Helo runs the connection filters on the HELO name (c.Helo is set).
-func (p *Pipeline) Helo(c *Conn) verdict.Verdict {
-	return p.connStage(c, StageHelo, "helo", ConnFilter.Helo)
-}
-
-func (p *Pipeline) connStage(c *Conn, st Stage, name string, fn func(ConnFilter, *Conn) (verdict.Verdict, error)) verdict.Verdict {
-	env := &Envelope{Conn: c}
-	for i, m := range p.members {
-		cf, ok := m.Filter.(ConnFilter)
-		if r, _ := m.Filter.Stages(); !ok || r&st == 0 {
-			continue
-		}
-		if v, _ := p.call(i, env, name, func() (verdict.Verdict, error) { return fn(cf, c) }); v.Final() {
-			p.logDecision(env, v, "")
-			return v
-		}
+// failure logs and counts a failed call and returns the policy verdict:
+// a timeout (the filter's own) is told apart from an error, and a call
+// cut short because the MTA went away or the daemon is stopping is no
+// fault of the filter's.
+func (p *Pipeline) failure(ctx *lazyCtx, parent context.Context, m *Member, env *Envelope, stage string, err error) verdict.Verdict {
+	name := m.Filter.Name()
+	reason := "error"
+	ctx.Err() // settles a deadline the filter used without asking Done
+	switch {
+	case parent.Err() != nil:
+		reason = "cancelled"
+		p.env.Log.Info("filter call cancelled", "filter", name, "stage", stage, "cause", cancelCause(parent), envAttrs(env))
+	case ctx.timedOut() || errors.Is(err, context.DeadlineExceeded):
+		reason = "timeout"
+		p.env.Log.Warn("filter timed out", "filter", name, "stage", stage, "timeout", m.Timeout.String(),
+			"error", err.Error(), "on_error", m.OnError.String(), envAttrs(env))
+	default:
+		p.env.Log.Error("filter failed", "filter", name, "stage", stage,
+			"error", err.Error(), "on_error", m.OnError.String(), envAttrs(env))
 	}
-	return verdict.Pass
+	p.count(name, reason)
+	return m.OnError.verdictFor(name, reason)
 }
+
+func cancelCause(ctx context.Context) string {
+	if c := context.Cause(ctx); c != nil {
+		return c.Error()
+	}
+	return ctx.Err().Error()
+}
+
+func (p *Pipeline) count(filter, reason string) {
+	if p.env.Stats != nil {
+		p.env.Stats.Hit(filter, reason)
+	}
+}
+
+// maxLoggedRcpts bounds the recipients one log line lists.
+const maxLoggedRcpts = 10
 
 func envAttrs(env *Envelope) slog.Attr {
 	if env == nil {
 		return slog.Group("")
 	}
-	attrs := []any{"from", env.From, "rcpts", env.Rcpts}
+	rcpts := env.Rcpts
+	if len(rcpts) > maxLoggedRcpts {
+		rcpts = append(rcpts[:maxLoggedRcpts:maxLoggedRcpts], fmt.Sprintf("and %d more", len(env.Rcpts)-maxLoggedRcpts))
+	}
+	attrs := []any{"from", env.From, "rcpts", rcpts}
 	add := func(k, v string) {
 		if v != "" {
 			attrs = append(attrs, k, v)
@@ -127,7 +191,8 @@ func envAttrs(env *Envelope) slog.Attr {
 }
 
 // logDecision writes the one line per decision that postmasters grep for,
-// and counts it for the summary.
+// and counts it for the summary. A failed filter's policy verdict was
+// counted as its failure already.
 func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 	args := []any{"filter", v.Filter, "verdict", v.String(), "reason", v.Reason}
 	if rcpt != "" {
@@ -135,15 +200,44 @@ func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 	}
 	args = append(args, envAttrs(env))
 	p.env.Log.Info("decision", args...)
-	if p.env.Stats != nil {
-		p.env.Stats.Hit(v.Filter, v.Reason)
+	if !v.Policy {
+		p.count(v.Filter, v.Reason)
 	}
 }
 
-// logRemoval logs a recipient taken off a delivered message.
-func (p *Pipeline) logRemoval(env *Envelope, r Removal) {
-	p.env.Log.Info("decision", "filter", r.Filter, "verdict", "remove recipient", "reason", r.Reason, "rcpt", r.Rcpt, envAttrs(env))
-	if p.env.Stats != nil {
-		p.env.Stats.Hit(r.Filter, "remove recipient")
+// logMonitor writes what a filter in monitor mode would have done.
+func (p *Pipeline) logMonitor(env *Envelope, h MonitorHit) {
+	args := []any{"filter", h.Filter, "mode", "monitor", "verdict", "would " + h.Action, "reason", h.Reason, "stage", h.Stage}
+	if h.Rcpt != "" {
+		args = append(args, "rcpt", h.Rcpt)
+	}
+	args = append(args, envAttrs(env))
+	p.env.Log.Info("decision", args...)
+	p.count(h.Filter, "would "+strings.Fields(h.Action)[0])
+}
+
+// logChanges logs a delivered message's recipient removals, and the
+// changes the MTA does not allow (so they were not made).
+func (p *Pipeline) logChanges(env *Envelope) {
+	for _, r := range env.Removed {
+		if env.Allowed&ModRemoveRcpt == 0 {
+			p.env.Log.Warn("recipient not removed: the MTA does not allow milters to remove recipients",
+				"filter", r.Filter, "reason", r.Reason, "rcpt", r.Rcpt, envAttrs(env))
+			p.count(r.Filter, "change not made")
+			continue
+		}
+		p.env.Log.Info("decision", "filter", r.Filter, "verdict", "remove recipient", "reason", r.Reason, "rcpt", r.Rcpt, envAttrs(env))
+		p.count(r.Filter, "remove recipient")
+	}
+	for _, h := range env.Headers {
+		need := ModAddHeader
+		if h.Op == HeaderReplace {
+			need = ModChangeHeader
+		}
+		if env.Allowed&need == 0 {
+			p.env.Log.Warn("header not changed: the MTA does not allow milters to change headers",
+				"filter", h.Filter, "header", h.Name, envAttrs(env))
+			p.count(h.Filter, "change not made")
+		}
 	}
 }

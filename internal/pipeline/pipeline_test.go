@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"strings"
@@ -27,7 +28,7 @@ type fakeFilter struct {
 
 func (f *fakeFilter) Name() string                   { return f.name }
 func (f *fakeFilter) Stages() (reads, decides Stage) { return f.reads, f.decide }
-func (f *fakeFilter) NewCheck(*Envelope) (Check, error) {
+func (f *fakeFilter) NewCheck(context.Context, *Envelope) (Check, error) {
 	if f.newErr != nil {
 		return nil, f.newErr
 	}
@@ -40,7 +41,7 @@ type fakeCheck struct {
 	f *fakeFilter
 }
 
-func (c *fakeCheck) Body(chunk []byte) (verdict.Verdict, error) {
+func (c *fakeCheck) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {
 	c.f.bodyCalls++
 	if c.f.body == nil {
 		return verdict.Pass, nil
@@ -48,7 +49,7 @@ func (c *fakeCheck) Body(chunk []byte) (verdict.Verdict, error) {
 	return c.f.body(chunk)
 }
 
-func (c *fakeCheck) Rcpt(_ *Envelope, rcpt, _ string) (verdict.Verdict, error) {
+func (c *fakeCheck) Rcpt(_ context.Context, _ *Envelope, rcpt, _ string) (verdict.Verdict, error) {
 	if c.f.rcpt == nil {
 		return verdict.Pass, nil
 	}

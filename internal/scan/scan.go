@@ -5,6 +5,7 @@
 package scan
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -26,8 +27,10 @@ type Result struct {
 	Messages int
 	Accepted int
 	Rejected int
-	Errors   int // unreadable files, and messages a filter could not judge
-	Hits     stats.Summary
+	// PartlyRejected counts messages refused for some recipients only.
+	PartlyRejected int
+	Errors         int // unreadable files, and messages a filter could not judge
+	Hits           stats.Summary
 }
 
 // ExitCode is the scan's exit status: 2 if anything could not be scanned,
@@ -36,7 +39,7 @@ func (r Result) ExitCode() int {
 	switch {
 	case r.Errors > 0:
 		return 2
-	case r.Rejected > 0:
+	case r.Rejected > 0 || r.PartlyRejected > 0:
 		return 1
 	}
 	return 0
@@ -136,69 +139,151 @@ func (s *Scanner) scanFile(path string, res *Result) {
 		return
 	}
 	defer f.Close()
-	v, err := Message(s.Pipeline, f)
+	out, err := Message(s.Pipeline, f)
 	if err != nil {
 		s.fail(path, err, res)
 		return
 	}
 	res.Messages++
-	switch v.Action {
-	case verdict.Reject:
+	v := out.Verdict
+	switch {
+	case v.Action == verdict.Reject:
 		res.Rejected++
-	case verdict.TempFail:
+	case v.Action == verdict.TempFail:
 		res.Errors++
+	case len(out.Refused) > 0:
+		res.PartlyRejected++
 	default:
 		res.Accepted++
 	}
-	line := path + ": accept"
-	if v.Final() {
-		line = path + ": " + v.String()
+	fmt.Fprintln(s.Out, path+": "+out.String())
+}
+
+// Outcome is what the pipeline decided for one stored message.
+type Outcome struct {
+	// Verdict is the message's: final when it is refused as a whole (at
+	// any stage, or at RCPT for every recipient), else Pass.
+	Verdict verdict.Verdict
+	// Refused lists the recipients refused one by one at RCPT, when the
+	// message went on for others.
+	Refused []Refusal
+	// Removed lists recipients a filter took off the delivered message.
+	Removed []pipeline.Removal
+	// Monitored is what filters in monitor mode would have done.
+	Monitored []pipeline.MonitorHit
+}
+
+// Refusal is one recipient refused at RCPT.
+type Refusal struct {
+	Rcpt    string
+	Verdict verdict.Verdict
+}
+
+// String is the outcome as scan prints it after the file name.
+func (o Outcome) String() string {
+	var b strings.Builder
+	if o.Verdict.Final() {
+		b.WriteString(o.Verdict.String())
+		if o.Verdict.Reason != "" {
+			fmt.Fprintf(&b, " (%s: %s)", o.Verdict.Filter, o.Verdict.Reason)
+		}
+	} else if len(o.Refused) > 0 {
+		b.WriteString("accept for the other recipients")
+	} else {
+		b.WriteString("accept")
 	}
-	if v.Final() && v.Reason != "" {
-		line += fmt.Sprintf(" (%s: %s)", v.Filter, v.Reason)
+	for _, r := range o.Refused {
+		fmt.Fprintf(&b, "; <%s>: %s (%s: %s)", r.Rcpt, r.Verdict.String(), r.Verdict.Filter, r.Verdict.Reason)
 	}
-	fmt.Fprintln(s.Out, line)
+	for _, r := range o.Removed {
+		fmt.Fprintf(&b, "; <%s>: removed (%s: %s)", r.Rcpt, r.Filter, r.Reason)
+	}
+	for _, h := range o.Monitored {
+		fmt.Fprintf(&b, "; monitor: %s would %s", h.Filter, h.Action)
+		if h.Rcpt != "" {
+			fmt.Fprintf(&b, " <%s>", h.Rcpt)
+		}
+		if h.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", h.Reason)
+		}
+	}
+	return b.String()
 }
 
 // scanConn is the client a scanned message seems to come from.
 var scanConn = pipeline.Conn{Hostname: "scan", Addr: ""}
 
 // Message runs one stored message through the pipeline, stage by stage as
-// the milter door would, and returns its verdict. The envelope sender comes
-// from Return-Path and the recipients from Delivered-To or X-Original-To,
-// when the file has them.
-func Message(p *pipeline.Pipeline, r io.Reader) (verdict.Verdict, error) {
+// the milter door would, and returns what it decided at every stage. The
+// envelope sender comes from Return-Path and the recipients from
+// Delivered-To or X-Original-To, when the file has them.
+func Message(p *pipeline.Pipeline, r io.Reader) (Outcome, error) {
 	mr := message.NewReader(r)
 	fields, err := mr.Header()
 	if err != nil {
-		return verdict.Pass, err
+		return Outcome{}, err
 	}
 	conn := scanConn
-	msg, v := p.Begin(&conn, pipeline.AllStages, envelopeSender(fields), "")
-	defer msg.Close()
-	if v.Final() {
-		return v, nil
+	cn := p.Open(context.Background(), &conn)
+	defer cn.Close()
+	if v := cn.Connect(); v.Final() {
+		return Outcome{Verdict: v}, nil
 	}
-	for _, rcpt := range envelopeRecipients(fields) {
-		msg.Rcpt(rcpt, "")
+	msg, v := cn.Begin(pipeline.AllStages, pipeline.AllModifications, envelopeSender(fields), "")
+	defer msg.Close()
+	out := Outcome{}
+	finish := func(v verdict.Verdict) Outcome {
+		env := msg.Envelope()
+		out.Verdict, out.Monitored = v, env.Monitored
+		if !v.Final() {
+			out.Removed = env.Removed
+		}
+		return out
+	}
+	if v.Final() {
+		msg.Close()
+		return finish(v), nil
+	}
+	rcpts := envelopeRecipients(fields)
+	for _, rcpt := range rcpts {
+		v := msg.Rcpt(rcpt, "")
+		switch v.Action {
+		case verdict.Reject, verdict.TempFail:
+			out.Refused = append(out.Refused, Refusal{Rcpt: rcpt, Verdict: v})
+		case verdict.Continue:
+		default:
+			return finish(msg.End()), nil
+		}
+	}
+	if len(rcpts) > 0 && len(out.Refused) == len(rcpts) {
+		// Refused for everyone: the MTA would not take the message. The
+		// first refusal stands for it, the others are listed.
+		v := out.Refused[0].Verdict
+		out.Refused = out.Refused[1:]
+		msg.Close()
+		return finish(v), nil
 	}
 	for _, f := range fields {
-		msg.Header(f.Name, f.Value)
+		if v := msg.Header(f.Name, f.Value); v.Final() {
+			return finish(msg.End()), nil
+		}
 	}
-	msg.EndOfHeaders()
+	if v := msg.EndOfHeaders(); v.Final() {
+		return finish(msg.End()), nil
+	}
 	for {
 		chunk, err := mr.BodyChunk()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return verdict.Pass, err
+			return Outcome{}, err
 		}
 		if v := msg.Body(chunk); v.Final() {
 			break
 		}
 	}
-	return msg.End(), nil
+	return finish(msg.End()), nil
 }
 
 func envelopeSender(fields []message.Field) string {

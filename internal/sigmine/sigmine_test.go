@@ -83,7 +83,7 @@ func scanWith(t *testing.T, sigText string, paths ...string) map[string]bool {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v.Action == verdict.Reject {
+		if v.Verdict.Action == verdict.Reject {
 			rejected[file] = true
 		}
 	}

@@ -74,6 +74,9 @@ type Verdict struct {
 	// filter decided, and why (a signature name, an error).
 	Filter string
 	Reason string
+	// Policy marks the verdict of a filter that failed (an error, a
+	// timeout): its on_error policy, not a judgement of the message.
+	Policy bool
 }
 
 // Final reports whether the verdict ends the message (or, at RCPT, decides

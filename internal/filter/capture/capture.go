@@ -10,6 +10,7 @@ package capture
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -90,7 +91,7 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 
 const needed = pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.StageBody | pipeline.StageEndOfMessage
 
-func (f *Filter) NewCheck(env *pipeline.Envelope) (pipeline.Check, error) {
+func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
 	// A connection negotiated while the switch was off carries no body:
 	// its messages cannot be copied whole, so they are not copied at all.
 	if !f.sw.on() || env.Delivered&needed != needed {
@@ -113,25 +114,25 @@ type check struct {
 	done    bool // copy not wanted, abandoned or finished
 }
 
-func (c *check) Header(name, value string) (verdict.Verdict, error) {
+func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, error) {
 	c.start()
 	c.write(name, ": ", crlf(value), "\r\n")
 	return verdict.Pass, nil
 }
 
-func (c *check) EndOfHeaders(*pipeline.Envelope) (verdict.Verdict, error) {
+func (c *check) EndOfHeaders(context.Context, *pipeline.Envelope) (verdict.Verdict, error) {
 	c.start()
 	c.write("\r\n")
 	return verdict.Pass, nil
 }
 
-func (c *check) Body(chunk []byte) (verdict.Verdict, error) {
+func (c *check) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {
 	c.start()
 	c.writeBytes(chunk)
 	return verdict.Pass, nil
 }
 
-func (c *check) EndOfMessage(env *pipeline.Envelope) (verdict.Verdict, error) {
+func (c *check) EndOfMessage(_ context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
 	c.start()
 	switch {
 	case c.done:

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -161,11 +162,13 @@ func (rejecter) Name() string { return "virus" }
 func (rejecter) Stages() (pipeline.Stage, pipeline.Stage) {
 	return pipeline.StageBody, pipeline.StageEndOfMessage
 }
-func (rejecter) NewCheck(*pipeline.Envelope) (pipeline.Check, error) { return rejectCheck{}, nil }
+func (rejecter) NewCheck(context.Context, *pipeline.Envelope) (pipeline.Check, error) {
+	return rejectCheck{}, nil
+}
 
 type rejectCheck struct{ pipeline.NopCheck }
 
-func (rejectCheck) Body([]byte) (verdict.Verdict, error) {
+func (rejectCheck) Body(context.Context, []byte) (verdict.Verdict, error) {
 	return verdict.Rejectf(550, verdict.EnhSecurity, "VIRUS FOUND"), nil
 }
 

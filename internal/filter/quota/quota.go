@@ -6,6 +6,7 @@
 package quota
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -62,7 +63,7 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 	return pipeline.StageMail, pipeline.StageRcpt
 }
 
-func (f *Filter) NewCheck(env *pipeline.Envelope) (pipeline.Check, error) {
+func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
 	return &check{f: f, exempt: exempt(f.opts.Exempt, env.From), size: declaredSize(env.FromArgs)}, nil
 }
 
@@ -73,7 +74,7 @@ type check struct {
 	size   int64
 }
 
-func (c *check) Rcpt(_ *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
+func (c *check) Rcpt(_ context.Context, _ *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
 	if c.exempt {
 		return verdict.Pass, nil
 	}

@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -102,8 +103,8 @@ func TestExemptSenders(t *testing.T) {
 		"postmaster@x.org@evil.org": false,
 	}
 	for sender, want := range cases {
-		chk, _ := f.NewCheck(&pipeline.Envelope{From: sender})
-		v, _ := chk.Rcpt(nil, "full@example.edu", "")
+		chk, _ := f.NewCheck(context.Background(), &pipeline.Envelope{From: sender})
+		v, _ := chk.Rcpt(context.Background(), nil, "full@example.edu", "")
 		if refused := v.Final(); refused == want {
 			t.Errorf("sender %q: refused=%v", sender, refused)
 		}

@@ -1,6 +1,7 @@
 package senders
 
 import (
+	"context"
 	"io"
 	"mime"
 	"net/mail"
@@ -43,7 +44,7 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 // the others still get.
 func (f *Filter) Modifies() pipeline.Modification { return pipeline.ModRemoveRcpt }
 
-func (f *Filter) NewCheck(*pipeline.Envelope) (pipeline.Check, error) {
+func (f *Filter) NewCheck(context.Context, *pipeline.Envelope) (pipeline.Check, error) {
 	return &check{f: f}, nil
 }
 
@@ -59,21 +60,21 @@ func (f *Filter) refuse(reason string) verdict.Verdict {
 	return v
 }
 
-func (c *check) Rcpt(env *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
+func (c *check) Rcpt(_ context.Context, env *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
 	if c.f.opts.List.Blocks(rcpt, env.From) {
 		return c.f.refuse("envelope sender blocked"), nil
 	}
 	return verdict.Pass, nil
 }
 
-func (c *check) Header(name, value string) (verdict.Verdict, error) {
+func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, error) {
 	if strings.EqualFold(name, "From") && len(c.from) < 8 {
 		c.from = append(c.from, value)
 	}
 	return verdict.Pass, nil
 }
 
-func (c *check) EndOfHeaders(env *pipeline.Envelope) (verdict.Verdict, error) {
+func (c *check) EndOfHeaders(_ context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
 	var addrs []string
 	for _, v := range c.from {
 		addrs = append(addrs, FromAddresses(v)...)
@@ -97,7 +98,7 @@ func (c *check) EndOfHeaders(env *pipeline.Envelope) (verdict.Verdict, error) {
 		return c.f.refuse("header From: blocked by every recipient"), nil
 	}
 	for _, r := range blocking {
-		env.RemoveRcpt(r, Name, "header From: blocked")
+		env.RemoveRcpt(r, "header From: blocked")
 	}
 	return verdict.Pass, nil
 }

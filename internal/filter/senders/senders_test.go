@@ -2,6 +2,7 @@ package senders
 
 import (
 	"bytes"
+	"context"
 	"reflect"
 	"strings"
 	"testing"
@@ -11,7 +12,9 @@ import (
 	"mailguard/internal/verdict"
 )
 
-func example(t *testing.T) *Blocklist {
+var ctx = context.Background()
+
+func exampleList(t *testing.T) *Blocklist {
 	t.Helper()
 	b, err := Parse("blocklist.example", bytes.NewReader(etc.ExampleBlocklist), "+")
 	if err != nil {
@@ -21,7 +24,7 @@ func example(t *testing.T) *Blocklist {
 }
 
 func TestBlocks(t *testing.T) {
-	b := example(t)
+	b := exampleList(t)
 	cases := []struct {
 		rcpt, sender string
 		want         bool
@@ -90,10 +93,10 @@ func TestFromAddresses(t *testing.T) {
 func run(t *testing.T, f *Filter, from string, rcpts ...string) (verdict.Verdict, *pipeline.Envelope) {
 	t.Helper()
 	env := &pipeline.Envelope{From: "envelope@example.com", Rcpts: rcpts}
-	chk, _ := f.NewCheck(env)
-	chk.Header("Subject", "hi")
-	chk.Header("From", from)
-	v, err := chk.EndOfHeaders(env)
+	chk, _ := f.NewCheck(ctx, env)
+	chk.Header(ctx, "Subject", "hi")
+	chk.Header(ctx, "From", from)
+	v, err := chk.EndOfHeaders(ctx, env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +104,7 @@ func run(t *testing.T, f *Filter, from string, rcpts ...string) (verdict.Verdict
 }
 
 func TestHeaderFrom(t *testing.T) {
-	f := New(Options{List: example(t)})
+	f := New(Options{List: exampleList(t)})
 	// Every remaining recipient blocks it: the message is refused.
 	v, _ := run(t, f, "Spam <spammer@example.com>", "alice@example.edu")
 	if code, enh, _ := v.Reply(); v.Action != verdict.Reject || code != 550 || enh != "5.7.1" {
@@ -117,12 +120,12 @@ func TestHeaderFrom(t *testing.T) {
 		t.Fatalf("unparseable From: %v", v)
 	}
 	// Envelope sender at RCPT: only the blocking recipient is refused.
-	chk, _ := f.NewCheck(&pipeline.Envelope{})
+	chk, _ := f.NewCheck(ctx, &pipeline.Envelope{})
 	env = &pipeline.Envelope{From: "ex@example.org"}
-	if v, _ := chk.Rcpt(env, "bob@example.edu", ""); v.Action != verdict.Reject {
+	if v, _ := chk.Rcpt(ctx, env, "bob@example.edu", ""); v.Action != verdict.Reject {
 		t.Errorf("bob: %v", v)
 	}
-	if v, _ := chk.Rcpt(env, "alice@example.edu", ""); v.Final() {
+	if v, _ := chk.Rcpt(ctx, env, "alice@example.edu", ""); v.Final() {
 		t.Errorf("alice: %v", v)
 	}
 }

@@ -5,6 +5,7 @@
 package virus
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
@@ -23,11 +24,15 @@ type Options struct {
 	Reply string
 	// IncludeName appends the signature name to the reply text.
 	IncludeName bool
+	// Source names the signature file in the start-up log line; "" is the
+	// bundled examples.
+	Source string
 }
 
 // Filter is immutable; a reload builds a new one.
 type Filter struct {
 	m        *matcher.Matcher
+	count    int
 	opts     Options
 	scanners sync.Pool
 }
@@ -41,12 +46,21 @@ func New(sigs []sigfile.Signature, opts Options) (*Filter, error) {
 	if opts.Reply == "" {
 		opts.Reply = "VIRUS FOUND"
 	}
-	f := &Filter{m: m, opts: opts}
+	f := &Filter{m: m, opts: opts, count: len(sigs)}
 	f.scanners.New = func() any { return m.NewScanner() }
 	return f, nil
 }
 
 func (f *Filter) Name() string { return Name }
+
+// Summary is what the start-up and reload log lines say of the filter.
+func (f *Filter) Summary() string {
+	src := f.opts.Source
+	if src == "" {
+		src = "bundled examples"
+	}
+	return fmt.Sprintf("%d signatures from %s", f.count, src)
+}
 
 // Stages: the filter reads the body, and its verdict waits for the end of
 // the message, so body chunks need no reply from us.
@@ -54,7 +68,7 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 	return pipeline.StageBody, pipeline.StageEndOfMessage
 }
 
-func (f *Filter) NewCheck(*pipeline.Envelope) (pipeline.Check, error) {
+func (f *Filter) NewCheck(context.Context, *pipeline.Envelope) (pipeline.Check, error) {
 	s := f.scanners.Get().(*matcher.Scanner)
 	s.Reset()
 	return &check{f: f, s: s}, nil
@@ -66,7 +80,7 @@ type check struct {
 	s *matcher.Scanner
 }
 
-func (c *check) Body(chunk []byte) (verdict.Verdict, error) {
+func (c *check) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {
 	if !c.s.Write(chunk) {
 		return verdict.Pass, nil
 	}

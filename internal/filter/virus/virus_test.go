@@ -1,12 +1,15 @@
 package virus
 
 import (
+	"context"
 	"strings"
 	"testing"
 
 	"mailguard/internal/sigfile"
 	"mailguard/internal/verdict"
 )
+
+var ctx = context.Background()
 
 const sobig = "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDyapmmaODQsIBgQs2y6QQgDAPhI7E3TNE3"
 
@@ -34,9 +37,9 @@ func TestReplyText(t *testing.T) {
 	}
 	for _, c := range cases {
 		f := filter(t, c.opts)
-		chk, _ := f.NewCheck(nil)
-		chk.Body([]byte("abc\r\n" + sobig[:30]))
-		v, _ := chk.Body([]byte(sobig[30:] + "\r\n"))
+		chk, _ := f.NewCheck(ctx, nil)
+		chk.Body(ctx, []byte("abc\r\n"+sobig[:30]))
+		v, _ := chk.Body(ctx, []byte(sobig[30:]+"\r\n"))
 		chk.Close()
 		code, enh, text := v.Reply()
 		if v.Action != verdict.Reject || code != 550 || enh != "5.7.0" || text != c.want || v.Reason != "WORM_SOBIG.B" {
@@ -50,21 +53,21 @@ func TestReplyText(t *testing.T) {
 func TestPooledScannerIsReset(t *testing.T) {
 	f := filter(t, Options{})
 	for i := 0; i < 50; i++ {
-		chk, _ := f.NewCheck(nil)
-		v, _ := chk.Body([]byte(sobig[:40]))
+		chk, _ := f.NewCheck(ctx, nil)
+		v, _ := chk.Body(ctx, []byte(sobig[:40]))
 		if v.Final() {
 			t.Fatal("half a signature matched")
 		}
 		if i%2 == 0 {
-			v, _ = chk.Body([]byte(sobig[40:]))
+			v, _ = chk.Body(ctx, []byte(sobig[40:]))
 			if !v.Final() {
 				t.Fatal("signature across two chunks missed")
 			}
 		}
 		chk.Close()
 	}
-	chk, _ := f.NewCheck(nil)
-	if v, _ := chk.Body([]byte(sobig[40:] + " clean")); v.Final() {
+	chk, _ := f.NewCheck(ctx, nil)
+	if v, _ := chk.Body(ctx, []byte(sobig[40:]+" clean")); v.Final() {
 		t.Fatal("the second half alone matched: scanner state leaked between messages")
 	}
 	chk.Close()

@@ -1,0 +1,77 @@
+package quota
+
+import (
+	_ "embed"
+	"fmt"
+	"slices"
+	"strings"
+
+	"mailguard/internal/config"
+	"mailguard/internal/filters"
+	"mailguard/internal/linefile"
+	"mailguard/internal/maildir"
+	"mailguard/internal/pipeline"
+	"mailguard/internal/userdir"
+)
+
+func init() { filters.Register(Name, defaults, build, example) }
+
+// Config is the [quota] section.
+type Config struct {
+	config.Common
+	Users              string      `toml:"users"` // the user directory file
+	DefaultQuota       config.Size `toml:"default_quota"`
+	Margin             config.Size `toml:"margin"`
+	Reply              string      `toml:"reply"`
+	ExemptSenders      []string    `toml:"exempt_senders"`
+	LocalPartCase      string      `toml:"local_part_case"`
+	RecipientDelimiter string      `toml:"recipient_delimiter"`
+}
+
+//go:embed example.toml
+var example string
+
+func defaults() *Config {
+	return &Config{Common: config.NewCommon("accept"), Margin: config.Size{Bytes: 25 << 10}, Reply: "Mailbox full",
+		ExemptSenders: slices.Clone(DefaultExempt), LocalPartCase: "insensitive", RecipientDelimiter: "+"}
+}
+
+// Validate checks the section.
+func (c *Config) Validate(v *config.Checker, enabled bool) {
+	v.Path("users", &c.Users)
+	v.Reply("reply", c.Reply)
+	v.OneOf("local_part_case", c.LocalPartCase, "insensitive", "sensitive")
+	v.Delimiter("recipient_delimiter", c.RecipientDelimiter)
+	for _, p := range c.ExemptSenders {
+		if err := senderPattern(p); err != nil {
+			v.Fail("exempt_senders", "%v", err)
+		}
+	}
+	if enabled {
+		v.Require("users", c.Users, `"FILE" (the user directory)`)
+	}
+}
+
+// senderPattern checks an exempt-sender pattern: "<>", "local@*",
+// "*@domain" or an address.
+func senderPattern(p string) error {
+	if p == "<>" || strings.Count(p, "@") == 1 && !strings.ContainsAny(p, " \t") && p[0] != '@' && p[len(p)-1] != '@' {
+		return nil
+	}
+	return fmt.Errorf("exempt sender %q: want \"<>\", \"local@*\", \"*@domain\" or an address", p)
+}
+
+func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
+	users, err := userdir.Load(c.Users, userdir.Options{CaseSensitiveLocal: c.LocalPartCase == "sensitive", Delimiter: c.RecipientDelimiter})
+	if err != nil {
+		return nil, filters.KeyError[*linefile.Error](b, "users", err)
+	}
+	return New(Options{
+		Users:        users,
+		Usage:        &maildir.UsageReader{},
+		DefaultQuota: c.DefaultQuota.Bytes,
+		Margin:       c.Margin.Bytes,
+		Reply:        c.Reply,
+		Exempt:       c.ExemptSenders,
+	}), nil
+}
