@@ -36,6 +36,10 @@ type Options struct {
 	// IdleTimeout closes a milter connection on which the MTA sent nothing
 	// for this long; 0 means 10 minutes.
 	IdleTimeout time.Duration
+	// WatchDelay and ProgressInterval time the watch beside a slow stage
+	// (see watch); 0 means watchDelay and progressInterval. Tests shorten
+	// them.
+	WatchDelay, ProgressInterval time.Duration
 }
 
 // Door serves milter connections. Its pipeline can be swapped at any time
@@ -61,6 +65,12 @@ type Door struct {
 func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	if opts.IdleTimeout == 0 {
 		opts.IdleTimeout = 10 * time.Minute
+	}
+	if opts.WatchDelay == 0 {
+		opts.WatchDelay = watchDelay
+	}
+	if opts.ProgressInterval == 0 {
+		opts.ProgressInterval = progressInterval
 	}
 	d := &Door{log: log, opts: opts, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())

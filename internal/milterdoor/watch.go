@@ -48,9 +48,9 @@ func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdic
 	w.mu.Unlock()
 	w.wg.Add(1)
 	if w.timer == nil {
-		w.timer = time.AfterFunc(watchDelay, w.run)
+		w.timer = time.AfterFunc(s.door.opts.WatchDelay, w.run)
 	} else {
-		w.timer.Reset(watchDelay)
+		w.timer.Reset(s.door.opts.WatchDelay)
 	}
 	v := stage()
 	if w.timer.Stop() {
@@ -96,7 +96,7 @@ func (w *watch) run() {
 	}()
 	var tick <-chan time.Time
 	if eom {
-		t := time.NewTicker(progressInterval)
+		t := time.NewTicker(s.door.opts.ProgressInterval)
 		defer t.Stop()
 		tick = t.C
 		s.w.conn.SetWriteDeadline(time.Now().Add(s.w.idle))

@@ -204,3 +204,213 @@ func TestParseErrorPolicy(t *testing.T) {
 		t.Error("ignore accepted")
 	}
 }
+
+// A filter in monitor mode never refuses: what it would have done is
+// logged, counted and recorded in an X-Mailguard header.
+func TestMonitorMode(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	f := newFake("virus", &open)
+	f.reads, f.decide = StageBody|StageRcpt, StageEndOfMessage|StageRcpt
+	f.body = func([]byte) (verdict.Verdict, error) {
+		v := verdict.Rejectf(550, verdict.EnhSecurity, "VIRUS FOUND")
+		v.Reason = "EICAR"
+		return v, nil
+	}
+	f.rcpt = func(rcpt string) (verdict.Verdict, error) {
+		if rcpt == "full@example.edu" {
+			return verdict.Rejectf(552, verdict.EnhMailboxFull, "Mailbox full"), nil
+		}
+		return verdict.Pass, nil
+	}
+	p := New(env, Member{Filter: f, Mode: Monitor})
+	if p.Modifies()&ModAddHeader == 0 {
+		t.Fatal("monitor mode does not ask to add headers")
+	}
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+	if v := m.Rcpt("full@example.edu", ""); v.Final() {
+		t.Fatalf("monitor mode refused a recipient: %v", v)
+	}
+	m.Body([]byte("x"))
+	if v := m.End(); v.Final() {
+		t.Fatalf("monitor mode refused the message: %v", v)
+	}
+	env2 := m.Envelope()
+	m.Close()
+	var headers []string
+	for _, h := range env2.Headers {
+		headers = append(headers, h.Name+": "+h.Value)
+	}
+	want := []string{
+		"X-Mailguard: monitor; filter=virus; would reject 552 5.2.2 Mailbox full; rcpt=<full@example.edu>",
+		"X-Mailguard: monitor; filter=virus; would reject 550 5.7.0 VIRUS FOUND; reason=EICAR",
+	}
+	if strings.Join(headers, "\n") != strings.Join(want, "\n") {
+		t.Errorf("headers:\n%s\nwant:\n%s", strings.Join(headers, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(logs.String(), `mode=monitor verdict="would reject 550 5.7.0 VIRUS FOUND" reason=EICAR`) {
+		t.Errorf("log:\n%s", logs)
+	}
+	if hits := env.Stats.Take().Hits; hits["virus:would reject"] != 2 || hits["virus:EICAR"] != 0 {
+		t.Errorf("counters %v", hits)
+	}
+	// Enforced, the same filter refuses.
+	p = New(env, Member{Filter: f})
+	m, _ = p.Begin(conn, AllStages, "a@example.org", "")
+	m.Body([]byte("x"))
+	if v := m.End(); v.Action != verdict.Reject {
+		t.Fatalf("enforce: %v", v)
+	}
+	m.Close()
+}
+
+// connFilter keeps state per connection and judges HELO.
+type connFilter struct {
+	fakeFilter
+	states atomic.Int64
+}
+
+type connState struct {
+	NopConnState
+	f        *connFilter
+	messages int
+}
+
+func (f *connFilter) NewConnState(context.Context, *Conn) (ConnState, error) {
+	f.states.Add(1)
+	return &connState{f: f}, nil
+}
+
+func (s *connState) Helo(_ context.Context, c *Conn) (verdict.Verdict, error) {
+	if c.Helo == "bad.example" {
+		return verdict.Rejectf(550, verdict.EnhDeliveryNotAuthorized, "go away"), nil
+	}
+	return verdict.Pass, nil
+}
+
+func (s *connState) Close() { s.f.states.Add(-1) }
+
+type countingCheck struct {
+	NopCheck
+	state *connState
+}
+
+func (c countingCheck) Close() {}
+
+// Connection state lives across messages, is reachable from each check,
+// and is always closed; connection stages run for a filter that decides
+// them.
+func TestConnectionState(t *testing.T) {
+	var open atomic.Int64
+	env, _ := testEnv()
+	f := &connFilter{fakeFilter: fakeFilter{name: "conn", decide: StageHelo, open: &open}}
+	var seen []*connState
+	check := &checkMaker{f: f, seen: &seen}
+	p := New(env, Member{Filter: check})
+	c := &Conn{Addr: "192.0.2.1", Helo: "good.example"}
+	cn := p.Open(context.Background(), c)
+	if v := cn.Helo(); v.Final() {
+		t.Fatal(v)
+	}
+	for i := 0; i < 3; i++ {
+		m, _ := cn.Begin(AllStages, AllModifications, "a@example.org", "")
+		m.End()
+		m.Close()
+	}
+	if len(seen) != 3 || seen[0] == nil || seen[0] != seen[2] || seen[0].messages != 3 {
+		t.Fatalf("checks did not share one connection state: %v", seen)
+	}
+	cn.Close()
+	if f.states.Load() != 0 {
+		t.Fatal("connection state not closed")
+	}
+	cn = p.Open(context.Background(), &Conn{Helo: "bad.example"})
+	if v := cn.Helo(); v.Action != verdict.Reject {
+		t.Fatalf("HELO verdict %v", v)
+	}
+	// A message on a refused connection carries the refusal.
+	m, v := cn.Begin(AllStages, AllModifications, "a@example.org", "")
+	if v.Action != verdict.Reject {
+		t.Fatalf("message on a refused connection: %v", v)
+	}
+	m.Close()
+	cn.Close()
+	if f.states.Load() != 0 {
+		t.Fatal("connection state not closed")
+	}
+}
+
+// checkMaker is connFilter with checks that find their connection state.
+type checkMaker struct {
+	*connFilter
+	f    *connFilter
+	seen *[]*connState
+}
+
+func (c *checkMaker) Name() string { return "conn" }
+func (c *checkMaker) Stages() (reads, decides Stage) {
+	return StageMail, StageHelo
+}
+func (c *checkMaker) NewConnState(ctx context.Context, cn *Conn) (ConnState, error) {
+	return c.f.NewConnState(ctx, cn)
+}
+func (c *checkMaker) NewCheck(_ context.Context, env *Envelope) (Check, error) {
+	st, _ := env.ConnState(c).(*connState)
+	if st != nil {
+		st.messages++
+	}
+	*c.seen = append(*c.seen, st)
+	return countingCheck{state: st}, nil
+}
+
+// A filter call that outlives its timeout gets a context that ends; an
+// unused context costs no timer.
+func TestCallContext(t *testing.T) {
+	parent, cancel := context.WithCancel(context.Background())
+	c := newLazyCtx(parent, time.Now().Add(50*time.Millisecond))
+	select {
+	case <-c.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("deadline did not end the context")
+	}
+	if !errors.Is(c.Err(), context.DeadlineExceeded) || !c.timedOut() {
+		t.Fatalf("err %v", c.Err())
+	}
+	c = newLazyCtx(parent, time.Now().Add(time.Hour))
+	derived, stop := context.WithTimeout(c, time.Hour)
+	defer stop()
+	cancel()
+	select {
+	case <-derived.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("parent's cancel did not reach a derived context")
+	}
+	if c.timedOut() {
+		t.Fatal("a cancel counted as a timeout")
+	}
+	lazy := newLazyCtx(context.Background(), time.Now().Add(time.Millisecond))
+	time.Sleep(5 * time.Millisecond)
+	if !errors.Is(lazy.Err(), context.DeadlineExceeded) {
+		t.Fatal("Err without Done missed the deadline")
+	}
+}
+
+func BenchmarkCallContext(b *testing.B) {
+	parent := newLazyCtx(context.Background(), time.Time{})
+	b.Run("lazy", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			c := newLazyCtx(parent, time.Now().Add(10*time.Second))
+			c.cancel(context.Canceled)
+		}
+	})
+	b.Run("WithTimeout", func(b *testing.B) {
+		b.ReportAllocs()
+		bg, stop := context.WithCancel(context.Background())
+		defer stop()
+		for i := 0; i < b.N; i++ {
+			_, cancel := context.WithTimeout(bg, 10*time.Second)
+			cancel()
+		}
+	})
+}
