@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"mailguard/internal/filters"
 	"mailguard/internal/filter/senders"
+	"mailguard/internal/filters"
 	"mailguard/internal/sigfile"
 	"mailguard/internal/userdir"
 )

@@ -44,7 +44,6 @@ func TestExampleConfigIsTheDefaults(t *testing.T) {
 func virusOf(c *config.Config) *virus.Config     { return c.Sections["virus"].(*virus.Config) }
 func captureOf(c *config.Config) *capture.Config { return c.Sections["capture"].(*capture.Config) }
 
-
 func TestParseValues(t *testing.T) {
 	c, err := Parse("/etc/mailguard/mailguard.toml", []byte(`
 listen = "unix:/run/mailguard/milter.sock"
