@@ -231,20 +231,37 @@ var stageFlags = []struct {
 	{pipeline.StageBody, milter.OptNoBody, milter.OptNoBodyReply},
 }
 
+// modActions maps the changes filters may make to the milter actions
+// that allow them.
+var modActions = []struct {
+	mod    pipeline.Modification
+	action milter.OptAction
+}{
+	{pipeline.ModRemoveRcpt, milter.OptRemoveRcpt},
+	{pipeline.ModAddHeader, milter.OptAddHeader},
+	{pipeline.ModChangeHeader, milter.OptChangeHeader},
+}
+
 // wantedActions are the message changes a pipeline may ask the MTA for.
 func wantedActions(p *pipeline.Pipeline) milter.OptAction {
 	var a milter.OptAction
-	mods := p.Modifies()
-	if mods&pipeline.ModRemoveRcpt != 0 {
-		a |= milter.OptRemoveRcpt
-	}
-	if mods&pipeline.ModAddHeader != 0 {
-		a |= milter.OptAddHeader
-	}
-	if mods&pipeline.ModChangeHeader != 0 {
-		a |= milter.OptChangeHeader
+	for _, m := range modActions {
+		if p.Modifies()&m.mod != 0 {
+			a |= m.action
+		}
 	}
 	return a
+}
+
+// allowedChanges maps the negotiated actions to the changes filters may make.
+func allowedChanges(a milter.OptAction) pipeline.Modification {
+	var mods pipeline.Modification
+	for _, m := range modActions {
+		if a&m.action != 0 {
+			mods |= m.mod
+		}
+	}
+	return mods
 }
 
 // compatible reports whether a connection negotiated with proto and

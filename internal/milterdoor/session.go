@@ -397,18 +397,3 @@ func trimAngles(a string) string {
 	}
 	return a
 }
-
-// allowedChanges maps the negotiated actions to the changes filters may make.
-func allowedChanges(a milter.OptAction) pipeline.Modification {
-	var m pipeline.Modification
-	if a&milter.OptRemoveRcpt != 0 {
-		m |= pipeline.ModRemoveRcpt
-	}
-	if a&milter.OptAddHeader != 0 {
-		m |= pipeline.ModAddHeader
-	}
-	if a&milter.OptChangeHeader != 0 {
-		m |= pipeline.ModChangeHeader
-	}
-	return m
-}
