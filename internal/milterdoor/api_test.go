@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -418,5 +419,82 @@ func TestBodyChunkValidity(t *testing.T) {
 	}
 	if bytes.Equal(bytes.Join(kept, nil), body) {
 		t.Fatal("retained chunks survived later reads: the documented rule would be untested")
+	}
+}
+
+// stateFilter keeps per-connection state and counts the states open.
+type stateFilter struct {
+	apiFilter
+	open atomic.Int64
+}
+
+type stateOf struct {
+	pipeline.NopConnState
+	f *stateFilter
+}
+
+func (s stateOf) Close() { s.f.open.Add(-1) }
+
+func (f *stateFilter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnState, error) {
+	f.open.Add(1)
+	return stateOf{f: f}, nil
+}
+
+// A filter's connection state is closed however the connection ends: a
+// normal quit, a hang-up mid-message, and shutdown.
+func TestConnectionStateAlwaysClosed(t *testing.T) {
+	f := &stateFilter{}
+	td := startDoorWith(t, milterdoor.Options{}, pipeline.Member{Filter: f})
+	s := newSession(t, td)
+	connect(t, s)
+	assertAccept(t, sendMessage(t, s, []byte("x\r\n"), 10))
+	s.Close()
+	hangup := dialRaw(t, td.addr)
+	hangup.read()
+	hangup.send('C', "mx.example.org\x004\x00\x19192.0.2.1\x00")
+	hangup.read()
+	hangup.send('M', "<a@example.org>\x00")
+	hangup.read()
+	hangup.c.Close()
+	open := dialRaw(t, td.addr)
+	open.read()
+	open.send('C', "mx.example.org\x004\x00\x19192.0.2.1\x00")
+	open.read()
+	waitFor(t, func() bool { return f.open.Load() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := td.door.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.open.Load(); n != 0 {
+		t.Fatalf("%d connection states left open after shutdown", n)
+	}
+}
+
+// A recipient removal the MTA does not allow is not reported as made.
+func TestRemovalNotAllowed(t *testing.T) {
+	f := &apiFilter{mods: pipeline.ModRemoveRcpt, eom: func(_ context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
+		env.RemoveRcpt("user@example.edu", "test")
+		return verdict.Pass, nil
+	}}
+	td := startDoorWith(t, milterdoor.Options{}, pipeline.Member{Filter: f})
+	c := milter.NewClient("tcp", td.addr, milter.WithActions(milter.OptAddHeader))
+	s, err := c.Session(milter.NewMacroBag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	connect(t, s)
+	startBody(t, s, "a@example.org")
+	s.BodyChunk([]byte("x\r\n"))
+	if mods, _, err := s.End(); err != nil || len(mods) != 0 {
+		t.Fatalf("changes %+v, %v", mods, err)
+	}
+	logs := td.log()
+	if !strings.Contains(logs, "recipient not removed") || strings.Contains(logs, `verdict="remove recipient"`) {
+		t.Errorf("log:\n%s", logs)
+	}
+	if hits := td.stats.Take().Hits; hits["api:change not made"] != 1 || hits["api:remove recipient"] != 0 {
+		t.Errorf("counters %v", hits)
 	}
 }

@@ -53,6 +53,13 @@ type Door struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// epoch counts the watcher's scans (see watch); it starts at 1, since
+	// 0 means "no stage running".
+	epoch atomic.Int64
+	// idle hands a new connection to a goroutine that has served one
+	// before and waits for the next (see worker).
+	idle chan *session
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
@@ -75,6 +82,9 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	d := &Door{log: log, opts: opts, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.current.Store(p)
+	d.epoch.Store(1)
+	d.idle = make(chan *session)
+	go d.watcher()
 	return d
 }
 
@@ -121,7 +131,36 @@ func (d *Door) Serve(ln net.Listener) error {
 			s.w.release()
 			continue
 		}
-		go s.serve()
+		select {
+		case d.idle <- s:
+		default:
+			go d.worker(s)
+		}
+	}
+}
+
+// workerIdle is how long a session goroutine waits for the next
+// connection before it ends.
+const workerIdle = 10 * time.Second
+
+// worker serves connections one after another. Reusing the goroutine
+// keeps its stack, grown once to what a session needs: a goroutine per
+// connection grew (copied) its stack for every connection, which cost a
+// few percent of the CPU per message when the MTA opens one connection
+// per SMTP session.
+func (d *Door) worker(s *session) {
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		s.serve()
+		t.Reset(workerIdle)
+		select {
+		case s = <-d.idle:
+		case <-t.C:
+			return
+		case <-d.ctx.Done():
+			return
+		}
 	}
 }
 

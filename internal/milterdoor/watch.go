@@ -2,6 +2,7 @@ package milterdoor
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mailguard/internal/pipeline"
@@ -10,80 +11,104 @@ import (
 
 const (
 	// watchDelay is how long a stage may take before the door starts
-	// watching the connection beside it. Nearly every stage takes
-	// microseconds, so the watch is one timer reset and stop per stage.
+	// watching the connection beside it.
 	watchDelay = time.Second
 	// progressInterval is how often the door tells the MTA to keep
 	// waiting at the end of a message (SMFIR_PROGRESS), so a long scan
 	// never runs into Postfix's milter_content_timeout (300 s) nor
 	// Sendmail's E= timeout; the first goes out after a few seconds.
 	progressInterval = 5 * time.Second
+	// watchTicks is how many scans of the sessions fit in a watchDelay.
+	watchTicks = 4
 )
 
 // progressPacket is SMFIR_PROGRESS: length 1, code 'p'.
 var progressPacket = []byte{0, 0, 0, 1, replyProgress}
 
 // watch looks after a stage whose answer the MTA is waiting for, once it
-// takes longer than watchDelay: the MTA sends nothing while it waits, so
-// any byte or error on the connection means it gave up or hung up, and
-// the filters' calls are cancelled; at the end of a message it also sends
-// progress replies. It runs in the timer's goroutine and owns the
-// connection's reads and writes until the stage ends.
+// has taken longer than the watch delay: the MTA sends nothing while it
+// waits, so any byte or error on the connection means it gave up or hung
+// up, and the filters' calls are cancelled; at the end of a message it
+// also sends progress replies. It owns the connection's reads and writes
+// until the stage ends.
+//
+// Nearly every stage takes microseconds, so entering and leaving one costs
+// two atomic stores and an uncontended lock: no timer per stage or per
+// connection. One goroutine per door (watcher) scans the sessions a few
+// times per watch delay and starts the watch of a stage that has run for
+// too long.
 type watch struct {
-	timer *time.Timer
-	wg    sync.WaitGroup
+	// epoch is the door's scan count when the current stage began; 0
+	// when no stage is running.
+	epoch atomic.Int64
 	mu    sync.Mutex
-	quit  chan struct{} // made when the watch starts; closed to end it
-	ended bool          // the stage ended: do not start
 	eom   bool
-	s     *session
 	cn    *pipeline.Connection
+	quit  chan struct{} // non-nil while a watch runs; closed to end it
+	wg    sync.WaitGroup
 }
 
 // guarded runs stage under the watch.
 func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdict {
 	w := &s.watch
 	w.mu.Lock()
-	w.s, w.eom, w.ended, w.cn = s, eom, false, s.cn
+	w.eom, w.cn = eom, s.cn
 	w.mu.Unlock()
-	w.wg.Add(1)
-	if w.timer == nil {
-		w.timer = time.AfterFunc(s.door.opts.WatchDelay, w.run)
-	} else {
-		w.timer.Reset(s.door.opts.WatchDelay)
-	}
+	w.epoch.Store(s.door.epoch.Load())
 	v := stage()
-	if w.timer.Stop() {
-		w.wg.Done() // never started
-		return v
-	}
+	w.epoch.Store(0)
 	w.mu.Lock()
-	w.ended = true
-	if w.quit != nil {
-		close(w.quit)
+	quit := w.quit
+	if quit != nil {
+		close(quit)
+		w.quit = nil
 	}
 	w.mu.Unlock()
-	s.w.conn.SetReadDeadline(time.Now()) // wakes the watch's read
-	w.wg.Wait()
-	w.mu.Lock()
-	w.quit = nil
-	w.mu.Unlock()
-	s.w.deadlineSet = time.Time{} // the next read sets the idle deadline again
+	if quit != nil {
+		s.w.conn.SetReadDeadline(time.Now()) // wakes the watch's read
+		w.wg.Wait()
+		s.w.deadlineSet = time.Time{} // the next read sets the idle deadline again
+	}
 	return v
 }
 
-func (w *watch) run() {
-	defer w.wg.Done()
+// watcher scans the sessions until the door closes.
+func (d *Door) watcher() {
+	tick := time.NewTicker(d.opts.WatchDelay / watchTicks)
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := d.epoch.Add(1)
+		d.mu.Lock()
+		for s := range d.sessions {
+			if e := s.watch.epoch.Load(); e != 0 && now-e >= watchTicks {
+				s.startWatch()
+			}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// startWatch starts watching the stage running now, unless it has ended
+// or is watched already.
+func (s *session) startWatch() {
+	w := &s.watch
 	w.mu.Lock()
-	if w.ended {
-		w.mu.Unlock()
+	defer w.mu.Unlock()
+	if w.quit != nil || w.epoch.Load() == 0 {
 		return
 	}
-	quit := make(chan struct{})
-	w.quit = quit
-	s, eom, cn := w.s, w.eom, w.cn
-	w.mu.Unlock()
+	w.quit = make(chan struct{})
+	w.wg.Add(1)
+	go s.runWatch(w.quit, w.eom, w.cn)
+}
 
+func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection) {
+	defer s.watch.wg.Done()
 	gone := make(chan error, 1)
 	go func() {
 		// The stage's packet is done with: drop it, then wait for a byte.
