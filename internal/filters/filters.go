@@ -12,6 +12,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"mailguard/etc"
 	"mailguard/internal/config"
@@ -31,6 +32,11 @@ type Spec struct {
 }
 
 var registry = map[string]Spec{}
+
+// commandTimeout is how long an MTA waits for a milter's answer to one
+// command before the end of the message: Postfix's milter_command_timeout
+// and Sendmail's R= timeout default to 30 s.
+const commandTimeout = 30 * time.Second
 
 // Register adds a filter. It is called from the filter package's init, so
 // it panics on a programming error (a name registered twice).
@@ -128,6 +134,13 @@ func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
 			continue
 		}
 		common := config.CommonOf(sec)
+		if _, decides := f.Stages(); decides&^pipeline.StageEndOfMessage != 0 && common.Timeout.Duration >= commandTimeout {
+			key := name + ".timeout"
+			errs = append(errs, &config.Error{File: c.File, Line: c.Line(key), Msg: fmt.Sprintf(
+				"%s: %s is too long for a filter that answers before the end of the message: the MTA waits at most %s for each of those answers (Postfix's milter_command_timeout); at most %s",
+				key, common.Timeout.Duration, commandTimeout, commandTimeout-time.Second)})
+			continue
+		}
 		// The section was checked: these parse.
 		onError, _ := pipeline.ParseErrorPolicy(common.OnError)
 		mode, _ := pipeline.ParseMode(common.Mode)

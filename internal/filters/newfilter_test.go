@@ -112,3 +112,16 @@ func TestNewFilterIsOneFolderAndOneLine(t *testing.T) {
 	}
 	m.Close()
 }
+
+// A filter that answers at RCPT (quota) cannot wait longer than the MTA
+// waits for that answer.
+func TestTimeoutWithinTheMTAsCommandTimeout(t *testing.T) {
+	c, err := filters.Parse("m.toml", []byte("filters = [\"quota\", \"virus\"]\n[quota]\nusers = \"/dev/null\"\ntimeout = \"45s\"\n[virus]\ntimeout = \"45s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = filters.Build(c, pipeline.Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: time.Now})
+	if err == nil || !strings.Contains(err.Error(), "m.toml:4: quota.timeout: 45s is too long") || strings.Contains(err.Error(), "virus.timeout") {
+		t.Fatalf("err = %v", err)
+	}
+}

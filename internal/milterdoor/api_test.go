@@ -291,14 +291,18 @@ func TestDrainTimeoutIsAHardLimit(t *testing.T) {
 // Macros reach filters by name with libmilter's lifetimes, and the door
 // asks the MTA for the ones filters read.
 func TestMacrosPerStage(t *testing.T) {
-	type seen struct{ daemon, auth, rcpt, queue string }
+	type seen struct {
+		daemon, auth, rcpt, queue string
+		port                      int
+		family                    pipeline.Family
+	}
 	var mu sync.Mutex
 	var got []seen
 	f := &apiFilter{
 		macros: map[pipeline.Stage][]string{pipeline.StageConnect: {"{daemon_name}"}, pipeline.StageMail: {"auth_authen"}, pipeline.StageRcpt: {"{rcpt_addr}"}},
 		eom: func(_ context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
 			mu.Lock()
-			got = append(got, seen{env.Macro("daemon_name"), env.Macro("{auth_authen}"), env.Macro("rcpt_addr"), env.QueueID})
+			got = append(got, seen{env.Macro("daemon_name"), env.Macro("{auth_authen}"), env.Macro("rcpt_addr"), env.QueueID, env.Conn.Port, env.Conn.Family})
 			mu.Unlock()
 			return verdict.Pass, nil
 		},
@@ -339,7 +343,7 @@ func TestMacrosPerStage(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	want := []seen{{"smtpd", "alice", "u@example.edu", "Q1"}, {"smtpd", "", "", "Q2"}}
+	want := []seen{{"smtpd", "alice", "u@example.edu", "Q1", 25, pipeline.FamilyInet}, {"smtpd", "", "", "Q2", 25, pipeline.FamilyInet}}
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("macros seen %+v, want %+v", got, want)
 	}
