@@ -76,7 +76,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "mailguard refuses bad mail during the SMTP dialogue, as a milter.")
 	fmt.Fprintln(w, "\nUsage:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  mailguard %-13s %-28s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  mailguard %-14s %-28s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun \"mailguard COMMAND --help\" for a command's flags.")
 }
