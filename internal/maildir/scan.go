@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"mailguard/internal/safefile"
 )
 
 // Count sums the messages of a Maildir and its Maildir++ folders (the
@@ -16,7 +18,7 @@ import (
 func Count(ctx context.Context, dir string) (Totals, error) {
 	var t Totals
 	folders := []string{dir}
-	entries, err := os.ReadDir(dir)
+	entries, err := readDir(dir)
 	if err != nil {
 		return t, err
 	}
@@ -38,8 +40,20 @@ func Count(ctx context.Context, dir string) (Totals, error) {
 	return t, nil
 }
 
+// readDir lists a directory the user controls: opened without blocking and
+// without following a link, so a FIFO or a link in a folder's place
+// cannot stall or redirect the count.
+func readDir(dir string) ([]os.DirEntry, error) {
+	f, err := safefile.OpenDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.ReadDir(-1)
+}
+
 func countDir(dir string, t *Totals) error {
-	entries, err := os.ReadDir(dir)
+	entries, err := readDir(dir)
 	if err != nil {
 		return err
 	}

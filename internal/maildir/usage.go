@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"mailguard/internal/safefile"
 )
 
 // Usage is what a quota decision needs about one mailbox.
@@ -80,7 +82,10 @@ func (r *UsageReader) init() {
 func (r *UsageReader) Usage(maildir string) (Usage, bool) {
 	r.init()
 	path := filepath.Join(maildir, "maildirsize")
-	fi, statErr := os.Stat(path)
+	// Lstat: the user owns the Maildir and may put a link or a FIFO here.
+	// The cheap path compares the file's identity with the cache; any
+	// read goes through safefile, which checks the open descriptor again.
+	fi, statErr := os.Lstat(path)
 
 	r.mu.Lock()
 	e := r.entries[maildir]
@@ -111,8 +116,10 @@ func (r *UsageReader) Usage(maildir string) (Usage, bool) {
 }
 
 // readFile parses maildirsize; false means count the messages instead.
-func (r *UsageReader) readFile(path string, fi os.FileInfo) (Usage, bool) {
-	f, err := os.Open(path)
+// The file is opened without blocking and checked on its descriptor: a
+// user may swap it for a FIFO between the Lstat and the open.
+func (r *UsageReader) readFile(path string, _ os.FileInfo) (Usage, bool) {
+	f, fi, err := safefile.Open(path, safefile.Options{NoFollow: true, MaxSize: StaleSize - 1})
 	if err != nil {
 		return Usage{}, false
 	}
@@ -130,7 +137,7 @@ func (r *UsageReader) readFile(path string, fi os.FileInfo) (Usage, bool) {
 // firstLineDefinition keeps a broken or oversized file's quota definition
 // when its first line is sound.
 func firstLineDefinition(path string) Definition {
-	f, err := os.Open(path)
+	f, _, err := safefile.Open(path, safefile.Options{NoFollow: true})
 	if err != nil {
 		return Definition{}
 	}
