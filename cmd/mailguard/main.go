@@ -232,7 +232,7 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "mailguard sigmine --check: --signatures FILE and --clean PATH are required")
 			return 2
 		}
-		sigs, err := sigfile.Load(*sigFile)
+		sigs, err := sigfile.Load(*sigFile, config.DefaultMaxFileSize)
 		if err != nil {
 			fmt.Fprintf(stderr, "mailguard sigmine: %v\n", err)
 			return 2

@@ -19,6 +19,9 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 
+	"mailguard/internal/safefile"
+	"mailguard/internal/userdir"
+
 	"mailguard/internal/listen"
 )
 
@@ -29,6 +32,10 @@ const (
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultIdleTimeout     = 10 * time.Minute
 	DefaultSummaryInterval = 5 * time.Minute
+	// DefaultMaxFileSize bounds a data file (signatures, users, blocklist).
+	DefaultMaxFileSize = 64 << 20
+	// maxConfigSize bounds the configuration file itself.
+	maxConfigSize = 1 << 20
 )
 
 // Config is the whole configuration, validated.
@@ -39,7 +46,9 @@ type Config struct {
 	Filters      []string
 	DrainTimeout time.Duration
 	IdleTimeout  time.Duration
-	Log          Log
+	// MaxFileSize bounds each data file a filter reads.
+	MaxFileSize int64
+	Log         Log
 	// Sections holds every known filter's section, [name], decoded and
 	// checked (defaults where the file says nothing), enabled or not.
 	Sections map[string]Section
@@ -63,6 +72,7 @@ type raw struct {
 	Filters      []string `toml:"filters"`
 	DrainTimeout *string  `toml:"drain_timeout"`
 	IdleTimeout  *string  `toml:"idle_timeout"`
+	MaxFileSize  *string  `toml:"max_file_size"`
 	Log          struct {
 		Target          *string `toml:"target"`
 		Level           *string `toml:"level"`
@@ -100,6 +110,7 @@ func Default(sections Sections) *Config {
 		Filters:      []string{"virus"},
 		DrainTimeout: DefaultDrainTimeout,
 		IdleTimeout:  DefaultIdleTimeout,
+		MaxFileSize:  DefaultMaxFileSize,
 		Log:          Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SummaryInterval: DefaultSummaryInterval},
 		Sections:     map[string]Section{},
 	}
@@ -112,7 +123,7 @@ func Default(sections Sections) *Config {
 // Load reads and validates a config file. The error, if any, joins every
 // problem found, each an *Error.
 func Load(path string, sections Sections) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.ReadFile(path, maxConfigSize)
 	if err != nil {
 		return nil, &Error{File: path, Msg: err.Error()}
 	}
@@ -123,6 +134,9 @@ func Load(path string, sections Sections) (*Config, error) {
 // section is decoded into the type its constructor returns and checked by
 // its own code.
 func Parse(file string, data []byte, sections Sections) (*Config, error) {
+	if safefile.HasBOM(data) {
+		return nil, &Error{File: file, Line: 1, Msg: safefile.BOMProblem}
+	}
 	c := Default(sections)
 	c.File = file
 	var r raw
@@ -152,6 +166,7 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	}
 	field(v, &c.DrainTimeout, r.DrainTimeout, "drain_timeout", parseDuration)
 	field(v, &c.IdleTimeout, r.IdleTimeout, "idle_timeout", parseDuration)
+	field(v, &c.MaxFileSize, r.MaxFileSize, "max_file_size", positiveSize)
 	field(v, &c.Log.Target, r.Log.Target, "log.target", oneOf("stderr", "syslog"))
 	field(v, &c.Log.Level, r.Log.Level, "log.level", oneOf("debug", "info", "warn", "error"))
 	field(v, &c.Log.Format, r.Log.Format, "log.format", oneOf("text", "json"))
@@ -217,6 +232,14 @@ func (v *Checker) filters(names []string, known Sections) []string {
 		}
 	}
 	return out
+}
+
+func positiveSize(s string) (int64, error) {
+	n, err := userdir.ParseSize(s)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("%q: must be more than 0", s)
+	}
+	return n, err
 }
 
 func parseMode(s string) (os.FileMode, error) {

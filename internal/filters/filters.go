@@ -102,6 +102,9 @@ type Env struct {
 	name string
 }
 
+// MaxFileSize bounds each data file the filter reads (max_file_size).
+func (b *Env) MaxFileSize() int64 { return b.cfg.MaxFileSize }
+
 // KeyError places err (a file the key names failed to load, say) at the
 // key's line, unless err is already placed (an error of type E, such as
 // a parser's own file:line error).

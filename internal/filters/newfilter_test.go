@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -116,7 +118,9 @@ func TestNewFilterIsOneFolderAndOneLine(t *testing.T) {
 // A filter that answers at RCPT (quota) cannot wait longer than the MTA
 // waits for that answer.
 func TestTimeoutWithinTheMTAsCommandTimeout(t *testing.T) {
-	c, err := filters.Parse("m.toml", []byte("filters = [\"quota\", \"virus\"]\n[quota]\nusers = \"/dev/null\"\ntimeout = \"45s\"\n[virus]\ntimeout = \"45s\"\n"))
+	users := filepath.Join(t.TempDir(), "users")
+	os.WriteFile(users, nil, 0o644)
+	c, err := filters.Parse("m.toml", []byte("filters = [\"quota\", \"virus\"]\n[quota]\nusers = \""+users+"\"\ntimeout = \"45s\"\n[virus]\ntimeout = \"45s\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
+
+	"mailguard/internal/safefile"
 )
 
 // Error is one problem at a line of a file.
@@ -29,19 +30,22 @@ const MaxLine = 64 << 10
 // (comments removed), and returns every error fn returned, each placed at
 // its line, joined.
 func Read(name string, r io.Reader, fn func(line int, fields []string) error) error {
-	var errs []error
+	var probs safefile.Problems
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), MaxLine)
 	line := 0
 	for sc.Scan() {
 		line++
+		if line == 1 && safefile.HasBOM(sc.Bytes()) {
+			return &Error{File: name, Line: 1, Msg: safefile.BOMProblem}
+		}
 		text := sc.Text()
 		if i := strings.IndexByte(text, '#'); i >= 0 {
 			text = text[:i]
 		}
 		if fields := strings.Fields(text); len(fields) > 0 {
 			if err := fn(line, fields); err != nil {
-				errs = append(errs, &Error{File: name, Line: line, Msg: err.Error()})
+				probs.Add(&Error{File: name, Line: line, Msg: err.Error()})
 			}
 		}
 	}
@@ -49,17 +53,18 @@ func Read(name string, r io.Reader, fn func(line int, fields []string) error) er
 		if !errors.Is(err, bufio.ErrTooLong) {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		errs = append(errs, &Error{File: name, Line: line + 1, Msg: fmt.Sprintf("line longer than %d bytes", MaxLine)})
+		probs.Add(&Error{File: name, Line: line + 1, Msg: fmt.Sprintf("line longer than %d bytes", MaxLine)})
 	}
-	return errors.Join(errs...)
+	return probs.Err(name)
 }
 
-// ReadFile is Read on a file.
-func ReadFile(path string, fn func(line int, fields []string) error) error {
-	f, err := os.Open(path)
+// ReadFile is Read on a regular file of at most maxSize bytes (0: no
+// bound), opened without blocking (see safefile).
+func ReadFile(path string, maxSize int64, fn func(line int, fields []string) error) error {
+	f, _, err := safefile.Open(path, safefile.Options{MaxSize: maxSize})
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return Read(path, f, fn)
+	return Read(path, safefile.Reader(f, maxSize, path), fn)
 }

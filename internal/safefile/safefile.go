@@ -154,3 +154,43 @@ func kind(m os.FileMode) string {
 	}
 	return m.String()
 }
+
+// BOMProblem is what every reader of mailguard's text files says of a file
+// that starts with a UTF-8 byte-order mark: refused the same way
+// everywhere, since a mark glued to the first name or address would
+// silently make that first entry never match.
+const BOMProblem = "the file starts with a UTF-8 byte-order mark: save it without one"
+
+// HasBOM reports whether text starts with a UTF-8 byte-order mark.
+func HasBOM(text []byte) bool {
+	return len(text) >= 3 && text[0] == 0xef && text[1] == 0xbb && text[2] == 0xbf
+}
+
+// MaxProblems bounds the problems one file reports: a wrong file (a binary,
+// a file of another kind) would otherwise give one per line, a log line
+// and a memory use as large as the file.
+const MaxProblems = 20
+
+// Problems collects a file's problems up to MaxProblems and counts the
+// rest.
+type Problems struct {
+	Errs []error
+	More int
+}
+
+// Add records a problem.
+func (p *Problems) Add(err error) {
+	if len(p.Errs) < MaxProblems {
+		p.Errs = append(p.Errs, err)
+		return
+	}
+	p.More++
+}
+
+// Err joins the problems, ending with "and N more" when some were left out.
+func (p *Problems) Err(file string) error {
+	if p.More > 0 {
+		return errors.Join(append(p.Errs, fmt.Errorf("%s: and %d more problems", file, p.More))...)
+	}
+	return errors.Join(p.Errs...)
+}

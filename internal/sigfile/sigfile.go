@@ -24,10 +24,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"mailguard/internal/matcher"
+	"mailguard/internal/safefile"
 )
 
 // Signature is one named pattern and where it was defined.
@@ -50,14 +50,15 @@ func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line,
 // sent by mistake) cannot make the reader buffer without limit.
 const maxLineLen = 64 * 1024
 
-// Load reads and parses a signature file.
-func Load(path string) ([]Signature, error) {
-	f, err := os.Open(path)
+// Load reads and parses a signature file: a regular file of at most
+// maxSize bytes (0: no bound), opened without blocking (see safefile).
+func Load(path string, maxSize int64) ([]Signature, error) {
+	f, _, err := safefile.Open(path, safefile.Options{MaxSize: maxSize})
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return Parse(path, f)
+	return Parse(path, safefile.Reader(f, maxSize, path))
 }
 
 // Parse reads signatures from r; name is used in error messages. It returns
@@ -65,14 +66,14 @@ func Load(path string) ([]Signature, error) {
 func Parse(name string, r io.Reader) ([]Signature, error) {
 	var (
 		sigs    []Signature
-		errs    []error
+		probs   safefile.Problems
 		pending *Signature // a "NAME =" line waiting for its pattern line
 		byName  = map[string]int{}
 		byBytes = map[string]string{}
 		lineNo  int
 	)
 	fail := func(line int, format string, args ...any) {
-		errs = append(errs, &Error{File: name, Line: line, Msg: fmt.Sprintf(format, args...)})
+		probs.Add(&Error{File: name, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
 	add := func(s Signature, patternText string) {
 		p, err := decodePattern(patternText)
@@ -107,6 +108,9 @@ func Parse(name string, r io.Reader) ([]Signature, error) {
 	for sc.Scan() {
 		lineNo++
 		raw := sc.Bytes()
+		if lineNo == 1 && safefile.HasBOM(raw) {
+			return nil, &Error{File: name, Line: 1, Msg: safefile.BOMProblem}
+		}
 		if bytes.IndexByte(raw, 0) >= 0 {
 			fail(lineNo, "NUL byte in line (write such a pattern as hex:)")
 			pending = nil
@@ -158,8 +162,8 @@ func Parse(name string, r io.Reader) ([]Signature, error) {
 	if pending != nil {
 		fail(pending.Line, "signature %s has no pattern: the file ends after %q", pending.Name, pending.Name+" =")
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := probs.Err(name); err != nil {
+		return nil, err
 	}
 	return sigs, nil
 }

@@ -42,6 +42,8 @@ type Options struct {
 	// Delimiter separates a local part from its detail ("user+list"); ""
 	// turns detail addresses off.
 	Delimiter string
+	// MaxFileSize refuses a larger file; 0 is no bound.
+	MaxFileSize int64
 }
 
 // Directory maps addresses to accounts. It is immutable.
@@ -53,7 +55,7 @@ type Directory struct {
 // Load reads a user directory file.
 func Load(path string, opts Options) (*Directory, error) {
 	d := newDirectory(opts)
-	return d.result(linefile.ReadFile(path, d.addLine))
+	return d.result(linefile.ReadFile(path, opts.MaxFileSize, d.addLine))
 }
 
 // Parse reads a user directory; name is used in errors. Every problem is

@@ -62,7 +62,7 @@ func senderPattern(p string) error {
 }
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
-	users, err := userdir.Load(c.Users, userdir.Options{CaseSensitiveLocal: c.LocalPartCase == "sensitive", Delimiter: c.RecipientDelimiter})
+	users, err := userdir.Load(c.Users, userdir.Options{CaseSensitiveLocal: c.LocalPartCase == "sensitive", Delimiter: c.RecipientDelimiter, MaxFileSize: b.MaxFileSize()})
 	if err != nil {
 		return nil, filters.KeyError[*linefile.Error](b, "users", err)
 	}

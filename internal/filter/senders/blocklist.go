@@ -27,9 +27,9 @@ type rules struct {
 }
 
 // Load reads a blocklist file; delimiter maps "user+detail" to "user".
-func Load(path, delimiter string) (*Blocklist, error) {
+func Load(path, delimiter string, maxSize int64) (*Blocklist, error) {
 	b := &Blocklist{delimiter: delimiter, rules: map[string]*rules{}}
-	return b.result(linefile.ReadFile(path, b.addLine))
+	return b.result(linefile.ReadFile(path, maxSize, b.addLine))
 }
 
 // Parse reads "RECIPIENT PATTERN" lines with "#" comments, reporting every

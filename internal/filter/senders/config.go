@@ -37,7 +37,7 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 }
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
-	list, err := Load(c.Blocklist, c.RecipientDelimiter)
+	list, err := Load(c.Blocklist, c.RecipientDelimiter, b.MaxFileSize())
 	if err != nil {
 		return nil, filters.KeyError[*linefile.Error](b, "blocklist", err)
 	}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// checkConfig runs check-config, failing the test if it does not end
+// within a few seconds (a FIFO once made it wait forever).
+func checkConfig(t *testing.T, file string) (int, string) {
+	t.Helper()
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := runCLI("check-config", "--config", file)
+		done <- result{code, out, errOut}
+	}()
+	select {
+	case r := <-done:
+		return r.code, r.out + r.err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("check-config --config %s did not finish", file)
+	}
+	return 0, ""
+}
+
+// Files that are not what they should be get a clear error at once: a
+// FIFO (which returns EOF, or never answers) as the configuration or a
+// data file, a file with a byte-order mark, an empty signature file, and
+// a large garbage file, whose problems are bounded.
+func TestHostileFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := func(name, text string) string {
+		path := filepath.Join(dir, name)
+		writeFile(t, path, text)
+		return path
+	}
+	writeFile(t, filepath.Join(dir, "empty"), "# nothing yet\n")
+	writeFile(t, filepath.Join(dir, "bom-users"), "\ufeffalice@example.edu /var/mail/alice\n")
+	writeFile(t, filepath.Join(dir, "bom-blocklist"), "\ufeffalice@example.edu spammer@example.com\n")
+	writeFile(t, filepath.Join(dir, "bom-sigs"), "\ufeffS = "+sobig+"\n")
+	garbage := strings.Repeat("this is not a signature file at all\n", 100000)
+	writeFile(t, filepath.Join(dir, "garbage"), garbage)
+	cases := []struct {
+		name, config, want string
+	}{
+		{"config is a FIFO", fifo, "not a regular file (a FIFO)"},
+		{"signatures are a FIFO", conf("a.toml", "[virus]\nsignatures = \"fifo\"\n"), "a.toml:2: virus.signatures: open " + fifo + ": not a regular file (a FIFO)"},
+		{"users are a FIFO", conf("b.toml", "filters = [\"quota\"]\n[quota]\nusers = \"fifo\"\n"), "not a regular file (a FIFO)"},
+		{"empty signature file", conf("c.toml", "[virus]\nsignatures = \"empty\"\n"), "c.toml:2: virus.signatures: " + filepath.Join(dir, "empty") + " holds no signatures"},
+		{"config with a BOM", conf("d.toml", "\ufefflisten = \"inet:127.0.0.1:1\"\n"), "d.toml:1: the file starts with a UTF-8 byte-order mark"},
+		{"users with a BOM", conf("e.toml", "filters = [\"quota\"]\n[quota]\nusers = \"bom-users\"\n"), "bom-users:1: the file starts with a UTF-8 byte-order mark"},
+		{"blocklist with a BOM", conf("f.toml", "filters = [\"senders\"]\n[senders]\nblocklist = \"bom-blocklist\"\n"), "bom-blocklist:1: the file starts with a UTF-8 byte-order mark"},
+		{"signatures with a BOM", conf("g.toml", "[virus]\nsignatures = \"bom-sigs\"\n"), "bom-sigs:1: the file starts with a UTF-8 byte-order mark"},
+		{"data file over max_file_size", conf("h.toml", "max_file_size = \"1M\"\n[virus]\nsignatures = \"garbage\"\n"), "file too large: 3600000 bytes, at most 1048576"},
+		{"garbage", conf("i.toml", "[virus]\nsignatures = \"garbage\"\n"), "garbage: and 99980 more problems"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, out := checkConfig(t, c.config)
+			if code != 1 || !strings.Contains(out, c.want) {
+				t.Fatalf("exit %d, want 1 and %q in:\n%s", code, c.want, out)
+			}
+			if lines := strings.Count(out, "\n"); lines > 25 {
+				t.Errorf("%d lines of problems", lines)
+			}
+		})
+	}
+	if code, out := checkConfig(t, conf("j.toml", "[virus]\nsignatures = \"empty\"\nallow_empty = true\n")); code != 0 {
+		t.Errorf("allow_empty: exit %d\n%s", code, out)
+	}
+}
