@@ -2,8 +2,8 @@ package virus
 
 import (
 	"bytes"
-	"fmt"
 	_ "embed"
+	"fmt"
 
 	"mailguard/etc"
 	"mailguard/internal/config"
