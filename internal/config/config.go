@@ -32,6 +32,9 @@ const (
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultIdleTimeout     = 10 * time.Minute
 	DefaultSummaryInterval = 5 * time.Minute
+	// DefaultMaxConnections and DefaultMaxRecipients: see README.
+	DefaultMaxConnections = 1000
+	DefaultMaxRecipients  = 1000
 	// DefaultMaxFileSize bounds a data file (signatures, users, blocklist).
 	DefaultMaxFileSize = 64 << 20
 	// maxConfigSize bounds the configuration file itself.
@@ -48,7 +51,11 @@ type Config struct {
 	IdleTimeout  time.Duration
 	// MaxFileSize bounds each data file a filter reads.
 	MaxFileSize int64
-	Log         Log
+	// MaxConnections bounds the milter connections open at once.
+	MaxConnections int
+	// MaxRecipients bounds one message's recipients.
+	MaxRecipients int
+	Log           Log
 	// Sections holds every known filter's section, [name], decoded and
 	// checked (defaults where the file says nothing), enabled or not.
 	Sections map[string]Section
@@ -67,13 +74,15 @@ type Log struct {
 
 // raw mirrors the file's global keys; pointers tell "absent" from "zero".
 type raw struct {
-	Listen       *string  `toml:"listen"`
-	SocketMode   *string  `toml:"socket_mode"`
-	Filters      []string `toml:"filters"`
-	DrainTimeout *string  `toml:"drain_timeout"`
-	IdleTimeout  *string  `toml:"idle_timeout"`
-	MaxFileSize  *string  `toml:"max_file_size"`
-	Log          struct {
+	Listen         *string  `toml:"listen"`
+	SocketMode     *string  `toml:"socket_mode"`
+	Filters        []string `toml:"filters"`
+	DrainTimeout   *string  `toml:"drain_timeout"`
+	IdleTimeout    *string  `toml:"idle_timeout"`
+	MaxFileSize    *string  `toml:"max_file_size"`
+	MaxConnections *int     `toml:"max_connections"`
+	MaxRecipients  *int     `toml:"max_recipients"`
+	Log            struct {
 		Target          *string `toml:"target"`
 		Level           *string `toml:"level"`
 		Format          *string `toml:"format"`
@@ -105,14 +114,16 @@ func (e *Error) Error() string {
 func Default(sections Sections) *Config {
 	addr, _ := listen.Parse(DefaultListen)
 	c := &Config{
-		Listen:       addr,
-		SocketMode:   DefaultSocketMode,
-		Filters:      []string{"virus"},
-		DrainTimeout: DefaultDrainTimeout,
-		IdleTimeout:  DefaultIdleTimeout,
-		MaxFileSize:  DefaultMaxFileSize,
-		Log:          Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SummaryInterval: DefaultSummaryInterval},
-		Sections:     map[string]Section{},
+		Listen:         addr,
+		SocketMode:     DefaultSocketMode,
+		Filters:        []string{"virus"},
+		DrainTimeout:   DefaultDrainTimeout,
+		IdleTimeout:    DefaultIdleTimeout,
+		MaxFileSize:    DefaultMaxFileSize,
+		MaxConnections: DefaultMaxConnections,
+		MaxRecipients:  DefaultMaxRecipients,
+		Log:            Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SummaryInterval: DefaultSummaryInterval},
+		Sections:       map[string]Section{},
 	}
 	for name, fresh := range sections {
 		c.Sections[name] = fresh()
@@ -167,6 +178,8 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	field(v, &c.DrainTimeout, r.DrainTimeout, "drain_timeout", parseDuration)
 	field(v, &c.IdleTimeout, r.IdleTimeout, "idle_timeout", parseDuration)
 	field(v, &c.MaxFileSize, r.MaxFileSize, "max_file_size", positiveSize)
+	intField(v, &c.MaxConnections, r.MaxConnections, "max_connections", 1, 1000000)
+	intField(v, &c.MaxRecipients, r.MaxRecipients, "max_recipients", 1, 100000)
 	field(v, &c.Log.Target, r.Log.Target, "log.target", oneOf("stderr", "syslog"))
 	field(v, &c.Log.Level, r.Log.Level, "log.level", oneOf("debug", "info", "warn", "error"))
 	field(v, &c.Log.Format, r.Log.Format, "log.format", oneOf("text", "json"))
@@ -232,6 +245,17 @@ func (v *Checker) filters(names []string, known Sections) []string {
 		}
 	}
 	return out
+}
+
+func intField(v *Checker, dst *int, val *int, key string, lo, hi int) {
+	if val == nil {
+		return
+	}
+	if *val < lo || *val > hi {
+		v.fail(key, "%d: want a number from %d to %d", *val, lo, hi)
+		return
+	}
+	*dst = *val
 }
 
 func positiveSize(s string) (int64, error) {

@@ -62,7 +62,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout})
+	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections})
 	log.Info("mailguard started", append([]any{"listen", cfg.Listen.String(), "addr", ln.Addr().String(),
 		"filters", p.Filters(), "config", describe(opts.ConfigFile)}, p.Summaries()...)...)
 

@@ -152,5 +152,6 @@ func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	env.MaxRecipients = c.MaxRecipients
 	return pipeline.New(env, members...), nil
 }

@@ -84,9 +84,19 @@ func Listen(a Addr, mode os.FileMode) (net.Listener, error) {
 	if err := removeStale(a.Address); err != nil {
 		return nil, err
 	}
+	// bind creates the socket file with the mode the umask leaves; set
+	// the umask so it is born with the configured mode, with no window in
+	// which the umask's (wider) permissions let another user connect.
+	// The umask is the process's: this runs at start, before anything
+	// else creates files.
+	old := syscall.Umask(int(0o777 &^ mode.Perm()))
 	ln, err := net.Listen("unix", a.Address)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, err
+	}
+	if afterBind != nil {
+		afterBind(a.Address)
 	}
 	if err := os.Chmod(a.Address, mode); err != nil {
 		ln.Close()
@@ -94,6 +104,9 @@ func Listen(a Addr, mode os.FileMode) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// afterBind lets a test look at the socket between bind and chmod.
+var afterBind func(path string)
 
 func removeStale(path string) error {
 	fi, err := os.Lstat(path)

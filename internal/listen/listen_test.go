@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -105,4 +106,28 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%q: network %q", s, a.Network)
 		}
 	})
+}
+
+// The socket is born with its mode: with a wide umask, no moment between
+// bind and chmod lets another user connect.
+func TestUnixSocketBornWithItsMode(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	path := filepath.Join(t.TempDir(), "m.sock")
+	var atBind os.FileMode
+	afterBind = func(p string) {
+		if fi, err := os.Lstat(p); err == nil {
+			atBind = fi.Mode().Perm()
+		}
+	}
+	defer func() { afterBind = nil }()
+	a, _ := Parse("unix:" + path)
+	ln, err := Listen(a, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if atBind != 0o600 {
+		t.Fatalf("socket mode at bind %o, want 600", atBind)
+	}
 }

@@ -57,7 +57,8 @@ func (f *apiFilter) EndOfMessage(ctx context.Context, env *pipeline.Envelope) (v
 func startDoorWith(t *testing.T, opts milterdoor.Options, members ...pipeline.Member) *testDoor {
 	t.Helper()
 	td := &testDoor{stats: stats.NewCounter(), logs: &bytes.Buffer{}}
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: td.logs}, nil))
+	td.lw = &lockedWriter{w: td.logs}
+	log := slog.New(slog.NewTextHandler(td.lw, nil))
 	p := pipeline.New(pipeline.Env{Log: log, Stats: td.stats, Now: time.Now}, members...)
 	td.door = milterdoor.New(p, log, opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -75,8 +76,9 @@ func startDoorWith(t *testing.T, opts milterdoor.Options, members ...pipeline.Me
 }
 
 func (td *testDoor) log() string {
-	// The door logs under its own lock; a copy is safe once sessions wait.
 	time.Sleep(20 * time.Millisecond)
+	td.lw.mu.Lock()
+	defer td.lw.mu.Unlock()
 	return td.logs.String()
 }
 

@@ -36,11 +36,27 @@ type Options struct {
 	// IdleTimeout closes a milter connection on which the MTA sent nothing
 	// for this long; 0 means 10 minutes.
 	IdleTimeout time.Duration
+	// MaxConnections bounds the milter connections open at once; 0 means
+	// DefaultMaxConnections. A connection past it is closed at once (the
+	// MTA then applies its milter_default_action).
+	MaxConnections int
+	// NegotiationTimeout bounds the wait for the MTA's first packet; 0
+	// means 10 seconds.
+	NegotiationTimeout time.Duration
+	// LargePacketBudget bounds the bytes held at once, by all connections,
+	// in packets larger than one read buffer; 0 means 32 MiB.
+	LargePacketBudget int64
 	// WatchDelay and ProgressInterval time the watch beside a slow stage
 	// (see watch); 0 means watchDelay and progressInterval. Tests shorten
 	// them.
 	WatchDelay, ProgressInterval time.Duration
 }
+
+// DefaultMaxConnections is max_connections unless the configuration says
+// otherwise: an MTA opens one milter connection per SMTP session, so this
+// is the SMTP sessions in flight at once (Postfix's default process limit
+// is 100 smtpd processes).
+const DefaultMaxConnections = 1000
 
 // Door serves milter connections. Its pipeline can be swapped at any time
 // (a reload); a message keeps the pipeline it started with.
@@ -58,7 +74,10 @@ type Door struct {
 	epoch atomic.Int64
 	// idle hands a new connection to a goroutine that has served one
 	// before and waits for the next (see worker).
-	idle chan *session
+	idle   chan *session
+	budget *largeBudget
+	// refusals rate-limits the log lines about refused connections.
+	refusals, acceptErrors, protocolErrors logLimiter
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -73,6 +92,15 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	if opts.IdleTimeout == 0 {
 		opts.IdleTimeout = 10 * time.Minute
 	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
+	if opts.NegotiationTimeout <= 0 {
+		opts.NegotiationTimeout = negotiationTimeout
+	}
+	if opts.LargePacketBudget <= 0 {
+		opts.LargePacketBudget = 32 << 20
+	}
 	if opts.WatchDelay == 0 {
 		opts.WatchDelay = watchDelay
 	}
@@ -84,6 +112,7 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	d.current.Store(p)
 	d.epoch.Store(1)
 	d.idle = make(chan *session)
+	d.budget = &largeBudget{max: opts.LargePacketBudget}
 	go d.watcher()
 	return d
 }
@@ -115,17 +144,24 @@ func (d *Door) Serve(ln net.Listener) error {
 			if d.shuttingDown() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
-				d.log.Warn("accept failed; retrying", "error", err.Error(), "in", backoff.String())
-				time.Sleep(backoff)
-				backoff = min(2*backoff, time.Second)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err // the listener is gone: the daemon drains and stops
 			}
-			return err
+			// Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+			// ENOMEM), an aborted handshake: wait and go on serving, as
+			// net/http does.
+			d.acceptErrors.log(d.log, "accept failed; retrying", "error", err.Error(), "in", backoff.String())
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
 		backoff = 5 * time.Millisecond
-		s := &session{door: d, w: newWireConn(c, d.opts.IdleTimeout)}
+		if d.active.Load() >= int64(d.opts.MaxConnections) {
+			c.Close()
+			d.refusals.log(d.log, "milter connection refused: max_connections reached", "max_connections", d.opts.MaxConnections)
+			continue
+		}
+		s := &session{door: d, w: newWireConn(c, d.opts.IdleTimeout, d.budget)}
 		if !d.track(s) {
 			c.Close()
 			s.w.release()

@@ -60,13 +60,15 @@ type testDoor struct {
 	writes atomic.Int64
 	stats  *stats.Counter
 	logs   *bytes.Buffer
+	lw     *lockedWriter
 	door   *milterdoor.Door
 }
 
 func startDoor(t *testing.T, sigs string) *testDoor {
 	t.Helper()
 	td := &testDoor{stats: stats.NewCounter(), logs: &bytes.Buffer{}}
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: td.logs}, nil))
+	td.lw = &lockedWriter{w: td.logs}
+	log := slog.New(slog.NewTextHandler(td.lw, nil))
 	td.door = milterdoor.New(pipelineFor(t, sigs, log, td.stats), log, milterdoor.Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

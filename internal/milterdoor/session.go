@@ -64,6 +64,9 @@ func (s *session) serve() {
 			s.logError("milter protocol error; connection closed", err)
 			return
 		}
+		if cmd == cmdEOB || cmd == cmdAbort {
+			s.w.releaseIdle() // between messages: see releaseIdle
+		}
 		if done || !s.inMessage.Load() && s.door.shuttingDown() {
 			return
 		}
@@ -77,15 +80,14 @@ func (s *session) logError(msg string, err error) {
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		s.door.log.Info("milter connection idle too long; closed", "client", s.conn.Addr)
+		s.door.log.Info("milter connection idle too long; closed", "client", pipeline.LogField(s.conn.Addr))
 		return
 	}
-	s.door.log.Warn(msg, "error", err.Error(), "client", s.conn.Addr)
+	s.door.protocolErrors.log(s.door.log, msg, "error", err.Error(), "client", pipeline.LogField(s.conn.Addr))
 }
 
 func (s *session) negotiate() error {
-	s.w.conn.SetReadDeadline(time.Now().Add(negotiationTimeout))
-	cmd, data, err := s.w.readPacket()
+	cmd, data, err := s.w.negotiationPacket(s.door.opts.NegotiationTimeout)
 	if err != nil {
 		return err
 	}

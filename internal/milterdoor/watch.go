@@ -139,7 +139,7 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 			if err != nil {
 				cause = err.Error()
 			}
-			s.door.log.Info("MTA gave up waiting; filter calls cancelled", "client", s.conn.Addr, "cause", cause)
+			s.door.log.Info("MTA gave up waiting; filter calls cancelled", "client", pipeline.LogField(s.conn.Addr), "cause", cause)
 			if cn != nil {
 				cn.Cancel()
 			}

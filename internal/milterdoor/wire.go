@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,42 +51,112 @@ const (
 )
 
 const (
-	// maxPacket bounds one packet. We never negotiate body chunks over
-	// 64 KiB, so anything much larger is a broken or hostile peer.
-	maxPacket = 1 << 20
+	// maxPacket bounds one packet by what MTAs send. Body chunks are at
+	// most 65,535 bytes (we never negotiate larger ones); the largest
+	// packets are header fields: Postfix sends each field whole, up to
+	// its header_size_limit (102,400 bytes by default), and Sendmail's
+	// headers are shorter. Anything larger is a broken or hostile peer.
+	maxPacket = 256 << 10
 	// readBufferSize holds one whole 64 KiB body packet (65,535 bytes of
 	// data and a 5-byte header), so packets are served from the buffer
 	// without a copy, and no more: with hundreds of connections open, the
-	// buffers are most of the daemon's memory.
+	// buffers are most of the daemon's memory. A connection takes one
+	// after option negotiation, so silent connections hold none.
 	readBufferSize = 65535 + 5 + 64
+	// largeStep is how a packet larger than the read buffer grows: by
+	// this much as its bytes arrive, never by what its header announces.
+	largeStep = 64 << 10
 )
 
 var errPacketTooLarge = errors.New("milter packet too large")
 
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
 
+// largeBudget bounds the bytes all connections may hold at once in
+// packets larger than the read buffer (header fields over 64 KiB, which
+// real mail rarely has): past it a connection is closed rather than the
+// daemon's memory grown.
+type largeBudget struct {
+	used atomic.Int64
+	max  int64
+}
+
+func (b *largeBudget) take(n int) bool {
+	if b == nil {
+		return true
+	}
+	if b.used.Add(int64(n)) > b.max {
+		b.used.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+func (b *largeBudget) give(n int) {
+	if b != nil {
+		b.used.Add(-int64(n))
+	}
+}
+
 // wireConn reads and writes milter packets on one connection. A packet's
 // data is valid until the next read: it usually points into the read
 // buffer, which is why nothing on the hot path allocates.
 type wireConn struct {
 	conn        net.Conn
-	r           *bufio.Reader
-	large       []byte // for the rare packet larger than the read buffer
-	consumed    int    // bytes of the previous packet still to discard
+	r           *bufio.Reader // nil while the connection waits between messages: see releaseIdle
+	large       []byte        // the packet larger than the read buffer, until the next read
+	budget      *largeBudget
+	consumed    int // bytes of the previous packet still to discard
 	out         []byte
 	idle        time.Duration
 	deadlineSet time.Time
 }
 
-func newWireConn(c net.Conn, idle time.Duration) *wireConn {
-	r := readers.Get().(*bufio.Reader)
-	r.Reset(c)
-	return &wireConn{conn: c, r: r, idle: idle, out: make([]byte, 0, 512)}
+func newWireConn(c net.Conn, idle time.Duration, budget *largeBudget) *wireConn {
+	return &wireConn{conn: c, idle: idle, budget: budget, out: make([]byte, 0, 512)}
 }
 
 // release returns the read buffer to the pool; the connection must be
 // closed and no read may follow.
 func (w *wireConn) release() {
+	w.dropLarge()
+	if w.r != nil {
+		w.r.Reset(nil)
+		readers.Put(w.r)
+		w.r = nil
+	}
+}
+
+func (w *wireConn) dropLarge() {
+	if w.large != nil {
+		w.budget.give(cap(w.large))
+		w.large = nil
+	}
+}
+
+// negotiationPacket reads the MTA's option negotiation (17 bytes, a few
+// more with v6 extensions) within timeout.
+func (w *wireConn) negotiationPacket(timeout time.Duration) (byte, []byte, error) {
+	w.conn.SetReadDeadline(time.Now().Add(timeout))
+	w.deadlineSet = time.Now() // keep this deadline for this read
+	cmd, data, err := w.readPacket()
+	if err == nil && len(data) > 1024 {
+		err = fmt.Errorf("option negotiation packet of %d bytes", len(data)+1)
+	}
+	w.deadlineSet = time.Time{} // the next read sets the idle deadline
+	return cmd, data, err
+}
+
+// releaseIdle gives the read buffer back while the connection waits for
+// the MTA's next message: an MTA keeps its milter connection for the
+// whole SMTP session, so most open connections are idle ones, and each
+// would otherwise hold its 64 KiB. It does nothing if bytes are waiting.
+func (w *wireConn) releaseIdle() {
+	if w.r == nil || w.r.Buffered() > w.consumed {
+		return
+	}
+	w.r.Discard(w.consumed)
+	w.consumed = 0
 	w.r.Reset(nil)
 	readers.Put(w.r)
 	w.r = nil
@@ -97,11 +168,34 @@ func (w *wireConn) readPacket() (byte, []byte, error) {
 		w.r.Discard(w.consumed)
 		w.consumed = 0
 	}
+	w.dropLarge()
 	// Refresh the idle deadline at most once a second: setting it costs
 	// more than reading a small packet.
 	if now := time.Now(); now.Sub(w.deadlineSet) > time.Second {
 		w.conn.SetReadDeadline(now.Add(w.idle))
 		w.deadlineSet = now
+	}
+	var n int
+	if w.r == nil {
+		// Wait for the header without a buffer, then take one.
+		var head [4]byte
+		if _, err := io.ReadFull(w.conn, head[:]); err != nil {
+			return 0, nil, err
+		}
+		if n = int(binary.BigEndian.Uint32(head[:])); n < 1 || n > maxPacket {
+			return 0, nil, badLength(n)
+		}
+		w.r = readers.Get().(*bufio.Reader)
+		w.r.Reset(w.conn)
+		if n <= w.r.Size() {
+			pkt, err := w.r.Peek(n)
+			if err != nil {
+				return 0, nil, unexpectedEOF(err)
+			}
+			w.consumed = n
+			return pkt[0], pkt[1:], nil
+		}
+		return w.readLarge(n)
 	}
 	head, err := w.r.Peek(4)
 	if err != nil {
@@ -110,12 +204,8 @@ func (w *wireConn) readPacket() (byte, []byte, error) {
 		}
 		return 0, nil, err
 	}
-	n := int(binary.BigEndian.Uint32(head))
-	if n < 1 {
-		return 0, nil, fmt.Errorf("milter packet of length %d", n)
-	}
-	if n > maxPacket {
-		return 0, nil, fmt.Errorf("%w: %d bytes", errPacketTooLarge, n)
+	if n = int(binary.BigEndian.Uint32(head)); n < 1 || n > maxPacket {
+		return 0, nil, badLength(n)
 	}
 	if 4+n <= w.r.Size() {
 		pkt, err := w.r.Peek(4 + n)
@@ -126,12 +216,34 @@ func (w *wireConn) readPacket() (byte, []byte, error) {
 		return pkt[4], pkt[5:], nil
 	}
 	w.r.Discard(4)
-	if cap(w.large) < n {
-		w.large = make([]byte, n)
+	return w.readLarge(n)
+}
+
+func badLength(n int) error {
+	if n < 1 {
+		return fmt.Errorf("milter packet of length %d", n)
 	}
-	w.large = w.large[:n]
-	if _, err := io.ReadFull(w.r, w.large); err != nil {
-		return 0, nil, unexpectedEOF(err)
+	return fmt.Errorf("%w: %d bytes, at most %d", errPacketTooLarge, n, maxPacket)
+}
+
+// readLarge reads a packet larger than the read buffer, growing its
+// buffer only as bytes arrive and within the door's budget.
+func (w *wireConn) readLarge(n int) (byte, []byte, error) {
+	for len(w.large) < n {
+		if len(w.large) == cap(w.large) {
+			grow := min(largeStep, n-len(w.large))
+			if !w.budget.take(grow) {
+				return 0, nil, fmt.Errorf("%w: the door's budget for packets over %d bytes is spent", errPacketTooLarge, readBufferSize)
+			}
+			bigger := make([]byte, len(w.large), cap(w.large)+grow)
+			copy(bigger, w.large)
+			w.large = bigger
+		}
+		m, err := w.r.Read(w.large[len(w.large):cap(w.large)])
+		w.large = w.large[:len(w.large)+m]
+		if err != nil {
+			return 0, nil, unexpectedEOF(err)
+		}
 	}
 	return w.large[0], w.large[1:], nil
 }

@@ -445,4 +445,18 @@ type Env struct {
 	Log   *slog.Logger
 	Stats *stats.Counter
 	Now   func() time.Time
+	// MaxRecipients bounds one message's recipients; 0 is
+	// DefaultMaxRecipients.
+	MaxRecipients int
 }
+
+// DefaultMaxRecipients is Postfix's smtpd_recipient_limit: what an MTA
+// takes per message anyway.
+const DefaultMaxRecipients = 1000
+
+// MaxPathLength is RFC 5321's limit on a reverse or forward path, 256
+// octets with its angle brackets (§4.5.3.1.3).
+const MaxPathLength = 254
+
+// limitsFilter names the pipeline's own refusals in logs and counters.
+const limitsFilter = "limits"

@@ -48,6 +48,12 @@ func (cn *Connection) Begin(delivered Stage, allowed Modification, from, args st
 	if cn.final.Final() { // logged at its stage
 		m.final, m.env.Final, m.logged = cn.final, cn.final, true
 	}
+	if len(from) > MaxPathLength {
+		v := verdict.Rejectf(verdict.CodePathTooLong, verdict.EnhBadSenderSyntax, "Sender address too long")
+		v.Filter, v.Reason = limitsFilter, fmt.Sprintf("sender address of %d bytes", len(from))
+		m.env.From = from[:MaxPathLength]
+		m.decideLimit(v)
+	}
 	for i, mem := range p.members {
 		if m.final.Final() && !p.observer[i] {
 			continue
@@ -159,6 +165,10 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 	if m.final.Final() {
 		return m.final
 	}
+	if v, over := m.rcptLimits(rcpt); over {
+		m.p.logDecision(&m.env, v, rcpt)
+		return v
+	}
 	for i := range m.p.members {
 		if !m.active(i, StageRcpt) || m.p.observer[i] {
 			continue
@@ -196,6 +206,31 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 		}
 	}
 	return verdict.Pass
+}
+
+// rcptLimits refuses a recipient past the message's limits: too long an
+// address, or one recipient too many.
+func (m *Message) rcptLimits(rcpt string) (verdict.Verdict, bool) {
+	var v verdict.Verdict
+	switch {
+	case len(rcpt) > MaxPathLength:
+		v = verdict.Rejectf(verdict.CodePathTooLong, verdict.EnhBadDestinationSyntax, "Recipient address too long")
+		v.Reason = fmt.Sprintf("recipient address of %d bytes", len(rcpt))
+	case len(m.env.Rcpts) >= m.p.env.MaxRecipients:
+		v = verdict.TempFailf(verdict.CodeTooManyRecipients, verdict.EnhTooManyRecipients, "Too many recipients")
+		v.Reason = fmt.Sprintf("over %d recipients", m.p.env.MaxRecipients)
+	default:
+		return verdict.Pass, false
+	}
+	v.Filter = limitsFilter
+	return v, true
+}
+
+// decideLimit makes a limit's refusal the message's verdict.
+func (m *Message) decideLimit(v verdict.Verdict) {
+	if !m.final.Final() {
+		m.final, m.env.Final = v, v
+	}
 }
 
 // Header runs the header stage for one header field.

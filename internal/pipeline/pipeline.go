@@ -48,6 +48,9 @@ func New(env Env, members ...Member) *Pipeline {
 			p.modifies |= ModAddHeader // the X-Mailguard record
 		}
 	}
+	if p.env.MaxRecipients <= 0 {
+		p.env.MaxRecipients = DefaultMaxRecipients
+	}
 	return p
 }
 
@@ -164,21 +167,37 @@ func (p *Pipeline) count(filter, reason string) {
 	}
 }
 
-// maxLoggedRcpts bounds the recipients one log line lists.
-const maxLoggedRcpts = 10
+// maxLoggedRcpts bounds the recipients one log line lists, and
+// maxLoggedField the bytes of one field a client chose (a host name, an
+// address, a HELO): a hostile client must not make log lines huge.
+const (
+	maxLoggedRcpts = 10
+	maxLoggedField = 256
+)
+
+// LogField bounds a client-chosen string for a log line.
+func LogField(s string) string {
+	if len(s) <= maxLoggedField {
+		return s
+	}
+	return fmt.Sprintf("%s...(%d bytes)", strings.ToValidUTF8(s[:maxLoggedField], ""), len(s))
+}
 
 func envAttrs(env *Envelope) slog.Attr {
 	if env == nil {
 		return slog.Group("")
 	}
-	rcpts := env.Rcpts
-	if len(rcpts) > maxLoggedRcpts {
-		rcpts = append(rcpts[:maxLoggedRcpts:maxLoggedRcpts], fmt.Sprintf("and %d more", len(env.Rcpts)-maxLoggedRcpts))
+	rcpts := make([]string, 0, min(len(env.Rcpts), maxLoggedRcpts+1))
+	for _, r := range env.Rcpts[:min(len(env.Rcpts), maxLoggedRcpts)] {
+		rcpts = append(rcpts, LogField(r))
 	}
-	attrs := []any{"from", env.From, "rcpts", rcpts}
+	if len(env.Rcpts) > maxLoggedRcpts {
+		rcpts = append(rcpts, fmt.Sprintf("and %d more", len(env.Rcpts)-maxLoggedRcpts))
+	}
+	attrs := []any{"from", LogField(env.From), "rcpts", rcpts}
 	add := func(k, v string) {
 		if v != "" {
-			attrs = append(attrs, k, v)
+			attrs = append(attrs, k, LogField(v))
 		}
 	}
 	add("queue_id", env.QueueID)
@@ -196,7 +215,7 @@ func envAttrs(env *Envelope) slog.Attr {
 func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 	args := []any{"filter", v.Filter, "verdict", v.String(), "reason", v.Reason}
 	if rcpt != "" {
-		args = append(args, "rcpt", rcpt)
+		args = append(args, "rcpt", LogField(rcpt))
 	}
 	args = append(args, envAttrs(env))
 	p.env.Log.Info("decision", args...)
@@ -209,7 +228,7 @@ func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 func (p *Pipeline) logMonitor(env *Envelope, h MonitorHit) {
 	args := []any{"filter", h.Filter, "mode", "monitor", "verdict", "would " + h.Action, "reason", h.Reason, "stage", h.Stage}
 	if h.Rcpt != "" {
-		args = append(args, "rcpt", h.Rcpt)
+		args = append(args, "rcpt", LogField(h.Rcpt))
 	}
 	args = append(args, envAttrs(env))
 	p.env.Log.Info("decision", args...)

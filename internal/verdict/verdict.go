@@ -45,6 +45,10 @@ const (
 	CodeServiceUnavailable = 421
 	// CodeLocalError: 451, local error in processing (RFC 5321 §4.2.3).
 	CodeLocalError = 451
+	// CodeTooManyRecipients: 452, too many recipients (RFC 5321 §4.5.3.1.10).
+	CodeTooManyRecipients = 452
+	// CodePathTooLong: 501, path too long (RFC 5321 §4.5.3.1.10).
+	CodePathTooLong = 501
 	// CodeMailboxUnavailable: 550, mailbox unavailable / policy refusal (RFC 5321 §4.2.3).
 	CodeMailboxUnavailable = 550
 	// CodeExceededStorage: 552, exceeded storage allocation (RFC 5321 §4.2.3).
@@ -62,6 +66,12 @@ const (
 	EnhSystemTemp = "4.3.0"
 	// EnhSecurityTemp: 4.7.1, delivery not authorized, for now (RFC 3463 §3.8).
 	EnhSecurityTemp = "4.7.1"
+	// EnhTooManyRecipients: 4.5.3, too many recipients (RFC 3463 §3.6).
+	EnhTooManyRecipients = "4.5.3"
+	// EnhBadDestinationSyntax: 5.1.3, bad destination mailbox address syntax (RFC 3463 §3.2).
+	EnhBadDestinationSyntax = "5.1.3"
+	// EnhBadSenderSyntax: 5.1.7, bad sender's mailbox address syntax (RFC 3463 §3.2).
+	EnhBadSenderSyntax = "5.1.7"
 )
 
 // Verdict is a filter's answer at one stage.
