@@ -39,6 +39,13 @@ type Options struct {
 
 // Run serves until ctx ends or SIGTERM/SIGINT arrives, then drains.
 func Run(ctx context.Context, opts Options) error {
+	// First of all: a SIGHUP or SIGTERM during start-up (reading a large
+	// signature file) must not kill the process with the default action.
+	// Signals that arrive now wait in the channel for the loop below.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
 	cfg, err := loadConfig(opts.ConfigFile)
 	if err != nil {
 		return err
@@ -72,10 +79,6 @@ func Run(ctx context.Context, opts Options) error {
 		opts.Ready(ln.Addr().String())
 	}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-
 	var wg sync.WaitGroup
 	summaryCtx, stopSummary := context.WithCancel(context.Background())
 	interval := cfg.Log.SummaryInterval // cfg changes on reload; this needs a restart
@@ -89,18 +92,40 @@ func Run(ctx context.Context, opts Options) error {
 		wg.Wait()
 	}()
 
+	// Reloads run beside the loop, so a slow file never keeps a SIGTERM
+	// waiting; a SIGHUP during a reload runs another one after it.
+	reloaded := make(chan *config.Config, 1)
+	reloading, again := false, false
+	startReload := func() {
+		reloading = true
+		old := cfg
+		go func() { reloaded <- reload(opts.ConfigFile, old, env, door, log) }()
+	}
 	for {
 		select {
 		case err := <-serveErr:
+			// The listener failed for good: finish what is in flight.
+			log.Error("listener failed; stopping", "error", err.Error())
+			drain(door, log, cfg.DrainTimeout, nil)
 			return err
 		case <-ctx.Done():
 			return drain(door, log, cfg.DrainTimeout, serveErr)
 		case s := <-sigs:
 			if s != syscall.SIGHUP {
-				log.Info("stopping", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.String())
+				log.Info("stopping", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.String(), "open", door.Active())
 				return drain(door, log, cfg.DrainTimeout, serveErr)
 			}
-			cfg = reload(opts.ConfigFile, cfg, env, door, log)
+			if reloading {
+				again = true
+				continue
+			}
+			startReload()
+		case c := <-reloaded:
+			cfg, reloading = c, false
+			if again {
+				again = false
+				startReload()
+			}
 		}
 	}
 }
@@ -114,8 +139,8 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 		var p *pipeline.Pipeline
 		if p, err = filters.Build(cfg, env); err == nil {
 			door.SetPipeline(p)
-			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout {
-				log.Warn("reload: changes to listen, socket_mode, idle_timeout and [log] take effect after a restart", "listen", old.Listen.String())
+			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout || cfg.MaxConnections != old.MaxConnections {
+				log.Warn("reload: changes to listen, socket_mode, idle_timeout, max_connections and [log] take effect after a restart", "listen", old.Listen.String())
 			}
 			log.Info("reloaded", append([]any{"filters", p.Filters()}, p.Summaries()...)...)
 			return cfg
@@ -132,11 +157,13 @@ func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serve
 	case errors.Is(err, milterdoor.ErrSessionsLeft):
 		log.Error("drain timeout: sessions did not end after their filter calls were cancelled; stopping anyway", "error", err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("drain timeout: closed sessions still in flight; their filter calls were cancelled", "open", door.Active())
+		log.Warn("drain timeout: closed the sessions still in flight and cancelled their filter calls", "error", err.Error())
 	case err != nil:
 		return err
 	}
-	<-serveErr
+	if serveErr != nil {
+		<-serveErr
+	}
 	log.Info("stopped")
 	return nil
 }

@@ -264,13 +264,14 @@ func (d *Door) Shutdown(ctx context.Context) error {
 	}
 	d.cancel()
 	d.mu.Lock()
+	inFlight := len(d.sessions)
 	for s := range d.sessions {
 		s.w.conn.Close()
 	}
 	d.mu.Unlock()
 	select {
 	case <-done:
-		return ctx.Err()
+		return fmt.Errorf("%w: %d sessions were still in flight", ctx.Err(), inFlight)
 	case <-time.After(stopGrace):
 		return fmt.Errorf("%w: %d", ErrSessionsLeft, d.active.Load())
 	}
