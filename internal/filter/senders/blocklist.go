@@ -23,7 +23,7 @@ type Blocklist struct {
 
 type rules struct {
 	addrs, domains map[string]bool
-	suffixes       []string // ".domain" for "*.domain"
+	suffixes       map[string]bool // ".domain" for "*.domain"
 }
 
 // Load reads a blocklist file; delimiter maps "user+detail" to "user".
@@ -60,12 +60,12 @@ func (b *Blocklist) addLine(_ int, f []string) error {
 func (b *Blocklist) add(rcpt, pattern string) error {
 	r := b.rules[rcpt]
 	if r == nil {
-		r = &rules{addrs: map[string]bool{}, domains: map[string]bool{}}
+		r = &rules{addrs: map[string]bool{}, domains: map[string]bool{}, suffixes: map[string]bool{}}
 		b.rules[rcpt] = r
 	}
 	switch {
 	case strings.HasPrefix(pattern, "*.") && validDomain(pattern[2:]):
-		r.suffixes = append(r.suffixes, pattern[1:])
+		r.suffixes[pattern[1:]] = true
 	case strings.HasPrefix(pattern, "@") && validDomain(pattern[1:]):
 		r.domains[pattern[1:]] = true
 	default:
@@ -109,26 +109,37 @@ func validDomain(d string) bool {
 // Opted reports whether the recipient has a list at all.
 func (b *Blocklist) Opted(rcpt string) bool { return b.lookup(rcpt) != nil }
 
-// Blocks reports whether rcpt's list refuses sender. An empty sender (a
-// bounce) or anything that is not an address never matches.
+// Sender is a sender address normalised once, to be checked against many
+// recipients' lists.
+type Sender struct{ addr, domain string }
+
+// NewSender normalises an address; false if it is not one (an empty
+// sender, a bounce, never matches).
+func NewSender(s string) (Sender, bool) {
+	a, ok := address(s)
+	if !ok {
+		return Sender{}, false
+	}
+	return Sender{addr: a, domain: a[strings.LastIndexByte(a, '@')+1:]}, true
+}
+
+// Blocks reports whether rcpt's list refuses sender.
 func (b *Blocklist) Blocks(rcpt, sender string) bool {
-	r := b.lookup(rcpt)
+	s, ok := NewSender(sender)
+	return ok && b.lookup(rcpt).blocks(s)
+}
+
+// blocks costs a few map lookups, however long the list: the address,
+// the domain, and each parent domain for the "*.domain" patterns.
+func (r *rules) blocks(s Sender) bool {
 	if r == nil {
 		return false
 	}
-	s, ok := address(sender)
-	if !ok {
-		return false
-	}
-	if r.addrs[s] {
+	if r.addrs[s.addr] || r.domains[s.domain] {
 		return true
 	}
-	domain := s[strings.LastIndexByte(s, '@')+1:]
-	if r.domains[domain] {
-		return true
-	}
-	for _, suf := range r.suffixes {
-		if strings.HasSuffix(domain, suf) {
+	for i := 0; i < len(s.domain); i++ {
+		if s.domain[i] == '.' && r.suffixes[s.domain[i:]] {
 			return true
 		}
 	}

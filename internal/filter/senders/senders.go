@@ -74,18 +74,38 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 	return verdict.Pass, nil
 }
 
+// maxFromAddresses bounds the header From: addresses checked: a message
+// has one author, rarely a few; hundreds are an attack on the CPU.
+const maxFromAddresses = 32
+
 func (c *check) EndOfHeaders(_ context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
-	var addrs []string
-	for _, v := range c.from {
-		addrs = append(addrs, FromAddresses(v)...)
+	if len(env.Rcpts) == 0 {
+		return verdict.Pass, nil
 	}
-	if len(addrs) == 0 || len(env.Rcpts) == 0 {
+	// Each address is parsed and normalised once; each recipient's list
+	// is looked up once: the cost is recipients x (at most 32) map
+	// lookups.
+	var senders []Sender
+	seen := map[Sender]bool{}
+	for _, v := range c.from {
+		for _, a := range FromAddresses(v) {
+			if s, ok := NewSender(a); ok && !seen[s] && len(senders) < maxFromAddresses {
+				seen[s] = true
+				senders = append(senders, s)
+			}
+		}
+	}
+	if len(senders) == 0 {
 		return verdict.Pass, nil
 	}
 	var blocking []string
 	for _, r := range env.Rcpts {
-		for _, a := range addrs {
-			if c.f.opts.List.Blocks(r, a) {
+		list := c.f.opts.List.lookup(r)
+		if list == nil {
+			continue
+		}
+		for _, s := range senders {
+			if list.blocks(s) {
 				blocking = append(blocking, r)
 				break
 			}
@@ -115,6 +135,11 @@ func FromAddresses(value string) []string {
 	if len(value) > 16<<10 {
 		return nil
 	}
+	if strings.Count(value, "@") > maxFromAddresses {
+		// More addresses than are ever checked: parse only the first ones'
+		// worth, at a comma, rather than the whole list.
+		value = firstAddresses(value, maxFromAddresses)
+	}
 	// Unfold (RFC 5322 §2.2.3): a line break before a blank is no break.
 	value = strings.NewReplacer("\r\n", "", "\n", "", "\r", "").Replace(value)
 	p := mail.AddressParser{WordDecoder: decoder}
@@ -129,4 +154,21 @@ func FromAddresses(value string) []string {
 		}
 	}
 	return out
+}
+
+// firstAddresses cuts a list of addresses after about n of them, at a
+// comma (a cut inside a quoted name only loses the addresses after it).
+func firstAddresses(value string, n int) string {
+	at := 0
+	for i := 0; i < len(value); i++ {
+		switch value[i] {
+		case '@':
+			at++
+		case ',':
+			if at >= n {
+				return value[:i]
+			}
+		}
+	}
+	return value
 }

@@ -1,6 +1,7 @@
 package senders
 
 import (
+	"fmt"
 	"bytes"
 	"context"
 	"reflect"
@@ -156,4 +157,49 @@ func FuzzFromAddresses(f *testing.F) {
 			}
 		}
 	})
+}
+
+// hostileMessage: 1,000 recipients who all keep lists, and six From:
+// headers of 16 KB full of addresses.
+func hostileMessage(b testing.TB) (*Filter, *pipeline.Envelope, []string) {
+	var list strings.Builder
+	env := &pipeline.Envelope{}
+	for i := 0; i < 1000; i++ {
+		rcpt := fmt.Sprintf("user%d@example.edu", i)
+		env.Rcpts = append(env.Rcpts, rcpt)
+		for j := 0; j < 10; j++ {
+			fmt.Fprintf(&list, "%s sender%d@list%d.example.com\n", rcpt, j, i)
+		}
+		fmt.Fprintf(&list, "%s *.spam%d.example\n", rcpt, i)
+	}
+	bl, err := Parse("list", strings.NewReader(list.String()), "+")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var from strings.Builder
+	for from.Len() < 16<<10-40 {
+		fmt.Fprintf(&from, "Some Name <someone%d@a.very.long.sub.domain.example.org>, ", from.Len())
+	}
+	headers := []string{from.String(), from.String(), from.String(), from.String(), from.String(), from.String()}
+	return New(Options{List: bl}), env, headers
+}
+
+// The addresses taken from From: headers are bounded, whatever the
+// headers hold.
+func TestFromAddressesBounded(t *testing.T) {
+	_, _, headers := hostileMessage(t)
+	if n := len(FromAddresses(headers[0])); n > maxFromAddresses+1 || n < maxFromAddresses {
+		t.Fatalf("%d addresses taken from a header of %d", n, strings.Count(headers[0], "@"))
+	}
+}
+
+func BenchmarkEndOfHeadersHostile(b *testing.B) {
+	f, env, headers := hostileMessage(b)
+	for i := 0; i < b.N; i++ {
+		chk, _ := f.NewCheck(ctx, env)
+		for _, h := range headers {
+			chk.Header(ctx, "From", h)
+		}
+		chk.EndOfHeaders(ctx, env)
+	}
 }
