@@ -1,9 +1,9 @@
 package senders
 
 import (
-	"fmt"
 	"bytes"
 	"context"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
