@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -78,5 +79,42 @@ func TestHostileFiles(t *testing.T) {
 	}
 	if code, out := checkConfig(t, conf("j.toml", "[virus]\nsignatures = \"empty\"\nallow_empty = true\n")); code != 0 {
 		t.Errorf("allow_empty: exit %d\n%s", code, out)
+	}
+}
+
+// A corpus named through a symbolic link is read, not taken for empty; a
+// FIFO named on the command line is refused, not waited on; and
+// sigmine --check refuses to vouch for signatures against no mail.
+func TestCorpusPaths(t *testing.T) {
+	dir := corpus(t, true)
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runCLI("scan", link)
+	if code != 1 || !strings.Contains(out, "scanned 4 messages: 3 accepted, 1 rejected") || !strings.Contains(out, link+"/Maildir/.Junk/cur/") {
+		t.Fatalf("scan through a link: exit %d\n%s", code, out)
+	}
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	syscall.Mkfifo(fifo, 0o600)
+	done := make(chan string, 1)
+	go func() { _, out, _ := runCLI("scan", fifo); done <- out }()
+	select {
+	case out := <-done:
+		if !strings.Contains(out, "not a regular file (a FIFO)") {
+			t.Errorf("scan of a FIFO:\n%s", out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("scan of a FIFO hangs")
+	}
+	sigs := filepath.Join(t.TempDir(), "sigs")
+	writeFile(t, sigs, "W = "+sobig+"\n")
+	cleanLink := filepath.Join(t.TempDir(), "clean")
+	os.Symlink(corpus(t, false), cleanLink)
+	if code, out, errOut := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", cleanLink); code != 0 || !strings.Contains(out, "OK") || !strings.Contains(out, "3") {
+		t.Errorf("--check through a link: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", t.TempDir()); code != 2 || strings.Contains(out, "OK") || !strings.Contains(errOut, "no clean messages found") {
+		t.Errorf("--check on an empty corpus: exit %d\n%s%s", code, out, errOut)
 	}
 }

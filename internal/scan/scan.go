@@ -18,6 +18,7 @@ import (
 
 	"mailguard/internal/message"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/safefile"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -78,7 +79,14 @@ func Files(paths []string, onError func(path string, err error)) []string {
 }
 
 func filesUnder(path string, onError func(string, error)) []string {
-	fi, err := os.Stat(path)
+	// A link named on the command line is followed (a corpus is often a
+	// link to where the mail is); links below it are not.
+	root, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		onError(path, err)
+		return nil
+	}
+	fi, err := os.Stat(root)
 	if err != nil {
 		onError(path, err)
 		return nil
@@ -87,7 +95,10 @@ func filesUnder(path string, onError func(string, error)) []string {
 		return []string{path}
 	}
 	var files []string
-	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if rel, relErr := filepath.Rel(root, p); relErr == nil {
+			p = filepath.Join(path, rel) // as the user named it
+		}
 		if err != nil {
 			onError(p, err)
 			return nil
@@ -133,7 +144,9 @@ func (s *Scanner) fail(path string, err error, res *Result) {
 }
 
 func (s *Scanner) scanFile(path string, res *Result) {
-	f, err := os.Open(path)
+	// Not blocking on a FIFO named on the command line, nor reading a
+	// device: only regular files are messages.
+	f, _, err := safefile.Open(path, safefile.Options{})
 	if err != nil {
 		s.fail(path, err, res)
 		return

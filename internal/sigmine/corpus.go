@@ -3,11 +3,11 @@ package sigmine
 import (
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"sync/atomic"
 
 	"mailguard/internal/message"
+	"mailguard/internal/safefile"
 )
 
 // corpus is a list of message files, read one body at a time: memory holds
@@ -61,7 +61,7 @@ func (c *corpus) each(workers int, progress io.Writer, fn func(i int, body []byt
 }
 
 func (c *corpus) read(i int) ([]byte, error) {
-	f, err := os.Open(c.files[i])
+	f, _, err := safefile.Open(c.files[i], safefile.Options{})
 	if err != nil {
 		return nil, err
 	}

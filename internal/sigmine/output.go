@@ -88,6 +88,10 @@ func Check(sigs []sigfile.Signature, o Options) (*CheckResult, error) {
 	clean := &corpus{name: "clean messages", files: scan.Files(o.Clean, onErr), maxBody: o.MaxBody}
 	samples := &corpus{name: "samples", files: scan.Files(o.Samples, onErr), maxBody: o.MaxBody}
 	res.CleanMessages, res.Samples = len(clean.files), len(samples.files)
+	if res.CleanMessages == 0 {
+		// A check against no mail proves nothing: never say OK for it.
+		return nil, fmt.Errorf("no clean messages found in %s: --check needs a corpus of clean mail", strings.Join(o.Clean, ", "))
+	}
 	var mu lockedCounts
 	res.Errors = append(res.Errors, clean.each(o.Workers, o.Progress, func(_ int, body []byte) {
 		mu.add(res.CleanHits, hitsIn(m, body), nil)
