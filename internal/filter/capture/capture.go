@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"mailguard/internal/pipeline"
@@ -62,10 +63,11 @@ func New(opts Options) (*Filter, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	for _, sub := range []string{"", "tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(opts.Dir, sub), 0o700); err != nil {
-			return nil, err
-		}
+	if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o755); err != nil {
+		return nil, err
+	}
+	if err := prepareDirs(opts.Dir); err != nil {
+		return nil, err
 	}
 	host, _ := os.Hostname()
 	// Maildir names must not hold "/" or ":"; the host name comes from the
@@ -109,7 +111,9 @@ type check struct {
 	started bool
 	file    *os.File
 	w       *bufio.Writer
-	tmp     string
+	tmp     string // the copy's name in tmp/, until it is moved or removed
+	tmpDir  int    // tmp/, open while the copy is written (tmpOpen)
+	tmpOpen bool
 	size    int64
 	done    bool // copy not wanted, abandoned or finished
 }
@@ -166,12 +170,18 @@ func (c *check) start() {
 	now := f.opts.Now()
 	// A unique name from the system alone: time, process, a counter, host.
 	name := fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), f.seq.Add(1), f.host)
-	c.tmp = filepath.Join(f.opts.Dir, "tmp", name)
-	file, err := os.OpenFile(c.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	tmpDir, err := openOwnDir(filepath.Join(f.opts.Dir, "tmp"))
 	if err != nil {
 		c.fail("cannot create copy", err)
 		return
 	}
+	c.tmpDir, c.tmpOpen = tmpDir, true
+	file, err := createIn(tmpDir, name)
+	if err != nil {
+		c.fail("cannot create copy", err)
+		return
+	}
+	c.tmp = name
 	c.file = file
 	c.w = bufio.NewWriterSize(file, 64<<10)
 	if env.Conn != nil {
@@ -233,14 +243,19 @@ func (c *check) finish() {
 	}
 	c.file = nil
 	if err == nil {
-		final := filepath.Join(c.f.opts.Dir, "new", filepath.Base(c.tmp)+fmt.Sprintf(",S=%d", c.size))
-		err = os.Rename(c.tmp, final)
+		var newDir int
+		if newDir, err = openOwnDir(filepath.Join(c.f.opts.Dir, "new")); err == nil {
+			err = syscall.Renameat(c.tmpDir, c.tmp, newDir, c.tmp+fmt.Sprintf(",S=%d", c.size))
+			syscall.Close(newDir)
+		}
 	}
 	if err != nil {
 		c.fail("cannot finish copy", err)
 		return
 	}
 	c.done = true
+	c.tmp = ""
+	c.closeTmpDir()
 	c.f.Written.Add(1)
 }
 
@@ -258,8 +273,17 @@ func (c *check) abandon() {
 		c.file = nil
 	}
 	if c.tmp != "" {
-		os.Remove(c.tmp)
+		syscall.Unlinkat(c.tmpDir, c.tmp)
+		c.tmp = ""
 	}
+	c.closeTmpDir()
+}
+
+func (c *check) closeTmpDir() {
+	if c.tmpOpen {
+		syscall.Close(c.tmpDir)
+	}
+	c.tmpOpen = false
 }
 
 // clean keeps an envelope value on one header line.
@@ -294,10 +318,13 @@ func (s *switchFile) on() bool {
 	if last := s.checkedAt.Load(); now-last < int64(time.Second) && last != 0 {
 		return s.exists.Load()
 	}
-	_, err := os.Stat(s.path)
-	s.exists.Store(err == nil)
+	// Only a regular file counts: a FIFO, a directory or a link in its
+	// place is not "capturing on".
+	fi, err := os.Lstat(s.path)
+	on := err == nil && fi.Mode().IsRegular()
+	s.exists.Store(on)
 	s.checkedAt.Store(now)
-	return err == nil
+	return on
 }
 
 // matcher matches addresses and "@domain" entries, case-insensitively.
