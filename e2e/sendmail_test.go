@@ -77,7 +77,7 @@ func TestSendmailVirus(t *testing.T) {
 		"define(`ALIAS_FILE', `%[2]s/aliases')\ndefine(`confDONT_PROBE_INTERFACES', `True')\ndefine(`confDOMAIN_NAME', `mx.test.example')\n"+
 		"DAEMON_OPTIONS(`Port=%[3]d, Addr=127.0.0.1, Name=MTA')\n"+
 		"INPUT_MAIL_FILTER(`mailguard', `S=inet:%[4]d@127.0.0.1, F=T, T=S:30s;R:30s;E:5m')\n"+
-		"FEATURE(`no_default_msa')\nFEATURE(`accept_unresolvable_domains')\nMAILER(`local')\nMAILER(`smtp')\n", cf, dir, port, d.port))
+		"FEATURE(`no_default_msa')\nFEATURE(`accept_unresolvable_domains')\nMAILER(`local')\nMAILER(`smtp')\n", cf, dir, port, milterPort(t, d.port, "sendmail")))
 	m4 := exec.Command("m4", "-D_CF_DIR_="+cf, filepath.Join(dir, "x.mc"))
 	cfText, err := m4.Output()
 	if err != nil {

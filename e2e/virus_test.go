@@ -66,7 +66,7 @@ func TestPostfixVirus(t *testing.T) {
 signatures = "signatures"
 include_name = true
 `, map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
-	p := startPostfix(t, fmt.Sprintf("inet:127.0.0.1:%d", d.port), "user@example.edu")
+	p := startPostfix(t, fmt.Sprintf("inet:127.0.0.1:%d", milterPort(t, d.port, "postfix")), "user@example.edu")
 
 	delivered := 0
 	for _, c := range virusCases() {

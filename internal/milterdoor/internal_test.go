@@ -60,18 +60,30 @@ func FuzzDispatch(f *testing.F) {
 	f.Add(byte('K'), []byte{})
 	sigs, _ := sigfile.Parse("f", strings.NewReader("S = uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDya\n"))
 	vf, _ := virus.New(sigs, virus.Options{})
+	cf := &countingFilter{}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p := pipeline.New(pipeline.Env{Log: log, Now: time.Now}, pipeline.Member{Filter: vf})
+	p := pipeline.New(pipeline.Env{Log: log, Now: time.Now}, pipeline.Member{Filter: vf}, pipeline.Member{Filter: cf})
 	d := New(p, log, Options{})
 	f.Fuzz(func(t *testing.T, cmd byte, data []byte) {
-		s := &session{door: d, w: &wireConn{conn: discardConn{}, idle: time.Minute}, pipe: p}
-		// a message in progress, then the fuzzed command, then the end
+		s := &session{door: d, w: &wireConn{conn: discardConn{}, idle: time.Minute}, pipe: p, delivered: pipeline.AllStages}
+		// a connection and a message in progress, the fuzzed command, the
+		// end of the message, then of the connection
+		s.dispatch('C', []byte("host\x004\x00\x19192.0.2.1\x00"))
 		s.dispatch('M', []byte("<a@b>\x00"))
 		s.dispatch(cmd, data)
 		s.dispatch('E', nil)
+		if cf.checks.Load() != 0 {
+			t.Fatal("a message's check outlived its end")
+		}
 		s.endMessage()
-		if s.msg != nil {
-			t.Fatal("message state kept")
+		s.closeConnection()
+		if n := cf.states.Load(); n != 0 {
+			t.Fatalf("%d connection states outlived the connection", n)
+		}
+		for slot, raw := range s.macros.raw {
+			if len(raw) > maxMacroBytes {
+				t.Fatalf("macros of slot %d hold %d bytes", slot, len(raw))
+			}
 		}
 	})
 }

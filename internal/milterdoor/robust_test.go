@@ -32,48 +32,82 @@ func negotiation() []byte {
 }
 
 // TestMalformedPackets sends broken input after a good negotiation: the
-// door closes that connection (Postfix then applies its default action),
-// never hangs, and goes on serving others.
+// door closes that connection at once, without waiting for the client to
+// hang up (Postfix then applies its default action), says why in the log,
+// and goes on serving others.
 func TestMalformedPackets(t *testing.T) {
-	td := startDoor(t, "WORM_SOBIG.B =\n"+sobig+"\n")
-	cases := map[string][]byte{
-		"zero length":          {0, 0, 0, 0},
-		"huge length":          {0x7f, 0xff, 0xff, 0xff, 'B'},
-		"unknown command":      packet('Z', "x"),
-		"bad address family":   packet('C', "host\x00Xjunk"),
-		"short connect":        packet('C', "host\x004\x01"),
-		"connect no family":    packet('C', "host"),
-		"mail without sender":  packet('M', ""),
-		"repeated negotiation": negotiation(),
-		"truncated packet":     append(binary.BigEndian.AppendUint32(nil, 100), 'B', 'x'),
+	cases := []struct {
+		name string
+		bad  []byte
+		log  string
+	}{
+		{"zero length", []byte{0, 0, 0, 0}, "milter packet of length 0"},
+		{"huge length", []byte{0x7f, 0xff, 0xff, 0xff, 'B'}, "milter packet too large: 2147483647 bytes"},
+		{"over the packet bound", append(binary.BigEndian.AppendUint32(nil, 300<<10), 'L'), "milter packet too large: 307200 bytes"},
+		{"unknown command", packet('Z', "x"), `unknown milter command 'Z'`},
+		{"bad address family", packet('C', "host\x00Xjunk"), `unknown address family 'X'`},
+		{"short connect", packet('C', "host\x004\x01"), "connect packet too short for a port"},
+		{"connect no family", packet('C', "host"), "connect packet without address family"},
+		{"mail without sender", packet('M', ""), "MAIL without a sender"},
+		{"repeated negotiation", negotiation(), "option negotiation repeated"},
 	}
-	for name, bad := range cases {
-		t.Run(name, func(t *testing.T) {
-			c, err := net.Dial("tcp", td.addr)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			td := startDoor(t, "WORM_SOBIG.B =\n"+sobig+"\n")
+			conn, err := net.Dial("tcp", td.addr)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			c.Write(negotiation())
+			defer conn.Close()
+			conn.Write(negotiation())
 			reply := make([]byte, 17)
-			if _, err := io.ReadFull(c, reply); err != nil {
+			if _, err := io.ReadFull(conn, reply); err != nil {
 				t.Fatalf("negotiation reply: %v", err)
 			}
-			c.Write(bad)
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.CloseWrite() // a truncated packet ends with the stream
+			conn.Write(c.bad)
+			if !closedWithin(conn, 3*time.Second) {
+				t.Fatal("the door did not close the connection")
 			}
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadAll(c); err != nil {
-				t.Fatalf("door did not close the connection: %v", err)
+			if logs := td.log(); !strings.Contains(logs, c.log) {
+				t.Fatalf("log does not say %q:\n%s", c.log, logs)
+			}
+			s := newSession(t, td)
+			connect(t, s)
+			assertReject(t, sendMessage(t, s, []byte(sobig), 65535))
+			if strings.Contains(td.log(), "panicked") {
+				t.Fatalf("a session panicked:\n%s", td.log())
 			}
 		})
 	}
-	s := newSession(t, td)
-	connect(t, s)
-	assertReject(t, sendMessage(t, s, []byte(sobig), 65535))
-	if strings.Contains(td.logs.String(), "panicked") {
-		t.Fatalf("a session panicked:\n%s", td.logs)
+	// A packet cut short can only end with the stream.
+	td := startDoor(t, "WORM_SOBIG.B =\n"+sobig+"\n")
+	conn, _ := net.Dial("tcp", td.addr)
+	defer conn.Close()
+	conn.Write(negotiation())
+	io.ReadFull(conn, make([]byte, 17))
+	conn.Write(append(binary.BigEndian.AppendUint32(nil, 100), 'B', 'x'))
+	conn.(*net.TCPConn).CloseWrite()
+	if !closedWithin(conn, 3*time.Second) {
+		t.Fatal("a truncated packet left the connection open")
+	}
+}
+
+// A flood of bad connections costs one warning a minute, with a count.
+func TestProtocolErrorsLogRateLimited(t *testing.T) {
+	td := startDoor(t, "WORM_SOBIG.B =\n"+sobig+"\n")
+	for i := 0; i < 50; i++ {
+		conn, err := net.Dial("tcp", td.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write(negotiation())
+		io.ReadFull(conn, make([]byte, 17))
+		conn.Write(packet('Z', "x"))
+		closedWithin(conn, 3*time.Second)
+		conn.Close()
+	}
+	if n := strings.Count(td.log(), "milter protocol error"); n != 1 {
+		t.Fatalf("%d warnings for 50 bad connections:\n%s", n, td.log())
 	}
 }
 

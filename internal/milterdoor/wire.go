@@ -78,6 +78,7 @@ var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBu
 // daemon's memory grown.
 type largeBudget struct {
 	used atomic.Int64
+	peak atomic.Int64 // the most ever used, for tests
 	max  int64
 }
 
@@ -85,9 +86,12 @@ func (b *largeBudget) take(n int) bool {
 	if b == nil {
 		return true
 	}
-	if b.used.Add(int64(n)) > b.max {
+	used := b.used.Add(int64(n))
+	if used > b.max {
 		b.used.Add(-int64(n))
 		return false
+	}
+	for p := b.peak.Load(); used > p && !b.peak.CompareAndSwap(p, used); p = b.peak.Load() {
 	}
 	return true
 }
