@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -413,4 +414,41 @@ func BenchmarkCallContext(b *testing.B) {
 			cancel()
 		}
 	})
+}
+
+// A message's recipients and addresses are bounded, and so are the log
+// lines that name them.
+func TestRecipientLimits(t *testing.T) {
+	env, logs := testEnv()
+	env.MaxRecipients = 12
+	var open atomic.Int64
+	p := New(env, Member{Filter: newFake("f", &open)})
+	hostile := &Conn{Hostname: strings.Repeat("h", 1<<20), Addr: "192.0.2.1"}
+	m, _ := p.Begin(hostile, AllStages, "a@example.org", "")
+	for i := 0; i < 12; i++ {
+		if v := m.Rcpt(fmt.Sprintf("u%d@example.edu", i), ""); v.Final() {
+			t.Fatalf("recipient %d refused: %v", i, v)
+		}
+	}
+	if v := m.Rcpt("u12@example.edu", ""); v.String() != "tempfail 452 4.5.3 Too many recipients" {
+		t.Fatalf("13th recipient: %v", v)
+	}
+	long := strings.Repeat("x", 300) + "@example.edu"
+	if v := m.Rcpt(long, ""); v.String() != "reject 501 5.1.3 Recipient address too long" {
+		t.Fatalf("long recipient: %v", v)
+	}
+	m.Close()
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if len(line) > 4096 {
+			t.Fatalf("a log line of %d bytes", len(line))
+		}
+	}
+	if !strings.Contains(logs.String(), "and 2 more") || !strings.Contains(logs.String(), "...(1048576 bytes)") {
+		t.Errorf("log does not bound recipients and fields:\n%.2000s", logs.String())
+	}
+	m, v := p.Begin(conn, AllStages, long, "")
+	if v.String() != "reject 501 5.1.7 Sender address too long" {
+		t.Fatalf("long sender: %v", v)
+	}
+	m.Close()
 }
