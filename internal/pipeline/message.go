@@ -18,6 +18,8 @@ type Message struct {
 	checks []Check // per member; nil when the filter failed or does not take part
 	final  verdict.Verdict
 	logged bool // the final verdict's log line is written
+	// tooMany counts recipients refused past max_recipients.
+	tooMany int
 	closed bool
 	owned  *Connection // opened by Pipeline.Begin, closed with the message
 }
@@ -107,6 +109,11 @@ func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
 }
 
 func (m *Message) logFinal() {
+	if m.tooMany > 1 {
+		m.p.env.Log.Info("decision", "filter", limitsFilter, "verdict", "tempfail 452 4.5.3 Too many recipients",
+			"reason", fmt.Sprintf("%d more recipients over %d", m.tooMany-1, m.p.env.MaxRecipients), envAttrs(&m.env))
+		m.tooMany = 1
+	}
 	if m.final.Final() && !m.logged {
 		m.logged = true
 		m.p.logDecision(&m.env, m.final, "")
@@ -166,7 +173,14 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 		return m.final
 	}
 	if v, over := m.rcptLimits(rcpt); over {
-		m.p.logDecision(&m.env, v, rcpt)
+		// One line for the first recipient over the limit; the rest are
+		// counted and told at the end, or 100,000 RCPTs make as many lines.
+		if v.Code != verdict.CodeTooManyRecipients || m.tooMany == 0 {
+			m.p.logDecision(&m.env, v, rcpt)
+		}
+		if v.Code == verdict.CodeTooManyRecipients {
+			m.tooMany++
+		}
 		return v
 	}
 	for i := range m.p.members {

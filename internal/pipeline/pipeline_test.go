@@ -430,8 +430,10 @@ func TestRecipientLimits(t *testing.T) {
 			t.Fatalf("recipient %d refused: %v", i, v)
 		}
 	}
-	if v := m.Rcpt("u12@example.edu", ""); v.String() != "tempfail 452 4.5.3 Too many recipients" {
-		t.Fatalf("13th recipient: %v", v)
+	for i := 12; i < 1000; i++ {
+		if v := m.Rcpt(fmt.Sprintf("u%d@example.edu", i), ""); v.String() != "tempfail 452 4.5.3 Too many recipients" {
+			t.Fatalf("recipient %d: %v", i+1, v)
+		}
 	}
 	long := strings.Repeat("x", 300) + "@example.edu"
 	if v := m.Rcpt(long, ""); v.String() != "reject 501 5.1.3 Recipient address too long" {
@@ -442,6 +444,9 @@ func TestRecipientLimits(t *testing.T) {
 		if len(line) > 4096 {
 			t.Fatalf("a log line of %d bytes", len(line))
 		}
+	}
+	if n := strings.Count(logs.String(), "Too many recipients"); n != 2 || !strings.Contains(logs.String(), "987 more recipients over 12") {
+		t.Errorf("%d lines for 988 recipients over the limit:\n%.3000s", n, logs.String())
 	}
 	if !strings.Contains(logs.String(), "and 2 more") || !strings.Contains(logs.String(), "...(1048576 bytes)") {
 		t.Errorf("log does not bound recipients and fields:\n%.2000s", logs.String())
