@@ -58,6 +58,7 @@ func FuzzDispatch(f *testing.F) {
 	f.Add(byte('D'), []byte("Ei\x00QID\x00j\x00host\x00"))
 	f.Add(byte('D'), []byte("E"))
 	f.Add(byte('K'), []byte{})
+	f.Add(byte('D'), []byte("M"+strings.Repeat("{x}\x00"+strings.Repeat("y", 1000)+"\x00", 40)))
 	sigs, _ := sigfile.Parse("f", strings.NewReader("S = uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDya\n"))
 	vf, _ := virus.New(sigs, virus.Options{})
 	cf := &countingFilter{}
@@ -71,6 +72,11 @@ func FuzzDispatch(f *testing.F) {
 		s.dispatch('C', []byte("host\x004\x00\x19192.0.2.1\x00"))
 		s.dispatch('M', []byte("<a@b>\x00"))
 		s.dispatch(cmd, data)
+		for slot, raw := range s.macros.raw {
+			if len(raw) > maxMacroBytes {
+				t.Fatalf("macros of slot %d hold %d bytes", slot, len(raw))
+			}
+		}
 		s.dispatch('E', nil)
 		if cf.checks.Load() != 0 {
 			t.Fatal("a message's check outlived its end")
@@ -79,11 +85,6 @@ func FuzzDispatch(f *testing.F) {
 		s.closeConnection()
 		if n := cf.states.Load(); n != 0 {
 			t.Fatalf("%d connection states outlived the connection", n)
-		}
-		for slot, raw := range s.macros.raw {
-			if len(raw) > maxMacroBytes {
-				t.Fatalf("macros of slot %d hold %d bytes", slot, len(raw))
-			}
 		}
 	})
 }

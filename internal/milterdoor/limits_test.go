@@ -5,8 +5,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,5 +134,45 @@ func TestPacketMemoryBounded(t *testing.T) {
 	t.Logf("50 connections with 200 KiB packets in flight: heap grew %d KB, %d closed over the budget", grown/1024, closed)
 	if grown > 4<<20+50*100<<10 || closed == 0 {
 		t.Errorf("large packets: heap grew %d bytes, %d connections closed", grown, closed)
+	}
+}
+
+// flakyListener fails Accept with errors a loaded machine gives (out of
+// file table entries, of buffers) before it accepts.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int64
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.ENFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// Accept errors other than a closed listener are waited out: the door
+// keeps serving.
+func TestAcceptErrorsWaitedOut(t *testing.T) {
+	td := startDoorWith(t, milterdoor.Options{}, pipeline.Member{Filter: &apiFilter{}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: ln}
+	fl.fails.Store(5)
+	served := make(chan error, 1)
+	go func() { served <- td.door.Serve(fl) }()
+	td.addr = ln.Addr().String()
+	s := newSession(t, td)
+	connect(t, s)
+	assertAccept(t, sendMessage(t, s, []byte("x\r\n"), 10))
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned %v after accept errors", err)
+	default:
+	}
+	if logs := td.log(); !strings.Contains(logs, "accept failed; retrying") {
+		t.Errorf("accept errors not logged:\n%s", logs)
 	}
 }

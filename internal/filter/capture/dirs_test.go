@@ -54,22 +54,26 @@ func TestCaptureDirRefused(t *testing.T) {
 // A folder swapped for a link after start-up: the copy is refused (and the
 // mail flows), nothing lands elsewhere.
 func TestCaptureFolderSwappedForLink(t *testing.T) {
-	e := setup(t, Options{})
-	e.switchOn(t)
-	elsewhere := t.TempDir()
-	os.Rename(filepath.Join(e.dir, "new"), filepath.Join(e.dir, "new.old"))
-	os.Symlink(elsewhere, filepath.Join(e.dir, "new"))
-	if v := e.send("a@example.org", []string{"u@example.edu"}, []byte("hello\r\n"), true); v.Final() {
-		t.Fatalf("verdict %v", v)
-	}
-	if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
-		t.Fatalf("a copy landed behind the link: %v", entries)
-	}
-	if e.f.Failed.Load() != 1 {
-		t.Fatalf("failed copies %d", e.f.Failed.Load())
-	}
-	if tmp, _ := os.ReadDir(filepath.Join(e.dir, "tmp")); len(tmp) != 0 {
-		t.Fatalf("%d partial files left in tmp/", len(tmp))
+	for _, folder := range []string{"tmp", "new"} {
+		t.Run(folder, func(t *testing.T) {
+			e := setup(t, Options{})
+			e.switchOn(t)
+			elsewhere := t.TempDir()
+			os.Rename(filepath.Join(e.dir, folder), filepath.Join(e.dir, folder+".old"))
+			os.Symlink(elsewhere, filepath.Join(e.dir, folder))
+			if v := e.send("a@example.org", []string{"u@example.edu"}, []byte("hello\r\n"), true); v.Final() {
+				t.Fatalf("verdict %v", v)
+			}
+			if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+				t.Fatalf("a copy landed behind the link: %v", entries)
+			}
+			if e.f.Failed.Load() != 1 {
+				t.Fatalf("failed copies %d", e.f.Failed.Load())
+			}
+			if tmp, _ := os.ReadDir(filepath.Join(e.dir, "tmp.old")); folder == "tmp" && len(tmp) != 0 {
+				t.Fatalf("%d partial files left", len(tmp))
+			}
+		})
 	}
 }
 
