@@ -20,8 +20,8 @@ type Message struct {
 	logged bool // the final verdict's log line is written
 	// tooMany counts recipients refused past max_recipients.
 	tooMany int
-	closed bool
-	owned  *Connection // opened by Pipeline.Begin, closed with the message
+	closed  bool
+	owned   *Connection // opened by Pipeline.Begin, closed with the message
 }
 
 // Begin starts a message on a connection of its own, as an offline front
