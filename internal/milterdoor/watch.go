@@ -112,12 +112,12 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 	gone := make(chan error, 1)
 	go func() {
 		// The stage's packet is done with: drop it, then wait for a byte.
-		if s.w.consumed > 0 {
-			s.w.r.Discard(s.w.consumed)
-			s.w.consumed = 0
+		s.w.r += s.w.consumed
+		s.w.consumed = 0
+		if s.w.r == s.w.w && s.w.r == len(s.w.buf) {
+			s.w.r, s.w.w = 0, 0
 		}
-		_, err := s.w.r.Peek(1)
-		gone <- err
+		gone <- s.w.fill(1)
 	}()
 	var tick <-chan time.Time
 	if eom {

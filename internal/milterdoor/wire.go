@@ -1,7 +1,6 @@
 package milterdoor
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -57,23 +56,26 @@ const (
 	// its header_size_limit (102,400 bytes by default), and Sendmail's
 	// headers are shorter. Anything larger is a broken or hostile peer.
 	maxPacket = 256 << 10
-	// readBufferSize holds one whole 64 KiB body packet (65,535 bytes of
-	// data and a 5-byte header), so packets are served from the buffer
-	// without a copy, and no more: with hundreds of connections open, the
-	// buffers are most of the daemon's memory. A connection takes one
-	// after option negotiation, so silent connections hold none.
-	readBufferSize = 65535 + 5 + 64
-	// largeStep is how a packet larger than the read buffer grows: by
+	// bigBufferSize holds one whole 64 KiB body packet (65,535 bytes of
+	// data and a 5-byte header), so body chunks are served from the
+	// buffer without a copy. A connection holds one only while packets
+	// that need it arrive: see wireConn.
+	bigBufferSize = 65535 + 5 + 64
+	// smallBufferSize holds the packets of everything but the body
+	// (negotiation, macros, envelope, most header fields).
+	smallBufferSize = 1024
+	// largeStep is how a packet larger than the big buffer grows: by
 	// this much as its bytes arrive, never by what its header announces.
 	largeStep = 64 << 10
 )
 
 var errPacketTooLarge = errors.New("milter packet too large")
 
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+// bigBuffers are the 64 KiB buffers connections borrow for body packets.
+var bigBuffers = sync.Pool{New: func() any { b := make([]byte, bigBufferSize); return &b }}
 
 // largeBudget bounds the bytes all connections may hold at once in
-// packets larger than the read buffer (header fields over 64 KiB, which
+// packets larger than the big buffer (header fields over 64 KiB, which
 // real mail rarely has): past it a connection is closed rather than the
 // daemon's memory grown.
 type largeBudget struct {
@@ -103,12 +105,22 @@ func (b *largeBudget) give(n int) {
 }
 
 // wireConn reads and writes milter packets on one connection. A packet's
-// data is valid until the next read: it usually points into the read
-// buffer, which is why nothing on the hot path allocates.
+// data is valid until the next read: it points into the read buffer,
+// which is why nothing on the hot path allocates.
+//
+// The read buffer is the connection's own 1 KiB until a packet needs
+// more (a body chunk); then a 64 KiB one is borrowed from a pool, and
+// given back as soon as it holds no unread byte between messages. Each
+// read takes what the kernel has, as bufio would: a silent or idle
+// connection costs its goroutine and 1 KiB, a busy one the same system
+// calls as with one large buffer.
 type wireConn struct {
 	conn        net.Conn
-	r           *bufio.Reader // nil while the connection waits between messages: see releaseIdle
-	large       []byte        // the packet larger than the read buffer, until the next read
+	buf         []byte // small[:] or *big
+	r, w        int    // unread bytes: buf[r:w]
+	small       [smallBufferSize]byte
+	big         *[]byte // borrowed, or nil
+	large       []byte  // the packet larger than the big buffer, until the next read
 	budget      *largeBudget
 	consumed    int // bytes of the previous packet still to discard
 	out         []byte
@@ -117,18 +129,20 @@ type wireConn struct {
 }
 
 func newWireConn(c net.Conn, idle time.Duration, budget *largeBudget) *wireConn {
-	return &wireConn{conn: c, idle: idle, budget: budget, out: make([]byte, 0, 512)}
+	w := &wireConn{conn: c, idle: idle, budget: budget, out: make([]byte, 0, 512)}
+	w.buf = w.small[:]
+	return w
 }
 
-// release returns the read buffer to the pool; the connection must be
-// closed and no read may follow.
+// release gives back every buffer; the connection must be closed and no
+// read may follow.
 func (w *wireConn) release() {
 	w.dropLarge()
-	if w.r != nil {
-		w.r.Reset(nil)
-		readers.Put(w.r)
-		w.r = nil
+	if w.big != nil {
+		bigBuffers.Put(w.big)
+		w.big = nil
 	}
+	w.buf, w.r, w.w = w.small[:], 0, 0
 }
 
 func (w *wireConn) dropLarge() {
@@ -144,34 +158,65 @@ func (w *wireConn) negotiationPacket(timeout time.Duration) (byte, []byte, error
 	w.conn.SetReadDeadline(time.Now().Add(timeout))
 	w.deadlineSet = time.Now() // keep this deadline for this read
 	cmd, data, err := w.readPacket()
-	if err == nil && len(data) > 1024 {
+	if err == nil && len(data) > smallBufferSize {
 		err = fmt.Errorf("option negotiation packet of %d bytes", len(data)+1)
 	}
 	w.deadlineSet = time.Time{} // the next read sets the idle deadline
 	return cmd, data, err
 }
 
-// releaseIdle gives the read buffer back while the connection waits for
-// the MTA's next message: an MTA keeps its milter connection for the
-// whole SMTP session, so most open connections are idle ones, and each
-// would otherwise hold its 64 KiB. It does nothing if bytes are waiting.
+// releaseIdle gives the big buffer back while the connection waits for the
+// MTA's next message: an MTA keeps its milter connection for the whole
+// SMTP session, so most open connections are idle ones. It does nothing
+// if bytes are waiting.
 func (w *wireConn) releaseIdle() {
-	if w.r == nil || w.r.Buffered() > w.consumed {
+	w.r += w.consumed
+	w.consumed = 0
+	if w.big == nil || w.r != w.w {
 		return
 	}
-	w.r.Discard(w.consumed)
-	w.consumed = 0
-	w.r.Reset(nil)
-	readers.Put(w.r)
-	w.r = nil
+	bigBuffers.Put(w.big)
+	w.big = nil
+	w.buf, w.r, w.w = w.small[:], 0, 0
+}
+
+// fill reads until at least n unread bytes are buffered (n fits the
+// buffer).
+func (w *wireConn) fill(n int) error {
+	if w.w-w.r >= n {
+		return nil
+	}
+	if len(w.buf)-w.r < n { // move the unread bytes to the front
+		w.w = copy(w.buf, w.buf[w.r:w.w])
+		w.r = 0
+	}
+	for w.w-w.r < n {
+		m, err := w.conn.Read(w.buf[w.w:])
+		w.w += m
+		if err != nil {
+			if w.w-w.r >= n {
+				return nil
+			}
+			if errors.Is(err, io.EOF) && w.w > w.r {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// grow moves to the big buffer, keeping the unread bytes.
+func (w *wireConn) grow() {
+	w.big = bigBuffers.Get().(*[]byte)
+	w.w = copy(*w.big, w.buf[w.r:w.w])
+	w.buf, w.r = *w.big, 0
 }
 
 // readPacket returns the next command and its data.
 func (w *wireConn) readPacket() (byte, []byte, error) {
-	if w.consumed > 0 {
-		w.r.Discard(w.consumed)
-		w.consumed = 0
-	}
+	w.r += w.consumed
+	w.consumed = 0
 	w.dropLarge()
 	// Refresh the idle deadline at most once a second: setting it costs
 	// more than reading a small packet.
@@ -179,77 +224,56 @@ func (w *wireConn) readPacket() (byte, []byte, error) {
 		w.conn.SetReadDeadline(now.Add(w.idle))
 		w.deadlineSet = now
 	}
-	var n int
-	if w.r == nil {
-		// Wait for the header without a buffer, then take one.
-		var head [4]byte
-		if _, err := io.ReadFull(w.conn, head[:]); err != nil {
-			return 0, nil, err
-		}
-		if n = int(binary.BigEndian.Uint32(head[:])); n < 1 || n > maxPacket {
-			return 0, nil, badLength(n)
-		}
-		w.r = readers.Get().(*bufio.Reader)
-		w.r.Reset(w.conn)
-		if n <= w.r.Size() {
-			pkt, err := w.r.Peek(n)
-			if err != nil {
-				return 0, nil, unexpectedEOF(err)
-			}
-			w.consumed = n
-			return pkt[0], pkt[1:], nil
-		}
-		return w.readLarge(n)
-	}
-	head, err := w.r.Peek(4)
-	if err != nil {
-		if errors.Is(err, io.EOF) && len(head) > 0 {
-			err = io.ErrUnexpectedEOF
-		}
+	if err := w.fill(4); err != nil {
 		return 0, nil, err
 	}
-	if n = int(binary.BigEndian.Uint32(head)); n < 1 || n > maxPacket {
-		return 0, nil, badLength(n)
-	}
-	if 4+n <= w.r.Size() {
-		pkt, err := w.r.Peek(4 + n)
-		if err != nil {
-			return 0, nil, unexpectedEOF(err)
-		}
-		w.consumed = 4 + n
-		return pkt[4], pkt[5:], nil
-	}
-	w.r.Discard(4)
-	return w.readLarge(n)
-}
-
-func badLength(n int) error {
+	n := int(binary.BigEndian.Uint32(w.buf[w.r:]))
 	if n < 1 {
-		return fmt.Errorf("milter packet of length %d", n)
+		return 0, nil, fmt.Errorf("milter packet of length %d", n)
 	}
-	return fmt.Errorf("%w: %d bytes, at most %d", errPacketTooLarge, n, maxPacket)
+	if n > maxPacket {
+		return 0, nil, fmt.Errorf("%w: %d bytes, at most %d", errPacketTooLarge, n, maxPacket)
+	}
+	if 4+n > bigBufferSize {
+		w.r += 4
+		return w.readLarge(n)
+	}
+	if 4+n > len(w.buf) {
+		w.grow()
+	}
+	if err := w.fill(4 + n); err != nil {
+		return 0, nil, unexpectedEOF(err)
+	}
+	pkt := w.buf[w.r : w.r+4+n]
+	w.consumed = 4 + n
+	return pkt[4], pkt[5:], nil
 }
 
-// readLarge reads a packet larger than the read buffer, growing its
+// readLarge reads a packet larger than the big buffer, growing its own
 // buffer only as bytes arrive and within the door's budget.
 func (w *wireConn) readLarge(n int) (byte, []byte, error) {
 	for len(w.large) < n {
 		if len(w.large) == cap(w.large) {
 			grow := min(largeStep, n-len(w.large))
 			if !w.budget.take(grow) {
-				return 0, nil, fmt.Errorf("%w: the door's budget for packets over %d bytes is spent", errPacketTooLarge, readBufferSize)
+				return 0, nil, fmt.Errorf("%w: the door's budget for packets over %d bytes is spent", errPacketTooLarge, bigBufferSize)
 			}
 			bigger := make([]byte, len(w.large), cap(w.large)+grow)
 			copy(bigger, w.large)
 			w.large = bigger
 		}
-		m, err := w.r.Read(w.large[len(w.large):cap(w.large)])
+		if w.r < w.w { // bytes already buffered first
+			m := copy(w.large[len(w.large):cap(w.large)], w.buf[w.r:w.w])
+			w.large, w.r = w.large[:len(w.large)+m], w.r+m
+			continue
+		}
+		m, err := w.conn.Read(w.large[len(w.large):cap(w.large)])
 		w.large = w.large[:len(w.large)+m]
-		if err != nil {
+		if err != nil && len(w.large) < n {
 			return 0, nil, unexpectedEOF(err)
 		}
 	}
-	return w.large[0], w.large[1:], nil
+	return w.large[0], w.large[1:n], nil
 }
 
 func unexpectedEOF(err error) error {
