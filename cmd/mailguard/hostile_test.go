@@ -114,7 +114,7 @@ func TestCorpusPaths(t *testing.T) {
 	if code, out, errOut := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", cleanLink); code != 0 || !strings.Contains(out, "OK") || !strings.Contains(out, "3") {
 		t.Errorf("--check through a link: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", t.TempDir()); code != 2 || strings.Contains(out, "OK") || !strings.Contains(errOut, "no clean messages found") {
+	if code, out, errOut := runCLI("sigmine", "--check", "--signatures", sigs, "--clean", t.TempDir()); code != 2 || strings.Contains(out, "OK") || !strings.Contains(errOut, "no messages found there") {
 		t.Errorf("--check on an empty corpus: exit %d\n%s%s", code, out, errOut)
 	}
 }

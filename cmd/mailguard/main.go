@@ -186,6 +186,32 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// expandPathFlags lets a path flag take several paths, as its usage says:
+// "--clean A B --samples C" becomes "--clean A --clean B --samples C".
+// What follows a path flag up to the next flag is its paths.
+func expandPathFlags(args []string, names ...string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		out = append(out, a)
+		if a == "--" {
+			return append(out, args[i+1:]...)
+		}
+		name := strings.TrimLeft(a, "-")
+		if !strings.HasPrefix(a, "-") || strings.Contains(name, "=") || !slices.Contains(names, name) {
+			continue
+		}
+		for first := true; i+1 < len(args) && !strings.HasPrefix(args[i+1], "-"); first = false {
+			i++
+			if !first {
+				out = append(out, a)
+			}
+			out = append(out, args[i])
+		}
+	}
+	return out
+}
+
 // paths is a repeatable flag.
 type paths []string
 
@@ -194,20 +220,24 @@ func (p *paths) Set(v string) error { *p = append(*p, v); return nil }
 
 func runSigmine(args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("sigmine", "--samples PATH... [--clean PATH...] [--name NAME]\n       mailguard sigmine --check --signatures FILE --clean PATH... [--samples PATH...]",
-		"Mine signatures from copies of one worm (files, directories, Maildirs such as\n"+
-			"the capture filter's): lines of the raw body found in the samples, never in\n"+
-			"the clean mail, and random enough not to match by accident. Prints them in\n"+
-			"the signature-file format, best first, with their evidence. Exit status 0\n"+
-			"when the printed set matches every sample, 1 when it does not, 2 on error.\n\n"+
+		"Mine signatures from copies of one worm, all its variants together (files,\n"+
+			"directories, Maildirs such as the capture filter's): lines of the raw body\n"+
+			"found in the samples, never in the clean mail, and random enough not to\n"+
+			"match by accident. Prints the smallest set found that covers every sample,\n"+
+			"each signature in at least --min-samples of them, in the signature-file\n"+
+			"format with its evidence, then the samples left uncovered and why. --samples\n"+
+			"and --clean take one or more paths each. Exit status 0 when the printed set\n"+
+			"matches every sample, 1 when it does not, 2 on error.\n\n"+
 			"With --check, proves a signature file instead: clean messages and samples\n"+
 			"matched per signature. Exit status 0 when no clean message matched and\n"+
 			"every sample did, 1 otherwise.", stderr)
 	var samples, clean paths
-	fs.Var(&samples, "samples", "worm samples: a file, directory or Maildir (repeatable)")
-	fs.Var(&clean, "clean", "clean mail: a file, directory or Maildir (repeatable)")
+	fs.Var(&samples, "samples", "worm samples: files, directories or Maildirs (one or more)")
+	fs.Var(&clean, "clean", "clean mail: files, directories or Maildirs (one or more)")
 	d := sigmine.Defaults
 	name := fs.String("name", "MINED", "signature `NAME` prefix (NAME.1, NAME.2, ...)")
-	minCoverage := fs.Float64("min-coverage", d.MinCoverage, "fraction of samples a signature must occur in (below 1: a set of signatures covers variants)")
+	minCoverage := fs.Float64("min-coverage", d.MinCoverage, "fraction of samples each signature must occur in; 0: the smallest set that covers them all")
+	minSamples := fs.Int("min-samples", d.MinSamples, "fewest samples one signature may cover, so an odd sample gets none of its own")
 	minLength := fs.Int("min-length", d.MinLength, "shortest signature, bytes (at least 16)")
 	minEntropy := fs.Float64("min-entropy", d.MinEntropy, "least character entropy, bits per character (random base64: about 5.6; English: about 4.2)")
 	maxRun := fs.Int("max-run", d.MaxRun, "longest run of one repeated character")
@@ -215,8 +245,12 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 	maxSigs := fs.Int("max", d.Max, "signatures to print at most")
 	check := fs.Bool("check", false, "prove the signature file given with --signatures")
 	sigFile := fs.String("signatures", "", "with --check: the signature `FILE`")
-	if rc := parse(fs, args); rc >= 0 {
+	if rc := parse(fs, expandPathFlags(args, "samples", "clean")); rc >= 0 {
 		return rc
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "mailguard sigmine: unexpected argument %q (paths follow --samples or --clean)\n", fs.Arg(0))
+		return 2
 	}
 	var progress io.Writer
 	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 && stderr == os.Stderr {
@@ -225,7 +259,7 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 	if *window == 0 {
 		*window = -1 // the flag's 0 means off; the library's zero value means the default
 	}
-	opts := sigmine.Options{Samples: samples, Clean: clean, MinCoverage: *minCoverage, MinLength: *minLength,
+	opts := sigmine.Options{Samples: samples, Clean: clean, MinCoverage: *minCoverage, MinSamples: *minSamples, MinLength: *minLength,
 		MinEntropy: *minEntropy, MaxRun: *maxRun, Window: *window, Max: *maxSigs, Progress: progress}
 	if *check {
 		if *sigFile == "" || len(clean) == 0 {

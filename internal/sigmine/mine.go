@@ -14,8 +14,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"mailguard/internal/matcher"
 	"mailguard/internal/scan"
@@ -24,19 +26,30 @@ import (
 // Options tune mining. Zero values take the defaults in Defaults.
 type Options struct {
 	Samples, Clean []string // files, directories, Maildirs
-	MinCoverage    float64  // fraction of samples a signature must occur in
-	MinLength      int
-	MinEntropy     float64 // bits per character
-	MaxRun         int
-	Window         int // length of re-wrap-proof substrings; negative turns them off
-	Max            int // signatures to print at most
-	MaxBody        int // bytes; larger messages are skipped with an error
-	Workers        int
-	Progress       io.Writer // nil: quiet
+	// MinCoverage is the fraction of the samples each signature must occur
+	// in; 0 (the default) finds the smallest set of signatures that
+	// covers every sample it can, each in at least MinSamples samples.
+	MinCoverage float64
+	// MinSamples is the fewest samples a signature may cover (fewer when
+	// there are fewer samples), so one odd sample gets no signature of
+	// its own.
+	MinSamples int
+	MinLength  int
+	MinEntropy float64 // bits per character
+	MaxRun     int
+	Window     int // length of re-wrap-proof substrings; negative turns them off
+	Max        int // signatures to print at most
+	MaxBody    int // bytes; larger messages are skipped with an error
+	Workers    int
+	Progress   io.Writer // nil: quiet
 }
 
 // Defaults are the documented thresholds.
-var Defaults = Options{MinCoverage: 1, MinLength: 40, MinEntropy: 4.5, MaxRun: 4, Window: 60, Max: 5, MaxBody: 64 << 20, Workers: 2}
+var Defaults = Options{MinSamples: 3, MinLength: 40, MinEntropy: 4.5, MaxRun: 4, Window: 60, Max: 5, MaxBody: 64 << 20, Workers: 2}
+
+// maxCover bounds the covering set: a "worm" that needs more signatures
+// than this is not one worm.
+const maxCover = 100
 
 // Signature is one mined signature with its evidence.
 type Signature struct {
@@ -51,15 +64,33 @@ type Signature struct {
 // Result is what Mine found.
 type Result struct {
 	Samples, CleanMessages int
-	Signatures             []Signature
-	Uncovered              []string // samples no printed signature matches
-	Errors                 []error  // files that could not be read
+	// SamplePaths and CleanPaths say how many files each path given held.
+	SamplePaths, CleanPaths []PathCount
+	Signatures              []Signature
+	Uncovered               []Uncovered // samples no printed signature matches
+	Errors                  []error     // files that could not be read
+	MinSamples              int         // the fewest samples a signature covers
+	Elapsed                 time.Duration
+}
+
+// PathCount is a path given on the command line and the files read from it.
+type PathCount struct {
+	Path  string
+	Files int
+}
+
+// Uncovered is a sample no signature matches, and why.
+type Uncovered struct {
+	File, Why string
 }
 
 func (o *Options) defaults() {
 	d := Defaults
-	if o.MinCoverage <= 0 || o.MinCoverage > 1 {
-		o.MinCoverage = d.MinCoverage
+	if o.MinCoverage < 0 || o.MinCoverage > 1 {
+		o.MinCoverage = 0
+	}
+	if o.MinSamples <= 0 {
+		o.MinSamples = d.MinSamples
 	}
 	if o.MinLength < matcher.MinPatternLen {
 		o.MinLength = d.MinLength
@@ -87,16 +118,31 @@ func (o *Options) defaults() {
 // Mine finds signatures for the samples.
 func Mine(o Options) (*Result, error) {
 	o.defaults()
+	start := time.Now()
 	res := &Result{}
+	defer func() { res.Elapsed = time.Since(start) }()
 	onErr := func(path string, err error) { res.Errors = append(res.Errors, fmt.Errorf("%s: %w", path, err)) }
-	samples := &corpus{name: "samples", files: scan.Files(o.Samples, onErr), maxBody: o.MaxBody}
-	clean := &corpus{name: "clean messages", files: scan.Files(o.Clean, onErr), maxBody: o.MaxBody}
+	var sampleFiles, cleanFiles []string
+	sampleFiles, res.SamplePaths = filesPerPath(o.Samples, onErr)
+	cleanFiles, res.CleanPaths = filesPerPath(o.Clean, onErr)
+	samples := &corpus{name: "samples", files: sampleFiles, maxBody: o.MaxBody}
+	clean := &corpus{name: "clean messages", files: cleanFiles, maxBody: o.MaxBody}
 	res.Samples, res.CleanMessages = len(samples.files), len(clean.files)
+	if err := emptyPath("--samples", res.SamplePaths); err != nil {
+		return nil, err
+	}
+	if err := emptyPath("--clean", res.CleanPaths); err != nil {
+		return nil, err
+	}
 	if len(samples.files) == 0 {
 		return nil, errors.New("no samples")
 	}
 	q := quality{minLength: o.MinLength, minEntropy: o.MinEntropy, maxRun: o.MaxRun}
-	need := int(math.Ceil(o.MinCoverage * float64(len(samples.files))))
+	n := len(samples.files)
+	need := max(min(o.MinSamples, n), int(math.Ceil(o.MinCoverage*float64(n))))
+	res.MinSamples = need
+	status := map[string]*candidate{} // every pattern judged, by its bytes
+	why := map[int]string{}           // samples given up on, and why
 
 	uncovered := newBitset(len(samples.files))
 	for i := range samples.files {
@@ -106,7 +152,7 @@ func Mine(o Options) (*Result, error) {
 	var pool []*candidate
 	seen := map[string]bool{}
 	var chosen []*candidate
-	for len(chosen) < o.Max {
+	for len(chosen) < maxCover {
 		ref := firstOf(uncovered, hopeless)
 		if ref < 0 {
 			break
@@ -114,22 +160,30 @@ func Mine(o Options) (*Result, error) {
 		body, err := samples.read(ref)
 		if err != nil {
 			hopeless.set(ref)
+			why[ref] = "unreadable: " + err.Error()
 			continue
 		}
-		var fresh []*candidate
+		var fresh, mine []*candidate
 		for _, c := range extract(body, q, o.Window) {
 			c.origin += ref << 32 // line numbers are per reference sample
+			if old := status[string(c.pattern)]; old != nil {
+				mine = append(mine, old)
+				continue
+			}
 			if !seen[string(c.pattern)] {
 				seen[string(c.pattern)] = true
+				status[string(c.pattern)] = c
 				fresh = append(fresh, c)
+				mine = append(mine, c)
 			}
 		}
-		fresh, errs := evaluate(fresh, samples, clean, need, o)
+		proven, errs := evaluate(fresh, samples, clean, need, o)
 		res.Errors = append(res.Errors, errs...)
-		pool = append(pool, fresh...)
-		best := bestFor(pool, uncovered, chosen)
-		if best == nil || best.covered.countAnd(uncovered) == 0 {
+		pool = append(pool, proven...)
+		best := bestFor(pool, uncovered, chosen, ref)
+		if best == nil {
 			hopeless.set(ref)
+			why[ref] = reason(mine, need)
 			continue
 		}
 		chosen = append(chosen, best)
@@ -143,10 +197,64 @@ func Mine(o Options) (*Result, error) {
 	}
 	for i, f := range samples.files {
 		if uncovered.has(i) {
-			res.Uncovered = append(res.Uncovered, f)
+			w := why[i]
+			if w == "" {
+				w = fmt.Sprintf("more than %d signatures would be needed", maxCover)
+			}
+			res.Uncovered = append(res.Uncovered, Uncovered{File: f, Why: w})
 		}
 	}
 	return res, nil
+}
+
+// reason says why a sample's own candidates gave it no signature.
+func reason(cands []*candidate, need int) string {
+	if len(cands) == 0 {
+		return "no line long and random enough to be a signature"
+	}
+	inEnough, inClean := 0, 0
+	for _, c := range cands {
+		if c.count >= need {
+			inEnough++
+			if c.clean > 0 {
+				inClean++
+			}
+		}
+	}
+	switch {
+	case inEnough == 0:
+		return fmt.Sprintf("shares no line random enough with %d other samples", need-1)
+	case inClean == inEnough:
+		return "every candidate line also occurs in clean mail"
+	}
+	return "its candidates cover no sample still uncovered"
+}
+
+// filesPerPath lists the files of each path and counts them per path.
+func filesPerPath(paths []string, onErr func(string, error)) ([]string, []PathCount) {
+	var files []string
+	var counts []PathCount
+	for _, p := range paths {
+		f := scan.Files([]string{p}, onErr)
+		files = append(files, f...)
+		counts = append(counts, PathCount{Path: p, Files: len(f)})
+	}
+	return files, counts
+}
+
+// emptyPath refuses a path that held no message: a typo or an empty
+// folder must not pass for a corpus.
+func emptyPath(flag string, counts []PathCount) error {
+	for _, c := range counts {
+		if c.Files > 0 {
+			continue
+		}
+		if _, err := os.Stat(c.Path); err != nil {
+			return fmt.Errorf("%s %v", flag, err)
+		}
+		return fmt.Errorf("%s %s: no messages found there", flag, c.Path)
+	}
+	return nil
 }
 
 func firstOf(set, except bitset) int {
@@ -245,10 +353,16 @@ func better(a, b *candidate, uncovered bitset) bool {
 	return a.score() > b.score()
 }
 
-func bestFor(pool []*candidate, uncovered bitset, chosen []*candidate) *candidate {
+// bestFor is the greedy set-cover step: the candidate covering most of the
+// samples still uncovered, among those that cover the reference sample
+// ref (so each step makes progress on the sample being looked at).
+func bestFor(pool []*candidate, uncovered bitset, chosen []*candidate, ref int) *candidate {
 	var best *candidate
 	for _, c := range pool {
-		if !contains(chosen, c) && (best == nil || better(c, best, uncovered)) {
+		if !c.covered.has(ref) || contains(chosen, c) {
+			continue
+		}
+		if best == nil || better(c, best, uncovered) {
 			best = c
 		}
 	}

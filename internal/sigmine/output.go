@@ -4,16 +4,18 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"mailguard/internal/matcher"
-	"mailguard/internal/scan"
 	"mailguard/internal/sigfile"
 )
 
 // Write prints the result in the signature-file format, best first, each
 // signature preceded by a comment with its evidence.
 func (r *Result) Write(w io.Writer, name string) {
-	fmt.Fprintf(w, "# mailguard sigmine: %d samples, %d clean messages.\n", r.Samples, r.CleanMessages)
+	fmt.Fprintf(w, "# mailguard sigmine: %d samples (%s), %d clean messages checked (%s), in %s.\n",
+		r.Samples, perPath(r.SamplePaths), r.CleanMessages, perPath(r.CleanPaths), r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "# Each signature occurs in at least %d samples and in no clean message.\n", r.MinSamples)
 	covering := 0
 	for _, s := range r.Signatures {
 		if s.Covers {
@@ -45,9 +47,21 @@ func (r *Result) Write(w io.Writer, name string) {
 	if len(r.Uncovered) > 0 {
 		fmt.Fprintf(w, "\n# Not matched by any signature above (%d samples):\n", len(r.Uncovered))
 		for _, u := range r.Uncovered {
-			fmt.Fprintf(w, "#   %s\n", u)
+			fmt.Fprintf(w, "#   %s: %s\n", u.File, u.Why)
 		}
 	}
+}
+
+// perPath says how many files each path given held: "a: 10, b: 2,000".
+func perPath(counts []PathCount) string {
+	if len(counts) == 0 {
+		return "none given"
+	}
+	parts := make([]string, len(counts))
+	for i, c := range counts {
+		parts[i] = fmt.Sprintf("%s: %d", c.Path, c.Files)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // CheckResult is what Check found for each signature.
@@ -85,8 +99,16 @@ func Check(sigs []sigfile.Signature, o Options) (*CheckResult, error) {
 		res.Names = append(res.Names, s.Name)
 	}
 	onErr := func(path string, err error) { res.Errors = append(res.Errors, fmt.Errorf("%s: %w", path, err)) }
-	clean := &corpus{name: "clean messages", files: scan.Files(o.Clean, onErr), maxBody: o.MaxBody}
-	samples := &corpus{name: "samples", files: scan.Files(o.Samples, onErr), maxBody: o.MaxBody}
+	cleanFiles, cleanPaths := filesPerPath(o.Clean, onErr)
+	sampleFiles, samplePaths := filesPerPath(o.Samples, onErr)
+	if err := emptyPath("--clean", cleanPaths); err != nil {
+		return nil, err
+	}
+	if err := emptyPath("--samples", samplePaths); err != nil {
+		return nil, err
+	}
+	clean := &corpus{name: "clean messages", files: cleanFiles, maxBody: o.MaxBody}
+	samples := &corpus{name: "samples", files: sampleFiles, maxBody: o.MaxBody}
 	res.CleanMessages, res.Samples = len(clean.files), len(samples.files)
 	if res.CleanMessages == 0 {
 		// A check against no mail proves nothing: never say OK for it.

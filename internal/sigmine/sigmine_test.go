@@ -142,9 +142,9 @@ func TestTwoVariants(t *testing.T) {
 	}
 	assertRejectsExactlySamples(t, o, out)
 
-	// At the default coverage (every sample), no single line covers two
-	// variants: sigmine says so, and which samples are left.
-	res, out = mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean}})
+	// Asked for lines in every sample, sigmine says no single line
+	// covers two variants, and which samples are left.
+	res, out = mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean}, MinCoverage: 1})
 	if len(res.Uncovered) == 0 {
 		t.Fatalf("one line cannot cover two variants:\n%s", out)
 	}
@@ -209,5 +209,93 @@ func TestQualityThresholds(t *testing.T) {
 	res, out := mine(t, sigmine.Options{Samples: []string{root}})
 	if len(res.Signatures) != 0 {
 		t.Fatalf("low-entropy lines proposed:\n%s", out)
+	}
+}
+
+// An outbreak as it comes: three variants (different payloads) wrapped at
+// different widths, and clean mail that includes warnings quoting the
+// worm. With default flags the printed set rejects every copy in scan and
+// no clean message.
+func TestThreeVariantsByDefault(t *testing.T) {
+	o := newOutbreak(t, 10, []int{76, 72, 64}, 301, 302, 303)
+	first, _ := mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean}})
+	var warning strings.Builder
+	warning.WriteString("Subject: FW: virus warning\r\n\r\nDo not open this! It looks like this:\r\n")
+	for _, s := range first.Signatures[:1] {
+		warning.WriteString("> " + string(s.Pattern) + "\r\n")
+	}
+	os.WriteFile(filepath.Join(o.clean, "warning.eml"), []byte(warning.String()), 0o644)
+	res, out := mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean}})
+	if len(res.Uncovered) != 0 {
+		t.Fatalf("default flags left samples uncovered:\n%s", out)
+	}
+	covering := 0
+	for _, s := range res.Signatures {
+		if s.Covers {
+			covering++
+			if s.Samples < res.MinSamples || strings.Contains(warning.String(), string(s.Pattern)) {
+				t.Errorf("signature in %d samples, or quoted in clean mail:\n%s", s.Samples, s.Pattern)
+			}
+		}
+	}
+	if covering < 3 {
+		t.Errorf("three variants covered by %d signatures:\n%s", covering, out)
+	}
+	if !strings.Contains(out, "30 samples ("+o.samples+": 30)") || !strings.Contains(out, "clean messages checked ("+o.clean+": 201)") {
+		t.Errorf("the summary does not say what was read:\n%s", out)
+	}
+	assertRejectsExactlySamples(t, o, out)
+}
+
+// Every clean path is read: a clean message in the second one that holds
+// a candidate line removes that candidate.
+func TestSeveralCleanPaths(t *testing.T) {
+	o := newOutbreak(t, 10, []int{76}, 77)
+	first, _ := mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean}})
+	second := t.TempDir()
+	quoted := string(first.Signatures[0].Pattern)
+	os.WriteFile(filepath.Join(second, "quote.eml"), []byte("Subject: look\r\n\r\n"+quoted+"\r\n"), 0o644)
+	res, out := mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean, second}})
+	for _, s := range res.Signatures {
+		if string(s.Pattern) == quoted {
+			t.Fatalf("a line found in the second clean path was proposed:\n%s", out)
+		}
+	}
+	if res.CleanMessages != 201 || !strings.Contains(out, second+": 1") {
+		t.Fatalf("second clean path not read (%d messages):\n%s", res.CleanMessages, out)
+	}
+	if _, err := sigmine.Mine(sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean, filepath.Join(second, "nothing")}}); err == nil ||
+		!strings.Contains(err.Error(), "no messages found there") {
+		t.Fatalf("a clean path with no messages: %v", err)
+	}
+}
+
+// A sample that shares no line with the others is reported, with the
+// reason, and gets no signature of its own.
+func TestOddSampleReported(t *testing.T) {
+	o := newOutbreak(t, 10, []int{76}, 55)
+	odd := filepath.Join(o.samples, "odd.eml")
+	var msg strings.Builder
+	msg.WriteString("Subject: odd\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 40; i++ {
+		line := make([]byte, 57)
+		for j := range line {
+			line[j] = byte(rng.IntN(256))
+		}
+		msg.WriteString(base64.StdEncoding.EncodeToString(line) + "\r\n")
+	}
+	os.WriteFile(odd, []byte(msg.String()), 0o644)
+	res, out := mine(t, sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean}})
+	if len(res.Uncovered) != 1 || res.Uncovered[0].File != odd || !strings.Contains(res.Uncovered[0].Why, "shares no line random enough with 2 other samples") {
+		t.Fatalf("odd sample not reported as it should be: %+v\n%s", res.Uncovered, out)
+	}
+	for _, s := range res.Signatures {
+		if s.Covers && s.Samples < 3 {
+			t.Fatalf("a signature for fewer than 3 samples:\n%s", out)
+		}
+	}
+	if !strings.Contains(out, odd+": shares no line") {
+		t.Errorf("output does not name the odd sample and why:\n%s", out)
 	}
 }
