@@ -264,9 +264,14 @@ func TestSeveralCleanPaths(t *testing.T) {
 	if res.CleanMessages != 201 || !strings.Contains(out, second+": 1") {
 		t.Fatalf("second clean path not read (%d messages):\n%s", res.CleanMessages, out)
 	}
-	if _, err := sigmine.Mine(sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean, filepath.Join(second, "nothing")}}); err == nil ||
-		!strings.Contains(err.Error(), "no messages found there") {
+	empty := t.TempDir()
+	if _, err := sigmine.Mine(sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean, empty}}); err == nil ||
+		err.Error() != "--clean "+empty+": no messages found there" {
 		t.Fatalf("a clean path with no messages: %v", err)
+	}
+	if _, err := sigmine.Mine(sigmine.Options{Samples: []string{o.samples}, Clean: []string{o.clean, filepath.Join(second, "nothing")}}); err == nil ||
+		!strings.Contains(err.Error(), "--clean stat "+filepath.Join(second, "nothing")+": no such file or directory") {
+		t.Fatalf("a clean path that does not exist: %v", err)
 	}
 }
 
