@@ -250,7 +250,11 @@ func emptyPath(flag string, counts []PathCount) error {
 			continue
 		}
 		if _, err := os.Stat(c.Path); err != nil {
-			return fmt.Errorf("%s %v", flag, err)
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fmt.Errorf("%s %s: %v", flag, c.Path, err)
 		}
 		return fmt.Errorf("%s %s: no messages found there", flag, c.Path)
 	}
