@@ -118,3 +118,20 @@ func TestCorpusPaths(t *testing.T) {
 		t.Errorf("--check on an empty corpus: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// sigmine never claims what it did not prove: without clean mail it
+// refuses, or with --no-clean says UNPROVEN and exits 1.
+func TestSigmineNeedsCleanMail(t *testing.T) {
+	dir := t.TempDir()
+	samples := filepath.Join(dir, "samples")
+	for i := 0; i < 5; i++ {
+		writeFile(t, filepath.Join(samples, "w"+string(rune('a'+i))+".eml"), "Subject: w\n\n"+sobig+"\n")
+	}
+	if code, _, errOut := runCLI("sigmine", "--samples", samples); code != 2 || !strings.Contains(errOut, "--clean PATH is required") {
+		t.Fatalf("without --clean: exit %d\n%s", code, errOut)
+	}
+	code, out, _ := runCLI("sigmine", "--samples", samples, "--no-clean")
+	if code != 1 || !strings.Contains(out, "UNPROVEN") || strings.Contains(out, "no clean message") {
+		t.Fatalf("--no-clean: exit %d\n%s", code, out)
+	}
+}

@@ -4,7 +4,7 @@
 //	mailguard serve [--config FILE]
 //	mailguard scan --config FILE PATH...
 //	mailguard check-config --config FILE
-//	mailguard sigmine --samples PATH... [--clean PATH...]
+//	mailguard sigmine --samples PATH... --clean PATH...
 //	mailguard example-config
 //	mailguard version
 package main
@@ -219,7 +219,7 @@ func (p *paths) String() string     { return strings.Join(*p, ",") }
 func (p *paths) Set(v string) error { *p = append(*p, v); return nil }
 
 func runSigmine(args []string, stdout, stderr io.Writer) int {
-	fs := flagSet("sigmine", "--samples PATH... [--clean PATH...] [--name NAME]\n       mailguard sigmine --check --signatures FILE --clean PATH... [--samples PATH...]",
+	fs := flagSet("sigmine", "--samples PATH... --clean PATH... [--name NAME]\n       mailguard sigmine --check --signatures FILE --clean PATH... [--samples PATH...]",
 		"Mine signatures from copies of one worm, all its variants together (files,\n"+
 			"directories, Maildirs such as the capture filter's): lines of the raw body\n"+
 			"found in the samples, never in the clean mail, and random enough not to\n"+
@@ -244,6 +244,7 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 	window := fs.Int("window", d.Window, "length of substrings that survive re-wrapping of base64 lines; 0 for whole lines only")
 	maxSigs := fs.Int("max", d.Max, "signatures to print at most")
 	check := fs.Bool("check", false, "prove the signature file given with --signatures")
+	noClean := fs.Bool("no-clean", false, "mine without clean mail: the output says it is unproven, and the exit status is 1")
 	sigFile := fs.String("signatures", "", "with --check: the signature `FILE`")
 	if rc := parse(fs, expandPathFlags(args, "samples", "clean")); rc >= 0 {
 		return rc
@@ -286,6 +287,10 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailguard sigmine: --samples PATH is required")
 		return 2
 	}
+	if len(clean) == 0 && !*noClean {
+		fmt.Fprintln(stderr, "mailguard sigmine: --clean PATH is required: signatures are proven against clean mail (--no-clean prints them unproven)")
+		return 2
+	}
 	res, err := sigmine.Mine(opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "mailguard sigmine: %v\n", err)
@@ -298,8 +303,8 @@ func runSigmine(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(res.Errors) > 0:
 		return 2
-	case len(res.Uncovered) > 0 || len(res.Signatures) == 0:
-		return 1
+	case len(res.Uncovered) > 0 || len(res.Signatures) == 0 || len(clean) == 0:
+		return 1 // unproven without clean mail: never a success
 	}
 	return 0
 }

@@ -15,7 +15,11 @@ import (
 func (r *Result) Write(w io.Writer, name string) {
 	fmt.Fprintf(w, "# mailguard sigmine: %d samples (%s), %d clean messages checked (%s), in %s.\n",
 		r.Samples, perPath(r.SamplePaths), r.CleanMessages, perPath(r.CleanPaths), r.Elapsed.Round(time.Millisecond))
-	fmt.Fprintf(w, "# Each signature occurs in at least %d samples and in no clean message.\n", r.MinSamples)
+	if r.CleanMessages == 0 {
+		fmt.Fprintf(w, "# UNPROVEN: no clean mail was checked; these may match legitimate mail. Each occurs in at least %d samples.\n", r.MinSamples)
+	} else {
+		fmt.Fprintf(w, "# Each signature occurs in at least %d samples and in no clean message.\n", r.MinSamples)
+	}
 	covering := 0
 	for _, s := range r.Signatures {
 		if s.Covers {
@@ -27,9 +31,9 @@ func (r *Result) Write(w io.Writer, name string) {
 	case covering == 0:
 		fmt.Fprintln(w, "# No line qualified: none occurs in enough samples, is random enough, and is absent from the clean mail.")
 	case covering == 1:
-		fmt.Fprintf(w, "# The first signature matches %d of %d samples and no clean message.\n", matched, r.Samples)
+		fmt.Fprintf(w, "# The first signature matches %d of %d samples%s.\n", matched, r.Samples, r.cleanClaim())
 	default:
-		fmt.Fprintf(w, "# The first %d signatures together match %d of %d samples and no clean message.\n", covering, matched, r.Samples)
+		fmt.Fprintf(w, "# The first %d signatures together match %d of %d samples%s.\n", covering, matched, r.Samples, r.cleanClaim())
 	}
 	for i, s := range r.Signatures {
 		kind := "whole line"
@@ -50,6 +54,14 @@ func (r *Result) Write(w io.Writer, name string) {
 			fmt.Fprintf(w, "#   %s: %s\n", u.File, u.Why)
 		}
 	}
+}
+
+// cleanClaim is the claim about clean mail, made only when it was checked.
+func (r *Result) cleanClaim() string {
+	if r.CleanMessages == 0 {
+		return ""
+	}
+	return " and no clean message"
 }
 
 // perPath says how many files each path given held: "a: 10, b: 2,000".
