@@ -3,10 +3,12 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/d--j/go-milter"
 )
@@ -120,5 +122,50 @@ func TestCaptureUnderLoad(t *testing.T) {
 			t.Fatalf("copy %s: duplicate or incomplete (%s)", e.Name(), id)
 		}
 		seen[id] = true
+	}
+}
+
+// TestPostfixCapture: a copy captured through Postfix records the client's
+// HELO and Postfix's queue id, so it can be matched to the mail log, and
+// scan reads that envelope back.
+func TestPostfixCapture(t *testing.T) {
+	port := freePort(t)
+	p := startPostfix(t, fmt.Sprintf("inet:127.0.0.1:%d", port), "user@example.edu")
+	d := startMailguardOn(t, port, "listen = \"LISTEN\"\nfilters = [\"capture\"]\n[capture]\nswitch = \"capture.on\"\ndir = \"copies\"\n",
+		map[string]string{"capture.on": ""})
+	file := filepath.Join(t.TempDir(), "msg")
+	os.WriteFile(file, []byte("From: <sender@example.org>\r\nSubject: copy me\r\n\r\nhello\r\n"), 0o644)
+	out, _ := exec.Command("swaks", "--server", "127.0.0.1", "--port", fmt.Sprint(p.port), "--helo", "client.example.org",
+		"--from", "sender@example.org", "--to", "user@example.edu", "--data", file, "--timeout", "60").CombinedOutput()
+	if !strings.Contains(string(out), "<-  250 2.0.0") {
+		t.Fatalf("not accepted:\n%s", tail(string(out)))
+	}
+	p.delivered(t, "user", 1)
+	var copies []os.DirEntry
+	for i := 0; i < 100 && len(copies) == 0; i++ {
+		copies, _ = os.ReadDir(filepath.Join(d.dir, "copies", "new"))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(copies) != 1 {
+		t.Fatalf("%d copies", len(copies))
+	}
+	path := filepath.Join(d.dir, "copies", "new", copies[0].Name())
+	b, _ := os.ReadFile(path)
+	text := string(b)
+	if !strings.Contains(text, "X-Envelope-Helo: client.example.org\r\n") {
+		t.Errorf("no X-Envelope-Helo:\n%s", text)
+	}
+	i := strings.Index(text, "X-Envelope-Queue-ID: ")
+	if i < 0 {
+		t.Fatalf("no X-Envelope-Queue-ID:\n%s", text)
+	}
+	id := strings.TrimSpace(strings.SplitN(text[i+len("X-Envelope-Queue-ID: "):], "\r\n", 2)[0])
+	maillog, _ := os.ReadFile(filepath.Join(p.dir, "maillog"))
+	if id == "" || !strings.Contains(string(maillog), id+": ") {
+		t.Errorf("queue id %q is not Postfix's:\n%s", id, maillog)
+	}
+	scanOut, _ := exec.Command(filepath.Join(binDir, "mailguard"), "scan", path).CombinedOutput()
+	if !strings.Contains(string(scanOut), ": accept") {
+		t.Errorf("scan of the copy: %s", scanOut)
 	}
 }

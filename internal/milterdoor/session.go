@@ -209,12 +209,21 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return s.msg.Rcpt(trimAngles(args[0]), strings.Join(args[1:], " "))
 		})
 	case cmdData:
+		// Postfix assigns the queue id once a recipient is accepted and
+		// sends it with the DATA macros: the headers (and a capture copy's
+		// X-Envelope-Queue-ID) should have it.
+		if s.msg != nil && s.msg.Envelope().QueueID == "" {
+			s.msg.SetQueueID(s.macro("i"))
+		}
 		return false, s.reply(cmdData, verdict.Pass)
 	case cmdHeader:
 		name, rest := cString(data)
 		value, _ := cString(rest)
 		if s.msg == nil {
 			return false, s.reply(cmdHeader, verdict.Pass)
+		}
+		if s.msg.Envelope().QueueID == "" {
+			s.msg.SetQueueID(s.macro("i"))
 		}
 		return false, s.guardedReply(cmdHeader, func() verdict.Verdict { return s.msg.Header(name, value) })
 	case cmdEOH:

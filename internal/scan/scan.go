@@ -223,24 +223,51 @@ func (o Outcome) String() string {
 	return b.String()
 }
 
-// scanConn is the client a scanned message seems to come from.
-var scanConn = pipeline.Conn{Hostname: "scan", Addr: ""}
+// scanConn is the client a scanned message seems to come from, unless the
+// file records its own (a capture copy's X-Envelope-Client and -Helo).
+func scanConn(fields []message.Field) pipeline.Conn {
+	c := pipeline.Conn{Hostname: "scan"}
+	if v, ok := field(fields, "X-Envelope-Client"); ok {
+		// "hostname [addr]", as the capture filter writes it
+		host, addr, _ := strings.Cut(v, " [")
+		c.Hostname, c.Addr = strings.TrimSpace(host), strings.TrimSuffix(strings.TrimSpace(addr), "]")
+	}
+	if v, ok := field(fields, "X-Envelope-Helo"); ok {
+		c.Helo = v
+	}
+	return c
+}
+
+func field(fields []message.Field, name string) (string, bool) {
+	for _, f := range fields {
+		if strings.EqualFold(f.Name, name) {
+			return strings.TrimSpace(f.Value), true
+		}
+	}
+	return "", false
+}
 
 // Message runs one stored message through the pipeline, stage by stage as
 // the milter door would, and returns what it decided at every stage. The
-// envelope sender comes from Return-Path and the recipients from
-// Delivered-To or X-Original-To, when the file has them.
+// envelope comes from the capture filter's X-Envelope-* headers when the
+// file is a captured copy; else the sender from Return-Path and the
+// recipients from Delivered-To or X-Original-To, when the file has them.
 func Message(p *pipeline.Pipeline, r io.Reader) (Outcome, error) {
 	mr := message.NewReader(r)
 	fields, err := mr.Header()
 	if err != nil {
 		return Outcome{}, err
 	}
-	conn := scanConn
+	conn := scanConn(fields)
 	cn := p.Open(context.Background(), &conn)
 	defer cn.Close()
 	if v := cn.Connect(); v.Final() {
 		return Outcome{Verdict: v}, nil
+	}
+	if conn.Helo != "" {
+		if v := cn.Helo(); v.Final() {
+			return Outcome{Verdict: v}, nil
+		}
 	}
 	msg, v := cn.Begin(pipeline.AllStages, pipeline.AllModifications, envelopeSender(fields), "")
 	defer msg.Close()
@@ -300,6 +327,9 @@ func Message(p *pipeline.Pipeline, r io.Reader) (Outcome, error) {
 }
 
 func envelopeSender(fields []message.Field) string {
+	if v, ok := field(fields, "X-Envelope-From"); ok {
+		return strings.TrimSuffix(strings.TrimPrefix(v, "<"), ">")
+	}
 	for _, f := range fields {
 		if strings.EqualFold(f.Name, "Return-Path") {
 			if a, err := mail.ParseAddress(f.Value); err == nil {
@@ -313,6 +343,14 @@ func envelopeSender(fields []message.Field) string {
 
 func envelopeRecipients(fields []message.Field) []string {
 	var rcpts []string
+	if v, ok := field(fields, "X-Envelope-To"); ok {
+		for _, r := range strings.Split(v, ",") {
+			if r = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(r), "<"), ">"); r != "" {
+				rcpts = append(rcpts, r)
+			}
+		}
+		return rcpts
+	}
 	for _, name := range []string{"Delivered-To", "X-Original-To"} {
 		for _, f := range fields {
 			if strings.EqualFold(f.Name, name) {

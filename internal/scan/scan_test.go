@@ -107,3 +107,18 @@ func TestScanVirus(t *testing.T) {
 		t.Errorf("monitor: %s", out)
 	}
 }
+
+// A copy the capture filter wrote is scanned with its own envelope: the
+// X-Envelope-* headers, not Return-Path and Delivered-To.
+func TestScanCapturedCopy(t *testing.T) {
+	p := setup(t, "filters = [\"senders\"]\n[senders]\nblocklist = \"blocklist\"\n", map[string]string{
+		"blocklist": "alice@example.edu spammer@example.com\n",
+	})
+	copy := "X-Envelope-Client: mx.example.org [192.0.2.9]\r\nX-Envelope-Helo: mx.example.org\r\n" +
+		"X-Envelope-From: <spammer@example.com>\r\nX-Envelope-To: <alice@example.edu>, <bob@example.edu>\r\n" +
+		"X-Envelope-Queue-ID: 4BC1F984436\r\nReturn-Path: <other@example.org>\r\nSubject: hi\r\n\r\nhello\r\n"
+	out := outcome(t, p, copy)
+	if out.Verdict.Final() || len(out.Refused) != 1 || out.Refused[0].Rcpt != "alice@example.edu" || out.Refused[0].Verdict.Reason != "envelope sender blocked" {
+		t.Fatalf("captured envelope not used: %s", out)
+	}
+}

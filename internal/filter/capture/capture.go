@@ -88,7 +88,8 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 	if !f.sw.on() {
 		return 0, 0
 	}
-	return pipeline.StageMail | pipeline.StageRcpt | pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.StageBody | pipeline.StageEndOfMessage, 0
+	// HELO too: the copy records it (X-Envelope-Helo).
+	return pipeline.StageHelo | pipeline.StageMail | pipeline.StageRcpt | pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.StageBody | pipeline.StageEndOfMessage, 0
 }
 
 const needed = pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.StageBody | pipeline.StageEndOfMessage
