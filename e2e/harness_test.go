@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 	binDir = dir
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Dir(filepath.Dir(file))
-	args := append(append([]string{"build"}, raceFlags...), "-o", binDir, "./cmd/mailguard", "./cmd/milterbench")
+	args := append(append([]string{"build", "-buildvcs=true"}, raceFlags...), "-o", binDir, "./cmd/mailguard", "./cmd/milterbench")
 	build := exec.Command("go", args...)
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {

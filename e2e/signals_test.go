@@ -90,3 +90,15 @@ func threads(pid int) int {
 	}
 	return 0
 }
+
+// A binary built from a checkout says which commit it is.
+func TestVersionNamesTheRevision(t *testing.T) {
+	out, err := exec.Command(filepath.Join(binDir, "mailguard"), "--version").Output()
+	rev, revErr := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil || revErr != nil {
+		t.Fatalf("%v %v", err, revErr)
+	}
+	if want := strings.TrimSpace(string(rev)); !strings.Contains(string(out), "("+want) {
+		t.Fatalf("--version %q does not name revision %s", out, want)
+	}
+}

@@ -55,6 +55,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		return runVersion(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -323,10 +326,36 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 	if rc := parse(fs, args); rc >= 0 {
 		return rc
 	}
+	fmt.Fprintf(stdout, "mailguard %s\n", versionString())
+	return 0
+}
+
+// versionString is the version set at build time, else the module's
+// version and the VCS revision the build info records (go build in a
+// checkout records the commit, its time, and whether the tree was
+// modified).
+func versionString() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version
+	}
 	v := version
-	if info, ok := debug.ReadBuildInfo(); ok && v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+	if v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
 		v = info.Main.Version
 	}
-	fmt.Fprintf(stdout, "mailguard %s\n", v)
-	return 0
+	settings := map[string]string{}
+	for _, s := range info.Settings {
+		settings[s.Key] = s.Value
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		v += " (" + rev[:min(12, len(rev))]
+		if t := settings["vcs.time"]; t != "" {
+			v += ", " + t
+		}
+		if settings["vcs.modified"] == "true" {
+			v += ", modified"
+		}
+		v += ")"
+	}
+	return v + ", " + info.GoVersion
 }

@@ -146,6 +146,9 @@ func TestUsage(t *testing.T) {
 			t.Errorf("%s --help: exit %d\n%s", cmd, code, errOut)
 		}
 	}
+	if code, out, _ := runCLI("--version"); code != 0 || !strings.HasPrefix(out, "mailguard ") || !strings.Contains(out, "go1.") {
+		t.Errorf("--version: %d %q", code, out)
+	}
 	if code, out, _ := runCLI("version"); code != 0 || !strings.HasPrefix(out, "mailguard ") {
 		t.Errorf("version: exit %d %q", code, out)
 	}
