@@ -28,26 +28,41 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+const usage = `milterbench drives a milter the way Postfix does, and makes test data for it.
+
+Usage:
+  milterbench gen  -dir DIR [-count N] [-size BYTES]   write a corpus of generated messages
+  milterbench sigs [-count N]                           print random signatures (a signature file)
+  milterbench worm -dir DIR [-count N] [-widths 76,72]  write copies of a generated worm
+  milterbench run  -milter ADDR -corpus DIR [-c N] [-n N] [-pid PID[,PID...] | -pid FILE]
+                                                        replay the corpus at N connections and report
+
+Run "milterbench COMMAND -h" for a command's flags.
+`
+
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: milterbench gen|sigs|worm|run [flags]; milterbench COMMAND -h for its flags")
+		fmt.Fprint(stderr, usage)
 		return 2
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
 	case "gen":
-		return gen(args[1:], stderr)
+		return gen(args[1:], stdout, stderr)
 	case "run":
 		return runLoad(args[1:], stdout, stderr)
 	case "sigs":
 		return sigs(args[1:], stdout, stderr)
 	case "worm":
-		return worm(args[1:], stderr)
+		return worm(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "milterbench: unknown command %q (want gen, sigs, worm or run)\n", args[0])
 	return 2
 }
 
-func gen(args []string, stderr io.Writer) int {
+func gen(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("gen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "write the corpus into `DIR`")
@@ -68,6 +83,7 @@ func gen(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "milterbench gen: %v\n", err)
 		return 1
 	}
+	fmt.Fprintf(stdout, "milterbench gen: wrote %d messages of about %d bytes to %s\n", *count, *size, *dir)
 	return 0
 }
 
@@ -80,7 +96,7 @@ func runLoad(args []string, stdout, stderr io.Writer) int {
 	n := fs.Int("n", 2000, "messages to send in all")
 	per := fs.Int("per-conn", 1, "messages per milter connection (SMTP session)")
 	chunk := fs.Int("chunk", 65535, "body chunk size in bytes")
-	pid := fs.Int("pid", 0, "the milter's process id, to report its CPU time per message and memory")
+	pid := fs.String("pid", "", "the milter's process `IDS` (comma-separated) or a pid FILE, to report its CPU time per message and memory")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -98,9 +114,14 @@ func runLoad(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "milterbench: %v\n", err)
 		return 1
 	}
+	pids, err := parsePIDs(*pid)
+	if err != nil {
+		fmt.Fprintf(stderr, "milterbench run: -pid %v\n", err)
+		return 2
+	}
 	network := map[string]string{"tcp4": "tcp", "tcp6": "tcp", "unix": "unix"}[a.Network]
 	res, err := loadgen.Run(loadgen.Options{Network: network, Address: a.Address, Corpus: msgs,
-		Concurrency: *conc, Messages: *n, PerConnection: *per, ChunkSize: *chunk, PID: *pid})
+		Concurrency: *conc, Messages: *n, PerConnection: *per, ChunkSize: *chunk, PIDs: pids})
 	if err != nil {
 		fmt.Fprintf(stderr, "milterbench: %v\n", err)
 		return 1
@@ -151,7 +172,7 @@ func sigs(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func worm(args []string, stderr io.Writer) int {
+func worm(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("worm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "write the copies into `DIR`")
@@ -181,5 +202,31 @@ func worm(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "milterbench worm: %v\n", err)
 		return 1
 	}
+	fmt.Fprintf(stdout, "milterbench worm: wrote %d copies of worm %d (base64 wrapped at %s) to %s\n", *count, *payload, *widthList, *dir)
 	return 0
+}
+
+// parsePIDs reads -pid: process ids separated by commas or blanks, or the
+// name of a pid file (one or more ids in it).
+func parsePIDs(v string) ([]int, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	text := v
+	if _, err := strconv.Atoi(strings.Fields(strings.ReplaceAll(v, ",", " "))[0]); err != nil {
+		b, err := os.ReadFile(v)
+		if err != nil {
+			return nil, err
+		}
+		text = string(b)
+	}
+	var pids []int
+	for _, f := range strings.Fields(strings.ReplaceAll(text, ",", " ")) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a process id", f)
+		}
+		pids = append(pids, n)
+	}
+	return pids, nil
 }

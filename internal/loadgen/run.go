@@ -24,7 +24,7 @@ type Options struct {
 	Messages         int // messages in all
 	PerConnection    int // messages per milter connection (an SMTP session); default 1
 	ChunkSize        int // body chunk size; default 65535 as Postfix sends
-	PID              int // the milter's process id, for its CPU time and memory; 0 to skip
+	PIDs             []int // the milter's processes, for their CPU time and memory (summed); none to skip
 	Timeout          time.Duration
 }
 
@@ -130,9 +130,9 @@ func Run(o Options) (*Result, error) {
 		res.CorpusBytes += int64(len(m.Body))
 	}
 	var before procSample
-	if o.PID > 0 {
+	if len(o.PIDs) > 0 {
 		var err error
-		if before, err = sampleProcess(o.PID); err != nil {
+		if before, err = samplePIDs(o.PIDs); err != nil {
 			return nil, err
 		}
 		res.ProcessSampled = true
@@ -191,8 +191,8 @@ func Run(o Options) (*Result, error) {
 	if res.Messages > 0 {
 		res.RepliesPerMsg = float64(replies.Load()-negotiated.Load()) / float64(res.Messages)
 	}
-	if o.PID > 0 {
-		after, err := sampleProcess(o.PID)
+	if len(o.PIDs) > 0 {
+		after, err := samplePIDs(o.PIDs)
 		if err != nil {
 			return nil, err
 		}
@@ -313,6 +313,22 @@ func verdictName(a *milter.Action) string {
 type procSample struct {
 	cpu           time.Duration
 	rssKB, peakKB int
+}
+
+// samplePIDs sums the samples of several processes (a milter that runs
+// several instances).
+func samplePIDs(pids []int) (procSample, error) {
+	var sum procSample
+	for _, pid := range pids {
+		s, err := sampleProcess(pid)
+		if err != nil {
+			return sum, err
+		}
+		sum.cpu += s.cpu
+		sum.rssKB += s.rssKB
+		sum.peakKB += s.peakKB
+	}
+	return sum, nil
 }
 
 // sampleProcess reads a process's CPU time and memory from /proc.
