@@ -135,3 +135,14 @@ func TestSigmineNeedsCleanMail(t *testing.T) {
 		t.Fatalf("--no-clean: exit %d\n%s", code, out)
 	}
 }
+
+// An empty filter list runs, but check-config warns that nothing is
+// filtered.
+func TestEmptyFiltersWarned(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.toml")
+	writeFile(t, path, "listen = \"inet:127.0.0.1:1\"\nfilters = []\n")
+	code, out, errOut := runCLI("check-config", "--config", path)
+	if code != 0 || !strings.Contains(out, "OK") || !strings.Contains(errOut, "warning: "+path+":2: filters = []: no filter runs") {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -185,6 +185,9 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
 	fmt.Fprintf(stdout, "%s: OK (filters: %s)\n", *cfgFile, strings.Join(cfg.Filters, ", "))
 	return 0
 }

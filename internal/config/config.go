@@ -56,6 +56,9 @@ type Config struct {
 	// MaxRecipients bounds one message's recipients.
 	MaxRecipients int
 	Log           Log
+	// Warnings are problems that do not stop the configuration from
+	// running, each "FILE:LINE: what".
+	Warnings []string
 	// Sections holds every known filter's section, [name], decoded and
 	// checked (defaults where the file says nothing), enabled or not.
 	Sections map[string]Section
@@ -174,6 +177,9 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	field(v, &c.SocketMode, r.SocketMode, "socket_mode", parseMode)
 	if r.Filters != nil {
 		c.Filters = v.filters(r.Filters, sections)
+		if len(r.Filters) == 0 {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("%s:%d: filters = []: no filter runs, so every message is accepted unexamined", file, lines["filters"]))
+		}
 	}
 	field(v, &c.DrainTimeout, r.DrainTimeout, "drain_timeout", parseDuration)
 	field(v, &c.IdleTimeout, r.IdleTimeout, "idle_timeout", parseDuration)

@@ -70,6 +70,9 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections})
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration: " + w)
+	}
 	log.Info("mailguard started", append([]any{"listen", cfg.Listen.String(), "addr", ln.Addr().String(),
 		"filters", p.Filters(), "config", describe(opts.ConfigFile)}, p.Summaries()...)...)
 
@@ -141,6 +144,9 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 			door.SetPipeline(p)
 			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout || cfg.MaxConnections != old.MaxConnections {
 				log.Warn("reload: changes to listen, socket_mode, idle_timeout, max_connections and [log] take effect after a restart", "listen", old.Listen.String())
+			}
+			for _, w := range cfg.Warnings {
+				log.Warn("configuration: " + w)
 			}
 			log.Info("reloaded", append([]any{"filters", p.Filters()}, p.Summaries()...)...)
 			return cfg

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"mailguard/internal/verdict"
@@ -277,6 +278,11 @@ func (m *Message) End() verdict.Verdict {
 	m.logFinal()
 	if !v.Final() {
 		m.p.logChanges(&m.env)
+		// At debug level, accepted messages get their line too. Asked
+		// first, so the hot path builds no arguments at info level.
+		if m.p.env.Log.Enabled(context.Background(), slog.LevelDebug) {
+			m.p.env.Log.Debug("decision", "verdict", "accept", envAttrs(&m.env))
+		}
 	}
 	return v
 }

@@ -457,3 +457,21 @@ func TestRecipientLimits(t *testing.T) {
 	}
 	m.Close()
 }
+
+// At debug level an accepted message is logged; at info it is not.
+func TestDebugLogsAccepted(t *testing.T) {
+	for _, level := range []slog.Level{slog.LevelInfo, slog.LevelDebug} {
+		var logs bytes.Buffer
+		env := Env{Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: level})), Now: time.Now}
+		var open atomic.Int64
+		p := New(env, Member{Filter: newFake("f", &open)})
+		m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+		m.Rcpt("u@example.edu", "")
+		m.End()
+		m.Close()
+		logged := strings.Contains(logs.String(), "msg=decision verdict=accept msg.from=a@example.org")
+		if logged != (level == slog.LevelDebug) {
+			t.Errorf("level %v: accepted message logged %v:\n%s", level, logged, logs.String())
+		}
+	}
+}

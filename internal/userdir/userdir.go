@@ -101,16 +101,20 @@ func (d *Directory) parseUser(fields []string, line int) (*User, error) {
 		return nil, fmt.Errorf("maildir %q must be an absolute path", dir)
 	}
 	u := &User{Address: addr, Maildir: filepath.Clean(dir), Line: line}
+	seen := map[string]bool{}
 	for _, opt := range fields[2:] {
 		key, val, hasVal := strings.Cut(opt, "=")
+		if seen[key] {
+			return nil, fmt.Errorf("option %s given twice: which one is meant?", key)
+		}
+		seen[key] = true
 		var err error
 		switch {
 		case key == "quota" && hasVal:
 			u.Quota, err = ParseSize(val)
 		case key == "count" && hasVal:
-			u.Count, err = strconv.ParseInt(val, 10, 64)
-			if err == nil && u.Count < 0 {
-				err = errors.New("negative")
+			if u.Count, err = strconv.ParseInt(val, 10, 64); err != nil || u.Count < 0 {
+				err = fmt.Errorf("%q is not a number of messages", val)
 			}
 		case key == "forward" && !hasVal:
 			u.Forward = true

@@ -71,12 +71,15 @@ func TestParseErrors(t *testing.T) {
 		"dave@example.edu /m/d colour=red\n" + // 4
 		"not-an-address /m/e\n" + // 5
 		"frank@example.edu /m/f count=-1\n" + // 6
-		"grace@example.edu /m/g\nGRACE@example.edu /m/g2\n" // 7, 8
+		"grace@example.edu /m/g\nGRACE@example.edu /m/g2\n" + // 7, 8
+		"henry@example.edu /m/h quota=1G quota=2G\n" + // 9
+		"ivy@example.edu /m/i count=abc\n" // 10
 	_, err := Parse("users", strings.NewReader(in), opts)
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"users:1:", "users:2: maildir", "users:3: quota=lots", "users:4: unknown option", "users:5:", "users:6: count=-1", "users:8: GRACE@example.edu is listed twice (first at line 7)"} {
+	for _, want := range []string{"users:1:", "users:2: maildir", "users:3: quota=lots", "users:4: unknown option", "users:5:", "users:6: count=-1", "users:8: GRACE@example.edu is listed twice (first at line 7)",
+		"users:9: option quota given twice", `users:10: count=abc: "abc" is not a number of messages`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
