@@ -146,3 +146,22 @@ func TestEmptyFiltersWarned(t *testing.T) {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// check-config changes nothing on disk: it does not create the capture
+// Maildir it checks, but still refuses one the daemon would refuse.
+func TestCheckConfigCreatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.toml")
+	writeFile(t, path, "filters = [\"capture\"]\n[capture]\nswitch = \"on\"\ndir = \"spool/copies\"\n")
+	if code, out, errOut := runCLI("check-config", "--config", path); code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "spool")); !os.IsNotExist(err) {
+		t.Fatalf("check-config created %s", filepath.Join(dir, "spool"))
+	}
+	os.MkdirAll(filepath.Join(dir, "spool", "copies"), 0o777)
+	os.Chmod(filepath.Join(dir, "spool", "copies"), 0o777)
+	if code, _, errOut := runCLI("check-config", "--config", path); code != 1 || !strings.Contains(errOut, "writable by group or others") {
+		t.Fatalf("a world-writable capture dir: exit %d\n%s", code, errOut)
+	}
+}

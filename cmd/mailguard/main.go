@@ -177,7 +177,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := filters.Load(*cfgFile)
 	if err == nil {
-		_, err = filters.Build(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now})
+		err = filters.Check(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now})
 	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

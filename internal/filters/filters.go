@@ -98,9 +98,14 @@ func ExampleConfig() string {
 // a way to place an error at a key of its section.
 type Env struct {
 	pipeline.Env
-	cfg  *config.Config
-	name string
+	cfg       *config.Config
+	name      string
+	checkOnly bool
 }
+
+// CheckOnly reports a build for check-config: the filter checks what it
+// would use but changes nothing on disk (creates no directory).
+func (b *Env) CheckOnly() bool { return b.checkOnly }
 
 // MaxFileSize bounds each data file the filter reads (max_file_size).
 func (b *Env) MaxFileSize() int64 { return b.cfg.MaxFileSize }
@@ -117,9 +122,20 @@ func KeyError[E error](b *Env, key string, err error) error {
 	return &config.Error{File: b.cfg.File, Line: b.cfg.Line(full), Msg: full + ": " + err.Error()}
 }
 
+// Check builds every configured filter as Build does, for check-config:
+// every file is read and checked, and nothing on disk is changed.
+func Check(c *config.Config, env pipeline.Env) error {
+	_, err := build(c, env, true)
+	return err
+}
+
 // Build constructs the pipeline. Its error joins every problem found, each
 // naming a file and line where it can.
 func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
+	return build(c, env, false)
+}
+
+func build(c *config.Config, env pipeline.Env, checkOnly bool) (*pipeline.Pipeline, error) {
 	var (
 		members []pipeline.Member
 		errs    []error
@@ -131,7 +147,7 @@ func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
 			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("unknown filter %q", name)})
 			continue
 		}
-		f, err := spec.New(sec, &Env{Env: env, cfg: c, name: name})
+		f, err := spec.New(sec, &Env{Env: env, cfg: c, name: name, checkOnly: checkOnly})
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -43,6 +43,9 @@ type Options struct {
 	MaxSize int64
 	Log     *slog.Logger
 	Now     func() time.Time
+	// CheckOnly checks the folders that exist and creates none (for
+	// check-config).
+	CheckOnly bool
 }
 
 // Filter is immutable but for its counters; a reload builds a new one.
@@ -63,11 +66,17 @@ func New(opts Options) (*Filter, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o755); err != nil {
-		return nil, err
-	}
-	if err := prepareDirs(opts.Dir); err != nil {
-		return nil, err
+	if opts.CheckOnly {
+		if err := checkDirs(opts.Dir); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o755); err != nil {
+			return nil, err
+		}
+		if err := prepareDirs(opts.Dir); err != nil {
+			return nil, err
+		}
 	}
 	host, _ := os.Hostname()
 	// Maildir names must not hold "/" or ":"; the host name comes from the

@@ -49,6 +49,7 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	f, err := New(Options{
 		Switch: c.Switch, Dir: c.Dir, Recipients: c.Recipients, Senders: c.Senders,
 		IncludeRejected: c.IncludeRejected, MaxSize: c.MaxSize.Bytes, Log: b.Log, Now: b.Now,
+		CheckOnly: b.CheckOnly(),
 	})
 	if err != nil {
 		return nil, filters.KeyError[*config.Error](b, "dir", err)

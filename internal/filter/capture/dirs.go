@@ -71,3 +71,20 @@ func createIn(dirfd int, name string) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), name), nil
 }
+
+// checkDirs checks the folders that exist, creating nothing: what the
+// daemon would refuse, check-config reports.
+func checkDirs(dir string) error {
+	for _, sub := range []string{"", "tmp", "new", "cur"} {
+		path := filepath.Join(dir, sub)
+		if _, err := os.Lstat(path); os.IsNotExist(err) {
+			continue // the daemon creates it
+		}
+		fd, err := openOwnDir(path)
+		if err != nil {
+			return err
+		}
+		syscall.Close(fd)
+	}
+	return nil
+}
