@@ -20,10 +20,10 @@ import (
 type Options struct {
 	Network, Address string
 	Corpus           []Message
-	Concurrency      int // milter connections at once
-	Messages         int // messages in all
-	PerConnection    int // messages per milter connection (an SMTP session); default 1
-	ChunkSize        int // body chunk size; default 65535 as Postfix sends
+	Concurrency      int   // milter connections at once
+	Messages         int   // messages in all
+	PerConnection    int   // messages per milter connection (an SMTP session); default 1
+	ChunkSize        int   // body chunk size; default 65535 as Postfix sends
 	PIDs             []int // the milter's processes, for their CPU time and memory (summed); none to skip
 	Timeout          time.Duration
 }

@@ -36,6 +36,9 @@ type UsageReader struct {
 	CountTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// OnError, if set, hears of each count that failed (a Maildir that
+	// cannot be read): its recipients then go unchecked.
+	OnError func(maildir string, err error)
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -187,4 +190,7 @@ func (r *UsageReader) count(maildir string, e *entry) {
 	close(e.counting)
 	e.counting = nil
 	r.mu.Unlock()
+	if err != nil && r.OnError != nil {
+		r.OnError(maildir, err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"fmt"
 	"slices"
+	"time"
 	"strings"
 
 	"mailguard/internal/config"
@@ -26,6 +27,9 @@ type Config struct {
 	ExemptSenders      []string    `toml:"exempt_senders"`
 	LocalPartCase      string      `toml:"local_part_case"`
 	RecipientDelimiter string      `toml:"recipient_delimiter"`
+	// RecountInterval is how long a count of a Maildir's messages (made
+	// when it has no usable maildirsize) stays good.
+	RecountInterval config.Duration `toml:"recount_interval"`
 }
 
 //go:embed example.toml
@@ -33,7 +37,8 @@ var example string
 
 func defaults() *Config {
 	return &Config{Common: config.NewCommon("accept"), Margin: config.Size{Bytes: 25 << 10}, Reply: "Mailbox full",
-		ExemptSenders: slices.Clone(DefaultExempt), LocalPartCase: "insensitive", RecipientDelimiter: "+"}
+		ExemptSenders: slices.Clone(DefaultExempt), LocalPartCase: "insensitive", RecipientDelimiter: "+",
+		RecountInterval: config.Duration{Duration: time.Minute}}
 }
 
 // Validate checks the section.
@@ -68,7 +73,9 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	}
 	return New(Options{
 		Users:        users,
-		Usage:        &maildir.UsageReader{},
+		Usage:        &maildir.UsageReader{Recount: c.RecountInterval.Duration},
+		Log:          b.Log,
+		Stats:        b.Stats,
 		DefaultQuota: c.DefaultQuota.Bytes,
 		Margin:       c.Margin.Bytes,
 		Reply:        c.Reply,

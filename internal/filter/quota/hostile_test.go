@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"unsafe"
 
 	"mailguard/internal/maildir"
+	"mailguard/internal/stats"
 	"mailguard/internal/userdir"
 )
 
@@ -131,4 +133,30 @@ func TestMaildirsizeSwappedForFIFO(t *testing.T) {
 		t.Errorf("descriptors %d -> %d", fds, n)
 	}
 	t.Logf("%d RCPTs answered in %d s; threads %d -> %d; descriptors %d -> %d", answered.Load(), seconds, threads, procCount(t, "threads"), fds, procCount(t, "fd"))
+}
+
+// A Maildir mailguard cannot read lets mail through, as before, but the
+// log says so once per mailbox per interval, and the summary counts it.
+func TestUnreadableMaildirReported(t *testing.T) {
+	root := t.TempDir()
+	notADir := filepath.Join(root, "carol")
+	os.WriteFile(notADir, []byte("not a Maildir"), 0o600)
+	users, err := userdir.Parse("users", strings.NewReader("carol@example.edu "+notADir+"\n"), userdir.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	counter := stats.NewCounter()
+	f := New(Options{Users: users, Usage: &maildir.UsageReader{Wait: time.Second, Recount: time.Nanosecond}, Log: slog.New(slog.NewTextHandler(&logs, nil)), Stats: counter})
+	for i := 0; i < 5; i++ {
+		if v := f.Decide("carol@example.edu", 0); v.Final() {
+			t.Fatalf("refused on a guess: %v", v)
+		}
+	}
+	if n := strings.Count(logs.String(), "quota: cannot read a Maildir"); n != 1 || !strings.Contains(logs.String(), notADir) {
+		t.Fatalf("%d log lines:\n%s", n, logs.String())
+	}
+	if hits := counter.Take().Hits; hits["quota:maildir unreadable"] == 0 {
+		t.Fatalf("not counted: %v", hits)
+	}
 }

@@ -8,11 +8,15 @@ package quota
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
+	"time"
 	"strconv"
 	"strings"
 
 	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/stats"
 	"mailguard/internal/userdir"
 	"mailguard/internal/verdict"
 )
@@ -39,10 +43,21 @@ type Options struct {
 	// Exempt lists sender patterns never refused: "<>" (the null sender),
 	// "local@*", "*@domain" or a full address; case-insensitive.
 	Exempt []string
+	// Log and Stats hear of Maildirs that cannot be read; nil: silent.
+	Log   *slog.Logger
+	Stats *stats.Counter
 }
 
-// Filter is immutable; a reload builds a new one.
-type Filter struct{ opts Options }
+// unreadableEvery is how often one unreadable Maildir is logged.
+const unreadableEvery = 10 * time.Minute
+
+// Filter is immutable but for its record of unreadable Maildirs; a
+// reload builds a new one.
+type Filter struct {
+	opts       Options
+	mu         sync.Mutex
+	unreadable map[string]time.Time // Maildir -> when last logged
+}
 
 // New returns the filter.
 func New(opts Options) *Filter {
@@ -52,7 +67,11 @@ func New(opts Options) *Filter {
 	if opts.Usage == nil {
 		opts.Usage = &maildir.UsageReader{}
 	}
-	return &Filter{opts: opts}
+	f := &Filter{opts: opts, unreadable: map[string]time.Time{}}
+	if opts.Usage.OnError == nil {
+		opts.Usage.OnError = f.cannotRead
+	}
+	return f
 }
 
 func (f *Filter) Name() string { return Name }
@@ -111,6 +130,30 @@ func (f *Filter) Decide(rcpt string, size int64) verdict.Verdict {
 	v := verdict.Rejectf(verdict.CodeExceededStorage, verdict.EnhMailboxFull, "%s", f.opts.Reply)
 	v.Reason = reason
 	return v
+}
+
+// cannotRead logs a Maildir that cannot be read, once per mailbox per
+// unreadableEvery, and counts every failed read: mail for it is never
+// refused on a guess, so without this line the quota check would be off
+// for that mailbox without a word.
+func (f *Filter) cannotRead(dir string, err error) {
+	if f.opts.Stats != nil {
+		f.opts.Stats.Hit(Name, "maildir unreadable")
+	}
+	if f.opts.Log == nil {
+		return
+	}
+	f.mu.Lock()
+	last, seen := f.unreadable[dir]
+	now := time.Now()
+	if seen && now.Sub(last) < unreadableEvery {
+		f.mu.Unlock()
+		return
+	}
+	f.unreadable[dir] = now
+	f.mu.Unlock()
+	f.opts.Log.Warn("quota: cannot read a Maildir; its recipients are not checked (mailguard's user must be able to read every Maildir in the user directory)",
+		"maildir", dir, "error", err.Error())
 }
 
 // declaredSize reads SIZE= from the MAIL FROM parameters (RFC 1870).
