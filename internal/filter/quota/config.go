@@ -4,8 +4,8 @@ import (
 	_ "embed"
 	"fmt"
 	"slices"
-	"time"
 	"strings"
+	"time"
 
 	"mailguard/internal/config"
 	"mailguard/internal/filters"

@@ -9,10 +9,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
-	"time"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
