@@ -99,7 +99,7 @@ func TestScanNeverCaptures(t *testing.T) {
 func TestCheckConfig(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "sigs"), "GOOD =\n"+sobig+"\n")
-	writeFile(t, filepath.Join(dir, "good.toml"), "listen = \"inet:127.0.0.1:8891\"\n[virus]\nsignatures = \"sigs\"\n")
+	writeFile(t, filepath.Join(dir, "good.toml"), "listen = \"inet:127.0.0.1:8897\"\n[virus]\nsignatures = \"sigs\"\n")
 	if code, out, errOut := runCLI("check-config", "--config", filepath.Join(dir, "good.toml")); code != 0 || !strings.Contains(out, "OK") {
 		t.Fatalf("good config: exit %d\n%s%s", code, out, errOut)
 	}

@@ -6,7 +6,7 @@
 //	milterbench gen -dir DIR [-count N] [-size BYTES]
 //	milterbench sigs [-count N] [-min LEN] [-max LEN] > FILE
 //	milterbench worm -dir DIR [-count N] [-widths 76,72] [-payload SEED]
-//	milterbench run -milter inet:127.0.0.1:8891 -corpus DIR [-c N] [-n N] [-pid PID]
+//	milterbench run -milter inet:127.0.0.1:8897 -corpus DIR [-c N] [-n N] [-pid PID]
 package main
 
 import (
@@ -90,7 +90,7 @@ func gen(args []string, stdout, stderr io.Writer) int {
 func runLoad(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("milter", "inet:127.0.0.1:8891", "the milter's `ADDRESS`, in the MTA's syntax")
+	addr := fs.String("milter", "inet:127.0.0.1:8897", "the milter's `ADDRESS`, in the MTA's syntax")
 	corpus := fs.String("corpus", "", "`DIR` of messages to replay")
 	conc := fs.Int("c", 8, "concurrent milter connections")
 	n := fs.Int("n", 2000, "messages to send in all")

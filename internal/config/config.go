@@ -27,7 +27,10 @@ import (
 
 // Defaults used when a key is absent (and when there is no file at all).
 const (
-	DefaultListen          = "inet:127.0.0.1:8891"
+	// DefaultListen avoids the ports other milters take by convention
+	// (OpenDKIM 8891, OpenDMARC 8893, OpenARC 8894), so that a first
+	// start neither fails nor has the MTA talk to another milter.
+	DefaultListen          = "inet:127.0.0.1:8897"
 	DefaultSocketMode      = 0o660
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultIdleTimeout     = 10 * time.Minute

@@ -25,7 +25,7 @@ type Addr struct {
 
 func (a Addr) String() string { return a.Spec }
 
-// Parse reads an address such as "inet:127.0.0.1:8891".
+// Parse reads an address such as "inet:127.0.0.1:8897".
 func Parse(s string) (Addr, error) {
 	kind, rest, ok := strings.Cut(s, ":")
 	if !ok {
