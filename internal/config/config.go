@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,9 @@ type Config struct {
 	File         string // "" when running on built-in defaults
 	Listen       listen.Addr
 	SocketMode   os.FileMode
+	// SocketOwner and SocketGroup own a unix socket (and the folder it is
+	// created in); -1 leaves the daemon's own.
+	SocketOwner, SocketGroup int
 	Filters      []string
 	DrainTimeout time.Duration
 	IdleTimeout  time.Duration
@@ -82,6 +86,8 @@ type Log struct {
 type raw struct {
 	Listen         *string  `toml:"listen"`
 	SocketMode     *string  `toml:"socket_mode"`
+	SocketOwner    *string  `toml:"socket_owner"`
+	SocketGroup    *string  `toml:"socket_group"`
 	Filters        []string `toml:"filters"`
 	DrainTimeout   *string  `toml:"drain_timeout"`
 	IdleTimeout    *string  `toml:"idle_timeout"`
@@ -122,6 +128,8 @@ func Default(sections Sections) *Config {
 	c := &Config{
 		Listen:         addr,
 		SocketMode:     DefaultSocketMode,
+		SocketOwner:    -1,
+		SocketGroup:    -1,
 		Filters:        []string{"virus"},
 		DrainTimeout:   DefaultDrainTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
@@ -178,6 +186,8 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	v := &Checker{file: file, lines: lines, errs: unknown}
 	field(v, &c.Listen, r.Listen, "listen", listen.Parse)
 	field(v, &c.SocketMode, r.SocketMode, "socket_mode", parseMode)
+	field(v, &c.SocketOwner, r.SocketOwner, "socket_owner", lookupUser)
+	field(v, &c.SocketGroup, r.SocketGroup, "socket_group", lookupGroup)
 	if r.Filters != nil {
 		c.Filters = v.filters(r.Filters, sections)
 		if len(r.Filters) == 0 {
@@ -273,6 +283,30 @@ func positiveSize(s string) (int64, error) {
 		err = fmt.Errorf("%q: must be more than 0", s)
 	}
 	return n, err
+}
+
+// lookupUser reads a user name or number.
+func lookupUser(s string) (int, error) {
+	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+		return n, nil
+	}
+	u, err := user.Lookup(s)
+	if err != nil {
+		return 0, fmt.Errorf("no user %q on this system", s)
+	}
+	return strconv.Atoi(u.Uid)
+}
+
+// lookupGroup reads a group name or number.
+func lookupGroup(s string) (int, error) {
+	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+		return n, nil
+	}
+	g, err := user.LookupGroup(s)
+	if err != nil {
+		return 0, fmt.Errorf("no group %q on this system", s)
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 func parseMode(s string) (os.FileMode, error) {

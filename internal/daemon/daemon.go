@@ -65,7 +65,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	ln, err := listen.Listen(cfg.Listen, cfg.SocketMode)
+	ln, err := listen.Listen(cfg.Listen, listen.Socket{Mode: cfg.SocketMode, Owner: cfg.SocketOwner, Group: cfg.SocketGroup})
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
@@ -142,7 +142,7 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 		var p *pipeline.Pipeline
 		if p, err = filters.Build(cfg, env); err == nil {
 			door.SetPipeline(p)
-			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout || cfg.MaxConnections != old.MaxConnections {
+			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.SocketOwner != old.SocketOwner || cfg.SocketGroup != old.SocketGroup || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout || cfg.MaxConnections != old.MaxConnections {
 				log.Warn("reload: changes to listen, socket_mode, idle_timeout, max_connections and [log] take effect after a restart", "listen", old.Listen.String())
 			}
 			for _, w := range cfg.Warnings {

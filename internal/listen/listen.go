@@ -70,16 +70,29 @@ func hostPort(s string) (host, port string, err error) {
 	return strings.Trim(host, "[]"), port, nil
 }
 
-// Listen opens the address. A unix socket gets the given mode; a stale
+// Socket says how a unix socket is made: its mode, and its owner and group
+// (-1 keeps the daemon's). The folder it goes in is created when missing,
+// mode 0750 with that group, so the MTA's user can reach the socket and
+// nobody else can.
+type Socket struct {
+	Mode         os.FileMode
+	Owner, Group int
+}
+
+// Listen opens the address. A unix socket is made as s says; a stale
 // socket file left by a crashed daemon is removed, but nothing that is not
 // a socket, and no socket some process still answers on.
-func Listen(a Addr, mode os.FileMode) (net.Listener, error) {
+func Listen(a Addr, s Socket) (net.Listener, error) {
+	mode := s.Mode
 	if a.Network != "unix" {
 		// The MTA is a long-lived local peer and the milter's idle timeout
 		// finds dead connections; TCP keepalive would only cost four
 		// system calls per accepted connection.
 		lc := net.ListenConfig{KeepAlive: -1}
 		return lc.Listen(context.Background(), a.Network, a.Address)
+	}
+	if err := makeParent(filepath.Dir(a.Address), s.Group); err != nil {
+		return nil, err
 	}
 	if err := removeStale(a.Address); err != nil {
 		return nil, err
@@ -102,7 +115,32 @@ func Listen(a Addr, mode os.FileMode) (net.Listener, error) {
 		ln.Close()
 		return nil, err
 	}
+	if s.Owner >= 0 || s.Group >= 0 {
+		if err := os.Lchown(a.Address, s.Owner, s.Group); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
 	return ln, nil
+}
+
+// makeParent creates the socket's folder when missing: mode 0750, in the
+// socket's group (so a chrooted Postfix under /var/spool/postfix reaches
+// it).
+func makeParent(dir string, group int) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil && !os.IsExist(err) {
+		return err
+	}
+	if group >= 0 {
+		return os.Lchown(dir, -1, group)
+	}
+	return nil
 }
 
 // afterBind lets a test look at the socket between bind and chmod.

@@ -53,20 +53,20 @@ func TestUnixSocketLifecycle(t *testing.T) {
 	path := filepath.Join(dir, "m.sock")
 	a, _ := Parse("unix:" + path)
 
-	ln, err := Listen(a, 0o640)
+	ln, err := Listen(a, Socket{Mode: 0o640, Owner: -1, Group: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
 		t.Errorf("mode %o", fi.Mode().Perm())
 	}
-	if _, err := Listen(a, 0o640); err == nil || !strings.Contains(err.Error(), "another process") {
+	if _, err := Listen(a, Socket{Mode: 0o640, Owner: -1, Group: -1}); err == nil || !strings.Contains(err.Error(), "another process") {
 		t.Errorf("second listener on a live socket: %v", err)
 	}
 	// A crash leaves the socket file behind: it is stale and replaced.
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
-	ln, err = Listen(a, 0o640)
+	ln, err = Listen(a, Socket{Mode: 0o640, Owner: -1, Group: -1})
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -76,7 +76,7 @@ func TestUnixSocketLifecycle(t *testing.T) {
 	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(a, 0o640); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := Listen(a, Socket{Mode: 0o640, Owner: -1, Group: -1}); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("regular file: %v", err)
 	}
 	if b, _ := os.ReadFile(path); string(b) != "precious" {
@@ -122,12 +122,40 @@ func TestUnixSocketBornWithItsMode(t *testing.T) {
 	}
 	defer func() { afterBind = nil }()
 	a, _ := Parse("unix:" + path)
-	ln, err := Listen(a, 0o600)
+	ln, err := Listen(a, Socket{Mode: 0o600, Owner: -1, Group: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	if atBind != 0o600 {
 		t.Fatalf("socket mode at bind %o, want 600", atBind)
+	}
+}
+
+// A socket's folder is created when missing (0750, in the socket's group),
+// and the socket gets its owner and group, as a chrooted Postfix needs.
+func TestUnixSocketOwnerAndFolder(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("giving a socket away needs root, as CI runs")
+		}
+		t.Skip("giving a socket away needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "spool", "mailguard")
+	a, _ := Parse("unix:" + filepath.Join(dir, "milter.sock"))
+	ln, err := Listen(a, Socket{Mode: 0o660, Owner: 0, Group: 65534})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, _ := os.Stat(dir)
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o750 || st.Gid != 65534 {
+		t.Errorf("folder mode %o group %d, want 750 and 65534", fi.Mode().Perm(), st.Gid)
+	}
+	fi, _ = os.Lstat(filepath.Join(dir, "milter.sock"))
+	st = fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o660 || st.Gid != 65534 || st.Uid != 0 {
+		t.Errorf("socket mode %o owner %d:%d", fi.Mode().Perm(), st.Uid, st.Gid)
 	}
 }
