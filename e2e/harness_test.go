@@ -152,14 +152,45 @@ func startMailguard(t *testing.T, config string, files map[string]string) *daemo
 // can be configured with it first).
 func startMailguardOn(t *testing.T, port int, config string, files map[string]string) *daemon {
 	t.Helper()
+	d := startMailguardListen(t, fmt.Sprintf("inet:127.0.0.1:%d", port), config, files)
+	d.port = port
+	waitForPort(t, d.port, "mailguard", d.logs.String)
+	return d
+}
+
+// startMailguardSocket runs mailguard on a unix socket, as a chrooted
+// Postfix reaches it: the socket's folder is mailguard's to create, and
+// the socket belongs to Postfix's group.
+func startMailguardSocket(t *testing.T, sock, config string, files map[string]string) *daemon {
+	t.Helper()
+	d := startMailguardListen(t, "unix:"+sock, "socket_group = \"postfix\"\n"+config, files)
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return d
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("mailguard did not listen on %s:\n%s", sock, d.logs)
+	return nil
+}
+
+// startMailguardListen writes config (LISTEN replaced by listen; a config
+// with global keys of its own gets listen first) and starts the daemon.
+func startMailguardListen(t *testing.T, listen, config string, files map[string]string) *daemon {
+	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	d := &daemon{logs: &lockedBuffer{}, port: port, dir: dir}
-	config = strings.ReplaceAll(config, "LISTEN", fmt.Sprintf("inet:127.0.0.1:%d", d.port))
+	d := &daemon{logs: &lockedBuffer{}, dir: dir}
+	if strings.Contains(config, "LISTEN") {
+		config = strings.ReplaceAll(config, "LISTEN", listen)
+	} else {
+		config = fmt.Sprintf("listen = %q\n", listen) + config
+	}
 	cfgFile := filepath.Join(dir, "mailguard.toml")
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -183,7 +214,6 @@ func startMailguardOn(t *testing.T, port int, config string, files map[string]st
 			t.Logf("mailguard log:\n%s", d.logs)
 		}
 	})
-	waitForPort(t, d.port, "mailguard", d.logs.String)
 	return d
 }
 

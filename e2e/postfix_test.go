@@ -25,6 +25,13 @@ const mailUID, mailGID = 65534, 65534
 
 func startPostfix(t *testing.T, milter string, mailboxes ...string) *postfix {
 	t.Helper()
+	return startPostfixWith(t, false, milter, mailboxes...)
+}
+
+// startPostfixWith starts the private Postfix, with smtpd chrooted into
+// its queue directory when chroot is set (as Debian ships it).
+func startPostfixWith(t *testing.T, chroot bool, milter string, mailboxes ...string) *postfix {
+	t.Helper()
 	requireCommands(t, map[string]string{"postfix": "postfix", "swaks": "swaks"})
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -83,7 +90,17 @@ smtpd_banner = $myhostname ESMTP
 	if err != nil {
 		t.Fatal(err)
 	}
-	write(t, filepath.Join(dir, "master.cf"), privateMaster(string(master), p.port))
+	write(t, filepath.Join(dir, "master.cf"), privateMaster(string(master), p.port, chroot))
+	if chroot {
+		// What a chrooted smtpd looks up inside the jail (Debian's
+		// init script copies the same).
+		os.MkdirAll(filepath.Join(dir, "queue", "etc"), 0o755)
+		for _, f := range []string{"localtime", "hosts", "resolv.conf", "services", "nsswitch.conf", "host.conf"} {
+			if b, err := os.ReadFile(filepath.Join("/etc", f)); err == nil {
+				os.WriteFile(filepath.Join(dir, "queue", "etc", f), b, 0o644)
+			}
+		}
+	}
 
 	allowConfigDir(t, dir)
 	t.Cleanup(func() {
@@ -111,16 +128,20 @@ smtpd_banner = $myhostname ESMTP
 }
 
 // privateMaster turns Debian's master.cf into one for a private instance:
-// no chroot, and smtpd on our loopback port only.
-func privateMaster(master string, port int) string {
+// no chroot (but for smtpd, if chrootSmtpd), and smtpd on our loopback
+// port only.
+func privateMaster(master string, port int, chrootSmtpd bool) string {
 	var out strings.Builder
 	for _, line := range strings.Split(master, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 8 && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, " ") {
+			f[4] = "n" // no chroot
 			if f[0] == "smtp" && f[1] == "inet" {
 				f[0] = fmt.Sprintf("127.0.0.1:%d", port)
+				if chrootSmtpd {
+					f[4] = "y"
+				}
 			}
-			f[4] = "n" // no chroot
 			line = strings.Join(f, " ")
 		}
 		out.WriteString(line + "\n")
@@ -212,4 +233,25 @@ func (p *postfix) delivered(t *testing.T, user string, want int) []string {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return msgs
+}
+
+// TestChrootedPostfixUnixSocket: Postfix as Debian ships it (smtpd in a
+// chroot) reaches mailguard on a unix socket in its queue directory, set
+// up only by mailguard's configuration: the folder is created, the socket
+// given to Postfix's group, and an infected message refused.
+func TestChrootedPostfixUnixSocket(t *testing.T) {
+	// The socket lives in Postfix's queue directory: start Postfix first
+	// (it tempfails until mailguard is up).
+	p := startPostfixWith(t, true, "unix:/mailguard/milter.sock", "user@example.edu")
+	sock := filepath.Join(p.dir, "queue", "mailguard", "milter.sock")
+	startMailguardSocket(t, sock, "[virus]\nsignatures = \"signatures\"\n", map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
+	fi, err := os.Stat(filepath.Dir(sock))
+	if err != nil || fi.Mode().Perm() != 0o750 {
+		t.Fatalf("socket folder: %v %v", fi, err)
+	}
+	for _, c := range []virusCase{{"clean", message("clean", 100, -1, ""), false}, {"infected", message("mid", 300, 100, ""), true}} {
+		file := filepath.Join(t.TempDir(), "msg")
+		os.WriteFile(file, []byte(c.data), 0o644)
+		checkVirusReply(t, c, p.swaks(t, "sender@example.org", "user@example.edu", file))
+	}
 }
