@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestReadmeInstall runs the README's install commands as written, with
+// the two system folders moved into a fresh one, from a clean checkout's
+// point of view: what they build and write must make a daemon that starts.
+func TestReadmeInstall(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(file))
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(readme)[strings.Index(string(readme), "## Install and hook into the MTA"):]
+	block := section[strings.Index(section, "```sh\n")+6:]
+	block = block[:strings.Index(block, "```")]
+	fresh := t.TempDir()
+	bin, etc := filepath.Join(fresh, "sbin"), filepath.Join(fresh, "etc", "mailguard")
+	os.MkdirAll(bin, 0o755)
+	script := strings.NewReplacer("/usr/local/sbin", bin, "/etc/mailguard", etc).Replace(block)
+	var serve string
+	var lines []string
+	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
+		if strings.HasPrefix(line, "mailguard serve") {
+			serve = line
+			continue
+		}
+		lines = append(lines, line)
+	}
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", strings.Join(lines, "\n"))
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("install commands failed: %v\n%s\n%s", err, script, out)
+	}
+	if !strings.Contains(string(out), "mailguard.toml: OK") {
+		t.Fatalf("check-config did not say OK:\n%s", out)
+	}
+	// serve, on a free port rather than the default one
+	port := freePort(t)
+	cfg := filepath.Join(etc, "mailguard.toml")
+	b, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.Replace(string(b), `listen = "inet:127.0.0.1:8897"`, `listen = "inet:127.0.0.1:`+strconv.Itoa(port)+`"`, 1)), 0o644)
+	logs := &lockedBuffer{}
+	d := exec.Command("bash", "-c", "exec "+serve)
+	d.Env = cmd.Env
+	d.Stdout, d.Stderr = logs, logs
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { d.Process.Kill(); d.Wait() }()
+	waitForPort(t, port, "mailguard", logs.String)
+	time.Sleep(100 * time.Millisecond)
+	if !strings.Contains(logs.String(), `virus="3 signatures from `+filepath.Join(etc, "signatures")+`"`) {
+		t.Fatalf("the daemon did not load the installed signatures:\n%s", logs)
+	}
+}
