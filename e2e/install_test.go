@@ -27,7 +27,8 @@ func TestReadmeInstall(t *testing.T) {
 	fresh := t.TempDir()
 	bin, etc := filepath.Join(fresh, "sbin"), filepath.Join(fresh, "etc", "mailguard")
 	os.MkdirAll(bin, 0o755)
-	script := strings.NewReplacer("/usr/local/sbin", bin, "/etc/mailguard", etc).Replace(block)
+	os.MkdirAll(filepath.Join(fresh, "run"), 0o755)
+	script := strings.NewReplacer("/usr/local/sbin", bin, "/etc/mailguard", etc, "/run/", filepath.Join(fresh, "run")+"/").Replace(block)
 	var serve string
 	var lines []string
 	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
@@ -64,5 +65,9 @@ func TestReadmeInstall(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if !strings.Contains(logs.String(), `virus="3 signatures from `+filepath.Join(etc, "signatures")+`"`) {
 		t.Fatalf("the daemon did not load the installed signatures:\n%s", logs)
+	}
+	reload := exec.Command(filepath.Join(bin, "mailguard"), "reload", "--config", cfg)
+	if out, err := reload.CombinedOutput(); err != nil || !strings.Contains(string(out), "reloaded") {
+		t.Fatalf("reload of the installed daemon: %v\n%s", err, out)
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -136,4 +137,43 @@ func TestSummaryLine(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// `mailguard reload` signals the instance its configuration's pid_file
+// names, and only that one, and says whether the reload worked.
+func TestReloadCommand(t *testing.T) {
+	files := map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"}
+	a := startMailguard(t, "listen = \"LISTEN\"\npid_file = \"mailguard.pid\"\n[virus]\nsignatures = \"signatures\"\n", files)
+	b := startMailguard(t, "listen = \"LISTEN\"\npid_file = \"mailguard.pid\"\n[virus]\nsignatures = \"signatures\"\n", files)
+	reload := func(d *daemon) (int, string) {
+		cmd := exec.Command(filepath.Join(binDir, "mailguard"), "reload", "--config", filepath.Join(d.dir, "mailguard.toml"))
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return code, string(out)
+	}
+	waitForFile(t, filepath.Join(a.dir, "mailguard.pid"))
+	if code, out := reload(a); code != 0 || !strings.Contains(out, "reloaded") {
+		t.Fatalf("reload: exit %d\n%s", code, out)
+	}
+	os.WriteFile(filepath.Join(a.dir, "signatures"), []byte("BROKEN = hex:zz\n"), 0o644)
+	if code, out := reload(a); code != 1 || !strings.Contains(out, "kept its previous configuration") || !strings.Contains(out, "BROKEN") {
+		t.Fatalf("broken reload: exit %d\n%s", code, out)
+	}
+	if len(b.lines("msg=reloaded")) != 0 || len(b.lines("reload failed")) != 0 {
+		t.Fatalf("the other instance was signalled:\n%s", b.logs)
+	}
+}
+
+func waitForFile(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s never appeared", path)
 }

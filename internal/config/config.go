@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -56,6 +57,9 @@ type Config struct {
 	Filters      []string
 	DrainTimeout time.Duration
 	IdleTimeout  time.Duration
+	// PidFile is where the daemon writes its process id ("" for none), and
+	// PidFile + ".reload" the outcome of its latest reload.
+	PidFile string
 	// MaxFileSize bounds each data file a filter reads.
 	MaxFileSize int64
 	// MaxConnections bounds the milter connections open at once.
@@ -92,6 +96,7 @@ type raw struct {
 	DrainTimeout   *string  `toml:"drain_timeout"`
 	IdleTimeout    *string  `toml:"idle_timeout"`
 	MaxFileSize    *string  `toml:"max_file_size"`
+	PidFile        *string  `toml:"pid_file"`
 	MaxConnections *int     `toml:"max_connections"`
 	MaxRecipients  *int     `toml:"max_recipients"`
 	Log            struct {
@@ -197,6 +202,15 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	field(v, &c.DrainTimeout, r.DrainTimeout, "drain_timeout", parseDuration)
 	field(v, &c.IdleTimeout, r.IdleTimeout, "idle_timeout", parseDuration)
 	field(v, &c.MaxFileSize, r.MaxFileSize, "max_file_size", positiveSize)
+	field(v, &c.PidFile, r.PidFile, "pid_file", func(s string) (string, error) {
+		if strings.TrimSpace(s) == "" {
+			return "", errEmpty
+		}
+		if !filepath.IsAbs(s) {
+			s = filepath.Join(filepath.Dir(file), s)
+		}
+		return s, nil
+	})
 	intField(v, &c.MaxConnections, r.MaxConnections, "max_connections", 1, 1000000)
 	intField(v, &c.MaxRecipients, r.MaxRecipients, "max_recipients", 1, 100000)
 	field(v, &c.Log.Target, r.Log.Target, "log.target", oneOf("stderr", "syslog"))

@@ -23,6 +23,7 @@ import (
 	"mailguard/internal/listen"
 	"mailguard/internal/logging"
 	"mailguard/internal/milterdoor"
+	"mailguard/internal/pidfile"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/stats"
 )
@@ -69,6 +70,14 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	if cfg.PidFile != "" {
+		if err := pidfile.Write(cfg.PidFile); err != nil {
+			ln.Close()
+			return fmt.Errorf("pid_file: %w", err)
+		}
+		defer pidfile.Remove(cfg.PidFile)
+	}
+	pidPath := cfg.PidFile // a new pid_file needs a restart
 	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections})
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration: " + w)
@@ -97,12 +106,20 @@ func Run(ctx context.Context, opts Options) error {
 
 	// Reloads run beside the loop, so a slow file never keeps a SIGTERM
 	// waiting; a SIGHUP during a reload runs another one after it.
-	reloaded := make(chan *config.Config, 1)
+	type outcome struct {
+		cfg *config.Config
+		err error
+	}
+	reloaded := make(chan outcome, 1)
 	reloading, again := false, false
+	var seq uint64
 	startReload := func() {
 		reloading = true
 		old := cfg
-		go func() { reloaded <- reload(opts.ConfigFile, old, env, door, log) }()
+		go func() {
+			c, err := reload(opts.ConfigFile, old, env, door, log)
+			reloaded <- outcome{c, err}
+		}()
 	}
 	for {
 		select {
@@ -123,8 +140,18 @@ func Run(ctx context.Context, opts Options) error {
 				continue
 			}
 			startReload()
-		case c := <-reloaded:
-			cfg, reloading = c, false
+		case o := <-reloaded:
+			cfg, reloading = o.cfg, false
+			if pidPath != "" {
+				seq++
+				st := pidfile.Status{Seq: seq, OK: o.err == nil, Message: "reloaded"}
+				if o.err != nil {
+					st.Message = o.err.Error()
+				}
+				if err := pidfile.WriteStatus(pidPath, st); err != nil {
+					log.Error("cannot record the reload's outcome beside pid_file", "error", err.Error())
+				}
+			}
 			if again {
 				again = false
 				startReload()
@@ -136,7 +163,7 @@ func Run(ctx context.Context, opts Options) error {
 // reload builds a new pipeline from the files as they are now. A broken
 // file keeps the old pipeline running. The listener is not reopened: a new
 // listen address needs a restart, and the log says so.
-func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.Door, log *slog.Logger) *config.Config {
+func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.Door, log *slog.Logger) (*config.Config, error) {
 	cfg, err := loadConfig(file)
 	if err == nil {
 		var p *pipeline.Pipeline
@@ -149,11 +176,11 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 				log.Warn("configuration: " + w)
 			}
 			log.Info("reloaded", append([]any{"filters", p.Filters()}, p.Summaries()...)...)
-			return cfg
+			return cfg, nil
 		}
 	}
 	log.Error("reload failed; still running the previous configuration", "error", err.Error())
-	return old
+	return old, err
 }
 
 func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serveErr <-chan error) error {
