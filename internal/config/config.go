@@ -48,15 +48,15 @@ const (
 
 // Config is the whole configuration, validated.
 type Config struct {
-	File         string // "" when running on built-in defaults
-	Listen       listen.Addr
-	SocketMode   os.FileMode
+	File       string // "" when running on built-in defaults
+	Listen     listen.Addr
+	SocketMode os.FileMode
 	// SocketOwner and SocketGroup own a unix socket (and the folder it is
 	// created in); -1 leaves the daemon's own.
 	SocketOwner, SocketGroup int
-	Filters      []string
-	DrainTimeout time.Duration
-	IdleTimeout  time.Duration
+	Filters                  []string
+	DrainTimeout             time.Duration
+	IdleTimeout              time.Duration
 	// PidFile is where the daemon writes its process id ("" for none), and
 	// PidFile + ".reload" the outcome of its latest reload.
 	PidFile string
