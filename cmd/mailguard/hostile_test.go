@@ -165,3 +165,51 @@ func TestCheckConfigCreatesNothing(t *testing.T) {
 		t.Fatalf("a world-writable capture dir: exit %d\n%s", code, errOut)
 	}
 }
+
+// check-config reports every problem in one pass, in a postmaster's words:
+// values of the wrong type, misspelt keys with a suggestion, bad values,
+// and the files the sections name.
+func TestCheckConfigEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.toml")
+	writeFile(t, path, `drain_timeout = 30
+max_recipients = "many"
+listen = "tcp:1"
+filters = ["virus", "quota", "senders"]
+[log]
+levl = "debug"
+[virus]
+signatures = "missing-signatures"
+include_name = "yes"
+[quota]
+users = "users"
+margin = 25
+[senders]
+blocklist = "missing-blocklist"
+`)
+	writeFile(t, filepath.Join(dir, "users"), "alice@example.edu /m/a quota=1G quota=2G\n")
+	code, out, errOut := runCLI("check-config", "--config", path)
+	if code != 1 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		`m.toml:1: drain_timeout: want a string in quotes, not a whole number`,
+		`m.toml:2: max_recipients: want a whole number, not a string`,
+		`m.toml:3: listen: "tcp:1": unknown socket type`,
+		`m.toml:6: unknown key "log.levl" (did you mean "log.level"?)`,
+		`m.toml:9: virus.include_name: want true or false, not a string`,
+		`m.toml:12: quota.margin: want a size in quotes, such as "500K" or "25M", not a whole number`,
+		`m.toml:8: virus.signatures: open ` + filepath.Join(dir, "missing-signatures") + `: no such file or directory`,
+		`users:1: option quota given twice`,
+		`m.toml:14: senders.blocklist: open ` + filepath.Join(dir, "missing-blocklist") + `: no such file or directory`,
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("missing %q in:\n%s", want, errOut)
+		}
+	}
+	for _, goWords := range []string{"struct", "int64", "strconv", "toml: ", "decode"} {
+		if strings.Contains(errOut, goWords) {
+			t.Errorf("Go's words (%q) in:\n%s", goWords, errOut)
+		}
+	}
+}

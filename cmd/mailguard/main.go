@@ -178,9 +178,11 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailguard check-config: --config FILE is required")
 		return 2
 	}
+	// Every problem at once: the file's, then those of the files its good
+	// sections name.
 	cfg, err := filters.Load(*cfgFile)
-	if err == nil {
-		err = filters.Check(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now})
+	if cfg != nil {
+		err = errors.Join(err, filters.Check(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now}))
 	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

@@ -17,6 +17,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"sort"
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
@@ -70,6 +71,9 @@ type Config struct {
 	// Warnings are problems that do not stop the configuration from
 	// running, each "FILE:LINE: what".
 	Warnings []string
+	// Bad names the sections with problems (when Parse returns an error
+	// with the configuration).
+	Bad map[string]bool
 	// Sections holds every known filter's section, [name], decoded and
 	// checked (defaults where the file says nothing), enabled or not.
 	Sections map[string]Section
@@ -171,24 +175,26 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	c.File = file
 	var r raw
 	doc, names := document(&r, c.Sections)
-	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
-	var unknown []error
-	if err := dec.Decode(doc.Addr().Interface()); err != nil {
-		// Unknown keys still leave the rest decoded: go on, so every
-		// problem is reported at once. Anything else stops here.
-		var strict *toml.StrictMissingError
-		if !errors.As(err, &strict) {
-			return nil, decodeError(file, err)
-		}
-		unknown = unknownKeys(file, strict)
+	// Plain TOML values first: a syntax error stops here, with its line.
+	var tree map[string]any
+	if err := toml.Unmarshal(data, &tree); err != nil {
+		return nil, decodeError(file, err)
 	}
-	copyRaw(&r, doc)
 	lines, err := keyLines(data)
 	if err != nil { // the decoder accepted it, so the parser should too
 		return nil, &Error{File: file, Msg: err.Error()}
 	}
 	c.lines = lines
-	v := &Checker{file: file, lines: lines, errs: unknown}
+	v := &Checker{file: file, lines: lines}
+	checkTypes(tree, doc.Type(), "", v)
+	clean, err := toml.Marshal(tree)
+	if err == nil {
+		err = toml.NewDecoder(bytes.NewReader(clean)).DisallowUnknownFields().Decode(doc.Addr().Interface())
+	}
+	if err != nil { // checkTypes let through only what the decoder takes
+		return nil, &Error{File: file, Msg: err.Error()}
+	}
+	copyRaw(&r, doc)
 	field(v, &c.Listen, r.Listen, "listen", listen.Parse)
 	field(v, &c.SocketMode, r.SocketMode, "socket_mode", parseMode)
 	field(v, &c.SocketOwner, r.SocketOwner, "socket_owner", lookupUser)
@@ -222,7 +228,11 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 		v.checkSection(name, c.Sections[name], slices.Contains(c.Filters, name))
 	}
 	if len(v.errs) > 0 {
-		return nil, errors.Join(v.errs...)
+		// The configuration is refused; what could be read is returned
+		// too, so check-config can go on to check the files it names.
+		c.Bad = v.bad
+		sort.SliceStable(v.errs, func(i, j int) bool { return line(v.errs[i]) < line(v.errs[j]) })
+		return c, errors.Join(v.errs...)
 	}
 	return c, nil
 }
@@ -256,6 +266,14 @@ func copyRaw(r *raw, doc reflect.Value) {
 	for i := 0; i < rv.NumField(); i++ {
 		rv.Field(i).Set(doc.Field(i))
 	}
+}
+
+func line(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Line
+	}
+	return 0
 }
 
 // Line returns the line of a dotted key in the file, or 0. Filters use it
@@ -388,16 +406,6 @@ func appendKey(p *unstable.Parser, n *unstable.Node, prefix []string) ([]string,
 		}
 	}
 	return prefix, line
-}
-
-func unknownKeys(file string, strict *toml.StrictMissingError) []error {
-	var errs []error
-	for i := range strict.Errors {
-		e := &strict.Errors[i]
-		row, _ := e.Position()
-		errs = append(errs, &Error{File: file, Line: row, Msg: fmt.Sprintf("unknown key %q", strings.Join(e.Key(), "."))})
-	}
-	return errs
 }
 
 func decodeError(file string, err error) error {

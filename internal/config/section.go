@@ -87,11 +87,21 @@ type Checker struct {
 	file   string
 	lines  map[string]int
 	errs   []error
-	prefix string // "name." inside a filter's section
+	prefix string          // "name." inside a filter's section
+	bad    map[string]bool // the top-level keys and sections with problems
 }
 
 func (v *Checker) fail(key, format string, args ...any) {
 	v.errs = append(v.errs, &Error{File: v.file, Line: v.lines[key], Msg: key + ": " + fmt.Sprintf(format, args...)})
+	v.markBad(key)
+}
+
+func (v *Checker) markBad(key string) {
+	if v.bad == nil {
+		v.bad = map[string]bool{}
+	}
+	top, _, _ := strings.Cut(key, ".")
+	v.bad[top] = true
 }
 
 // Fail reports a problem with a key of the section.
@@ -164,6 +174,9 @@ func (v *Checker) checkSection(name string, s Section, enabled bool) {
 	}
 	s.Validate(sv, enabled)
 	v.errs = append(v.errs, sv.errs...)
+	for k := range sv.bad {
+		v.markBad(k)
+	}
 }
 
 var (

@@ -185,12 +185,12 @@ func (r *UsageReader) count(maildir string, e *entry) {
 	t, err := Count(ctx, maildir)
 	cancel()
 	<-r.slots
+	if err != nil && r.OnError != nil {
+		r.OnError(maildir, err) // before anyone waiting on the count goes on
+	}
 	r.mu.Lock()
 	e.counted, e.countErr, e.countedAt = t, err, r.Now()
 	close(e.counting)
 	e.counting = nil
 	r.mu.Unlock()
-	if err != nil && r.OnError != nil {
-		r.OnError(maildir, err)
-	}
 }
