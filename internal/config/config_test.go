@@ -152,7 +152,7 @@ recipient_delimiter = "++"
 		t.Fatal("no error")
 	}
 	for _, w := range []string{
-		`m.toml:3: capture.recipients: "nobody": want an address or @domain`,
+		`m.toml:3: capture.recipients: pattern "nobody": want an address, "@domain"`,
 		`m.toml:4: capture.max_size:`,
 		`m.toml:6: senders.recipient_delimiter:`,
 		`m.toml:1: filters: the capture filter needs [capture] switch`,

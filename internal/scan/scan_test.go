@@ -122,3 +122,17 @@ func TestScanCapturedCopy(t *testing.T) {
 		t.Fatalf("captured envelope not used: %s", out)
 	}
 }
+
+// One pattern syntax everywhere: "*@domain" means the same in a blocklist
+// as in the quota exemptions (it used to be taken, and never match).
+func TestOnePatternSyntax(t *testing.T) {
+	p := setup(t, "filters = [\"senders\"]\n[senders]\nblocklist = \"blocklist\"\n", map[string]string{
+		"blocklist": "alice@example.edu *@pest.example\nalice@example.edu news@*\n",
+	})
+	for _, from := range []string{"x@pest.example", "news@anywhere.example"} {
+		out := outcome(t, p, "Return-Path: <"+from+">\nDelivered-To: alice@example.edu\n\nhi\n")
+		if out.Verdict.Reason != "envelope sender blocked" {
+			t.Errorf("%s not blocked: %s", from, out)
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"mailguard/internal/addrpattern"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/verdict"
 )
@@ -57,8 +58,8 @@ type Filter struct {
 	Written atomic.Uint64 // copies written
 	Failed  atomic.Uint64 // copies lost to errors
 	Skipped atomic.Uint64 // copies over MaxSize
-	recips  matcher
-	senders matcher
+	recips  *addrpattern.Set
+	senders *addrpattern.Set
 }
 
 // New prepares the capture Maildir and returns the filter.
@@ -83,7 +84,7 @@ func New(opts Options) (*Filter, error) {
 	// system, but keep the rule anyway.
 	host = strings.NewReplacer("/", "\\057", ":", "\\072").Replace(host)
 	return &Filter{opts: opts, sw: switchFile{path: opts.Switch, now: opts.Now}, host: host,
-		recips: newMatcher(opts.Recipients), senders: newMatcher(opts.Senders)}, nil
+		recips: patterns(opts.Recipients), senders: patterns(opts.Senders)}, nil
 }
 
 func (f *Filter) Name() string { return Name }
@@ -337,35 +338,25 @@ func (s *switchFile) on() bool {
 	return on
 }
 
-// matcher matches addresses and "@domain" entries, case-insensitively.
-type matcher map[string]bool
-
-func newMatcher(list []string) matcher {
-	m := matcher{}
-	for _, a := range list {
-		m[strings.ToLower(strings.Trim(a, "<>"))] = true
+// patterns builds a selection; the configuration checked the patterns,
+// and one that is not a pattern selects nothing.
+func patterns(list []string) *addrpattern.Set {
+	s := &addrpattern.Set{}
+	for _, p := range list {
+		s.Add(p)
 	}
-	return m
-}
-
-func (m matcher) match(addr string) bool {
-	addr = strings.ToLower(addr)
-	if m[addr] {
-		return true
-	}
-	at := strings.LastIndexByte(addr, '@')
-	return at >= 0 && m[addr[at:]]
+	return s
 }
 
 func (f *Filter) selected(env *pipeline.Envelope) bool {
-	if len(f.recips) == 0 && len(f.senders) == 0 {
+	if f.recips.Len() == 0 && f.senders.Len() == 0 {
 		return true
 	}
-	if f.senders.match(env.From) {
+	if f.senders.Match(env.From) {
 		return true
 	}
 	for _, r := range env.Rcpts {
-		if f.recips.match(r) {
+		if f.recips.Match(r) {
 			return true
 		}
 	}

@@ -2,8 +2,8 @@ package capture
 
 import (
 	_ "embed"
-	"strings"
 
+	"mailguard/internal/addrpattern"
 	"mailguard/internal/config"
 	"mailguard/internal/filters"
 	"mailguard/internal/pipeline"
@@ -35,8 +35,8 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 	v.Path("dir", &c.Dir)
 	for key, list := range map[string][]string{"recipients": c.Recipients, "senders": c.Senders} {
 		for _, a := range list {
-			if strings.Count(a, "@") != 1 || strings.ContainsAny(a, " \t") || strings.HasSuffix(a, "@") {
-				v.Fail(key, "%q: want an address or @domain", a)
+			if err := addrpattern.Check(a); err != nil {
+				v.Fail(key, "%v", err)
 			}
 		}
 	}

@@ -2,11 +2,10 @@ package quota
 
 import (
 	_ "embed"
-	"fmt"
 	"slices"
-	"strings"
 	"time"
 
+	"mailguard/internal/addrpattern"
 	"mailguard/internal/config"
 	"mailguard/internal/filters"
 	"mailguard/internal/linefile"
@@ -48,7 +47,7 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 	v.OneOf("local_part_case", c.LocalPartCase, "insensitive", "sensitive")
 	v.Delimiter("recipient_delimiter", c.RecipientDelimiter)
 	for _, p := range c.ExemptSenders {
-		if err := senderPattern(p); err != nil {
+		if err := addrpattern.Check(p); err != nil {
 			v.Fail("exempt_senders", "%v", err)
 		}
 	}
@@ -57,14 +56,6 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 	}
 }
 
-// senderPattern checks an exempt-sender pattern: "<>", "local@*",
-// "*@domain" or an address.
-func senderPattern(p string) error {
-	if p == "<>" || strings.Count(p, "@") == 1 && !strings.ContainsAny(p, " \t") && p[0] != '@' && p[len(p)-1] != '@' {
-		return nil
-	}
-	return fmt.Errorf("exempt sender %q: want \"<>\", \"local@*\", \"*@domain\" or an address", p)
-}
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	users, err := userdir.Load(c.Users, userdir.Options{CaseSensitiveLocal: c.LocalPartCase == "sensitive", Delimiter: c.RecipientDelimiter, MaxFileSize: b.MaxFileSize()})

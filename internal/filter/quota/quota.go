@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"mailguard/internal/addrpattern"
 	"mailguard/internal/maildir"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/stats"
@@ -40,8 +41,8 @@ type Options struct {
 	Margin int64
 	// Reply is the text after "552 5.2.2"; default "Mailbox full".
 	Reply string
-	// Exempt lists sender patterns never refused: "<>" (the null sender),
-	// "local@*", "*@domain" or a full address; case-insensitive.
+	// Exempt lists sender patterns never refused (addrpattern's syntax:
+	// "<>", "local@*", "@domain", "*.domain", addresses).
 	Exempt []string
 	// Log and Stats hear of Maildirs that cannot be read; nil: silent.
 	Log   *slog.Logger
@@ -55,6 +56,7 @@ const unreadableEvery = 10 * time.Minute
 // reload builds a new one.
 type Filter struct {
 	opts       Options
+	exempt     *addrpattern.Set
 	mu         sync.Mutex
 	unreadable map[string]time.Time // Maildir -> when last logged
 }
@@ -67,7 +69,13 @@ func New(opts Options) *Filter {
 	if opts.Usage == nil {
 		opts.Usage = &maildir.UsageReader{}
 	}
-	f := &Filter{opts: opts, unreadable: map[string]time.Time{}}
+	// The patterns were checked with the configuration; one that is not
+	// a pattern exempts nobody.
+	exempt := &addrpattern.Set{}
+	for _, p := range opts.Exempt {
+		exempt.Add(p)
+	}
+	f := &Filter{opts: opts, exempt: exempt, unreadable: map[string]time.Time{}}
 	if opts.Usage.OnError == nil {
 		opts.Usage.OnError = f.cannotRead
 	}
@@ -83,7 +91,7 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 }
 
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
-	return &check{f: f, exempt: exempt(f.opts.Exempt, env.From), size: declaredSize(env.FromArgs)}, nil
+	return &check{f: f, exempt: f.exempt.Match(env.From), size: declaredSize(env.FromArgs)}, nil
 }
 
 type check struct {
@@ -166,29 +174,4 @@ func declaredSize(args string) int64 {
 		}
 	}
 	return 0
-}
-
-// exempt reports whether the sender matches one of the patterns.
-func exempt(patterns []string, sender string) bool {
-	sender = strings.ToLower(strings.Trim(sender, "<>"))
-	for _, p := range patterns {
-		p = strings.ToLower(p)
-		switch {
-		case p == "<>":
-			if sender == "" {
-				return true
-			}
-		case strings.HasSuffix(p, "@*"):
-			if at := strings.LastIndexByte(sender, '@'); at >= 0 && sender[:at] == p[:len(p)-2] {
-				return true
-			}
-		case strings.HasPrefix(p, "*@"):
-			if strings.HasSuffix(sender, p[1:]) {
-				return true
-			}
-		case sender == p:
-			return true
-		}
-	}
-	return false
 }

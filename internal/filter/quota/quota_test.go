@@ -109,7 +109,8 @@ func TestExemptSenders(t *testing.T) {
 			t.Errorf("sender %q: refused=%v", sender, refused)
 		}
 	}
-	if !exempt([]string{"*@example.org", "boss@corp.example"}, "Boss@Corp.example") || !exempt([]string{"*@example.org"}, "a@example.org") {
+	custom := New(Options{Exempt: []string{"*@example.org", "boss@corp.example"}})
+	if !custom.exempt.Match("Boss@Corp.example") || !custom.exempt.Match("a@example.org") || custom.exempt.Match("a@example.com") {
 		t.Error("custom patterns")
 	}
 }

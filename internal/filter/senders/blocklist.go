@@ -10,6 +10,7 @@ import (
 	"io"
 	"strings"
 
+	"mailguard/internal/addrpattern"
 	"mailguard/internal/linefile"
 )
 
@@ -18,24 +19,19 @@ import (
 // subdomains). Everything compares case-insensitively.
 type Blocklist struct {
 	delimiter string
-	rules     map[string]*rules
-}
-
-type rules struct {
-	addrs, domains map[string]bool
-	suffixes       map[string]bool // ".domain" for "*.domain"
+	rules     map[string]*addrpattern.Set
 }
 
 // Load reads a blocklist file; delimiter maps "user+detail" to "user".
 func Load(path, delimiter string, maxSize int64) (*Blocklist, error) {
-	b := &Blocklist{delimiter: delimiter, rules: map[string]*rules{}}
+	b := &Blocklist{delimiter: delimiter, rules: map[string]*addrpattern.Set{}}
 	return b.result(linefile.ReadFile(path, maxSize, b.addLine))
 }
 
 // Parse reads "RECIPIENT PATTERN" lines with "#" comments, reporting every
 // problem with its line (each a *linefile.Error).
 func Parse(name string, r io.Reader, delimiter string) (*Blocklist, error) {
-	b := &Blocklist{delimiter: delimiter, rules: map[string]*rules{}}
+	b := &Blocklist{delimiter: delimiter, rules: map[string]*addrpattern.Set{}}
 	return b.result(linefile.Read(name, r, b.addLine))
 }
 
@@ -60,58 +56,21 @@ func (b *Blocklist) addLine(_ int, f []string) error {
 func (b *Blocklist) add(rcpt, pattern string) error {
 	r := b.rules[rcpt]
 	if r == nil {
-		r = &rules{addrs: map[string]bool{}, domains: map[string]bool{}, suffixes: map[string]bool{}}
+		r = &addrpattern.Set{}
 		b.rules[rcpt] = r
 	}
-	switch {
-	case strings.HasPrefix(pattern, "*.") && validDomain(pattern[2:]):
-		r.suffixes[pattern[1:]] = true
-	case strings.HasPrefix(pattern, "@") && validDomain(pattern[1:]):
-		r.domains[pattern[1:]] = true
-	default:
-		a, ok := address(pattern)
-		if !ok {
-			return fmt.Errorf("pattern %q: want an address, @domain or *.domain", pattern)
-		}
-		r.addrs[a] = true
-	}
-	return nil
+	return r.Add(pattern)
 }
 
 // address lower-cases a plain address local@domain; false if it is not one.
-func address(s string) (string, bool) {
-	s = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(s, "<"), ">"))
-	at := strings.LastIndexByte(s, '@')
-	if at <= 0 || len(s) > 320 || !validDomain(s[at+1:]) {
-		return "", false
-	}
-	for i := 0; i < at; i++ {
-		if c := s[i]; c <= ' ' || c == 0x7f {
-			return "", false
-		}
-	}
-	return s, true
-}
-
-func validDomain(d string) bool {
-	if d == "" || len(d) > 255 || d[0] == '.' || d[len(d)-1] == '.' {
-		return false
-	}
-	for i := 0; i < len(d); i++ {
-		c := d[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '[' || c == ']' || c == ':' || c >= 0x80) {
-			return false
-		}
-	}
-	return true
-}
+func address(s string) (string, bool) { return addrpattern.Normalize(s) }
 
 // Opted reports whether the recipient has a list at all.
 func (b *Blocklist) Opted(rcpt string) bool { return b.lookup(rcpt) != nil }
 
 // Sender is a sender address normalised once, to be checked against many
 // recipients' lists.
-type Sender struct{ addr, domain string }
+type Sender struct{ addr, local, domain string }
 
 // NewSender normalises an address; false if it is not one (an empty
 // sender, a bounce, never matches).
@@ -120,33 +79,18 @@ func NewSender(s string) (Sender, bool) {
 	if !ok {
 		return Sender{}, false
 	}
-	return Sender{addr: a, domain: a[strings.LastIndexByte(a, '@')+1:]}, true
+	at := strings.LastIndexByte(a, '@')
+	return Sender{addr: a, local: a[:at], domain: a[at+1:]}, true
 }
 
 // Blocks reports whether rcpt's list refuses sender.
 func (b *Blocklist) Blocks(rcpt, sender string) bool {
 	s, ok := NewSender(sender)
-	return ok && b.lookup(rcpt).blocks(s)
+	return ok && b.lookup(rcpt).MatchNormalized(s.addr, s.local, s.domain)
 }
 
-// blocks costs a few map lookups, however long the list: the address,
-// the domain, and each parent domain for the "*.domain" patterns.
-func (r *rules) blocks(s Sender) bool {
-	if r == nil {
-		return false
-	}
-	if r.addrs[s.addr] || r.domains[s.domain] {
-		return true
-	}
-	for i := 0; i < len(s.domain); i++ {
-		if s.domain[i] == '.' && r.suffixes[s.domain[i:]] {
-			return true
-		}
-	}
-	return false
-}
 
-func (b *Blocklist) lookup(rcpt string) *rules {
+func (b *Blocklist) lookup(rcpt string) *addrpattern.Set {
 	a, ok := address(rcpt)
 	if !ok {
 		return nil

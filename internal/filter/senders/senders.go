@@ -105,7 +105,7 @@ func (c *check) EndOfHeaders(_ context.Context, env *pipeline.Envelope) (verdict
 			continue
 		}
 		for _, s := range senders {
-			if list.blocks(s) {
+			if list.MatchNormalized(s.addr, s.local, s.domain) {
 				blocking = append(blocking, r)
 				break
 			}
