@@ -56,7 +56,6 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 	}
 }
 
-
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	users, err := userdir.Load(c.Users, userdir.Options{CaseSensitiveLocal: c.LocalPartCase == "sensitive", Delimiter: c.RecipientDelimiter, MaxFileSize: b.MaxFileSize()})
 	if err != nil {

@@ -89,7 +89,6 @@ func (b *Blocklist) Blocks(rcpt, sender string) bool {
 	return ok && b.lookup(rcpt).MatchNormalized(s.addr, s.local, s.domain)
 }
 
-
 func (b *Blocklist) lookup(rcpt string) *addrpattern.Set {
 	a, ok := address(rcpt)
 	if !ok {
