@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -120,12 +121,12 @@ func TestSummaryLine(t *testing.T) {
 			var m int
 			fmt.Sscanf(l[strings.Index(l, "messages=")+len("messages="):], "%d", &m)
 			messages += m
-			if i := strings.Index(l, "virus:WORM_SOBIG.B="); i >= 0 {
+			if i := strings.Index(l, "hits.virus.WORM_SOBIG.B="); i >= 0 {
 				var h int
-				fmt.Sscanf(l[i+len("virus:WORM_SOBIG.B="):], "%d", &h)
+				fmt.Sscanf(l[i+len("hits.virus.WORM_SOBIG.B="):], "%d", &h)
 				hits += h
 			}
-			if messages == 3 && m == 0 && strings.Contains(l, `hits=""`) {
+			if messages == 3 && m == 0 && !strings.Contains(l, "hits.") {
 				empty++ // a summary after all three: the counts were reset
 			}
 		}
@@ -176,4 +177,42 @@ func waitForFile(t *testing.T, path string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s never appeared", path)
+}
+
+// TestJSONLogsAndFinalSummary: in JSON every line is one valid object, the
+// decision's mail data is an object of its own (not a second "msg" key),
+// the summary nests its counts by outcome and filter under stable names,
+// and SIGTERM flushes the counts since the last summary.
+func TestJSONLogsAndFinalSummary(t *testing.T) {
+	d := startMailguard(t, "listen = \"LISTEN\"\n[log]\nformat = \"json\"\nsummary_interval = \"1h\"\n[virus]\nsignatures = \"signatures\"\n",
+		map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
+	milterVerdict(t, d.port, "clean\r\n")
+	milterVerdict(t, d.port, "x\r\n"+sobig+"\r\n")
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.cmd.Wait()
+	var decision, summary map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(d.logs.String()), "\n") {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("not one JSON object: %v\n%s", err, line)
+		}
+		switch obj["msg"] {
+		case "decision":
+			decision = obj
+		case "summary":
+			summary = obj
+		}
+	}
+	mail, _ := decision["mail"].(map[string]any)
+	if mail == nil || mail["from"] != "a@example.org" || mail["client"] != "192.0.2.7" {
+		t.Fatalf("decision without its mail object: %v", decision)
+	}
+	want := `{"final":true,"hits":{"virus":{"WORM_SOBIG.B":1}},"messages":2,"verdicts":{"accepted":1,"rejected":{"virus":1}}}`
+	delete(summary, "time")
+	delete(summary, "level")
+	delete(summary, "msg")
+	delete(summary, "interval")
+	if got, _ := json.Marshal(summary); string(got) != want {
+		t.Fatalf("final summary %s, want %s", got, want)
+	}
 }

@@ -132,7 +132,7 @@ func TestSendmailVirus(t *testing.T) {
 		t.Fatalf("%d decision lines, want 4:\n%s", len(lines), d.logs)
 	}
 	for _, l := range lines {
-		if !strings.Contains(l, "msg.queue_id=") {
+		if !strings.Contains(l, "mail.queue_id=") {
 			t.Errorf("no queue id: %s", l)
 		}
 	}

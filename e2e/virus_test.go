@@ -100,7 +100,7 @@ include_name = true
 			t.Fatal("an infected message was delivered")
 		}
 	}
-	if got := d.lines("msg=decision", "reason=WORM_SOBIG.B", "msg.client=127.0.0.1", "msg.from=sender@example.org"); len(got) != 4 {
+	if got := d.lines("msg=decision", "reason=WORM_SOBIG.B", "mail.client=127.0.0.1", "mail.from=sender@example.org"); len(got) != 4 {
 		t.Fatalf("want 4 decision log lines naming signature, client and sender, got %d:\n%s", len(got), d.logs)
 	}
 	// Each of Postfix's milter-reject lines names a queue id that our
@@ -113,7 +113,7 @@ include_name = true
 		}
 		rejects++
 		id := strings.TrimSuffix(strings.Fields(strings.SplitN(l, "]: ", 2)[1])[0], ":")
-		if got := d.lines("msg=decision", "msg.queue_id="+id, "user@example.edu"); len(got) != 1 {
+		if got := d.lines("msg=decision", "mail.queue_id="+id, "user@example.edu"); len(got) != 1 {
 			t.Errorf("no decision line for Postfix queue id %s", id)
 		}
 	}

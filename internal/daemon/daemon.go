@@ -99,10 +99,11 @@ func Run(ctx context.Context, opts Options) error {
 		defer wg.Done()
 		summaries(summaryCtx, log, counter, interval)
 	}()
-	defer func() {
+	stopSummaries := func() {
 		stopSummary()
 		wg.Wait()
-	}()
+	}
+	defer stopSummaries() // idempotent: stopSummary is a CancelFunc
 
 	// Reloads run beside the loop, so a slow file never keeps a SIGTERM
 	// waiting; a SIGHUP during a reload runs another one after it.
@@ -126,14 +127,14 @@ func Run(ctx context.Context, opts Options) error {
 		case err := <-serveErr:
 			// The listener failed for good: finish what is in flight.
 			log.Error("listener failed; stopping", "error", err.Error())
-			drain(door, log, cfg.DrainTimeout, nil)
+			drain(door, log, cfg.DrainTimeout, nil, stopSummaries)
 			return err
 		case <-ctx.Done():
-			return drain(door, log, cfg.DrainTimeout, serveErr)
+			return drain(door, log, cfg.DrainTimeout, serveErr, stopSummaries)
 		case s := <-sigs:
 			if s != syscall.SIGHUP {
 				log.Info("stopping", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.String(), "open", door.Active())
-				return drain(door, log, cfg.DrainTimeout, serveErr)
+				return drain(door, log, cfg.DrainTimeout, serveErr, stopSummaries)
 			}
 			if reloading {
 				again = true
@@ -183,7 +184,9 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 	return old, err
 }
 
-func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serveErr <-chan error) error {
+// drain stops the door, then the summaries (whose last line counts the
+// messages that finished during the drain), and says it stopped.
+func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serveErr <-chan error, stopSummaries func()) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	switch err := door.Shutdown(ctx); {
@@ -197,20 +200,27 @@ func drain(door *milterdoor.Door, log *slog.Logger, timeout time.Duration, serve
 	if serveErr != nil {
 		<-serveErr
 	}
+	stopSummaries()
 	log.Info("stopped")
 	return nil
 }
 
+// summaries logs the counts every interval, and once more when the daemon
+// stops, so the last minutes before a restart are not lost.
 func summaries(ctx context.Context, log *slog.Logger, c *stats.Counter, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-t.C:
 			s := c.Take()
-			log.Info("summary", "interval", every.String(), "messages", s.Messages, "hits", s.HitsString())
+			log.Info("summary", append([]any{"interval", time.Since(last).Round(time.Second).String(), "final", true}, s.Attrs()...)...)
+			return
+		case now := <-t.C:
+			s := c.Take()
+			log.Info("summary", append([]any{"interval", every.String()}, s.Attrs()...)...)
+			last = now
 		}
 	}
 }

@@ -207,7 +207,7 @@ func TestCleanAndInfected(t *testing.T) {
 			}
 		})
 	}
-	if !strings.Contains(td.logs.String(), "reason=WORM_SOBIG.B") || !strings.Contains(td.logs.String(), "msg.client=192.0.2.1") {
+	if !strings.Contains(td.logs.String(), "reason=WORM_SOBIG.B") || !strings.Contains(td.logs.String(), "mail.client=192.0.2.1") {
 		t.Errorf("rejection log line lacks reason or client:\n%s", td.logs)
 	}
 }

@@ -112,7 +112,7 @@ func TestQueueIDBeforeMail(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !strings.Contains(logs.String(), "msg.queue_id=QID123") {
+	if !strings.Contains(logs.String(), "mail.queue_id=QID123") {
 		t.Fatalf("queue id lost:\n%s", logs.String())
 	}
 }

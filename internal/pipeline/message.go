@@ -13,12 +13,13 @@ import (
 // FROM and must be closed (after the end of the message, an abort or a
 // disconnect) so every filter can free its state.
 type Message struct {
-	p      *Pipeline
-	ctx    *lazyCtx
-	env    Envelope
-	checks []Check // per member; nil when the filter failed or does not take part
-	final  verdict.Verdict
-	logged bool // the final verdict's log line is written
+	p       *Pipeline
+	ctx     *lazyCtx
+	env     Envelope
+	checks  []Check // per member; nil when the filter failed or does not take part
+	final   verdict.Verdict
+	logged  bool // the final verdict's log line is written
+	counted bool // the message's outcome is counted for the summary
 	// tooMany counts recipients refused past max_recipients.
 	tooMany int
 	closed  bool
@@ -53,7 +54,7 @@ func (cn *Connection) Begin(delivered Stage, allowed Modification, from, args st
 	}
 	if len(from) > MaxPathLength {
 		v := verdict.Rejectf(verdict.CodePathTooLong, verdict.EnhBadSenderSyntax, "Sender address too long")
-		v.Filter, v.Reason = limitsFilter, fmt.Sprintf("sender address of %d bytes", len(from))
+		v.Filter, v.Reason, v.Key = limitsFilter, fmt.Sprintf("sender address of %d bytes", len(from)), "sender address too long"
 		m.env.From = from[:MaxPathLength]
 		m.decideLimit(v)
 	}
@@ -125,6 +126,23 @@ func (m *Message) logFinal() {
 			m.p.logMonitor(&m.env, *h)
 		}
 	}
+}
+
+// countOutcome counts what became of the message for the summary, once:
+// the final verdict's action and filter, else what the caller says
+// ("accepted" at the end, "aborted" when closed before it).
+func (m *Message) countOutcome(otherwise string) {
+	if m.counted || m.p.env.Stats == nil {
+		return
+	}
+	m.counted = true
+	if !m.final.Final() {
+		m.p.env.Stats.Verdict(otherwise, "")
+		return
+	}
+	outcome := map[verdict.Action]string{verdict.Reject: "rejected", verdict.TempFail: "tempfailed",
+		verdict.Discard: "discarded", verdict.Accept: "accepted"}[m.final.Action]
+	m.p.env.Stats.Verdict(outcome, m.final.Filter)
 }
 
 // active reports whether member i takes part in stage st now: it has a
@@ -230,10 +248,10 @@ func (m *Message) rcptLimits(rcpt string) (verdict.Verdict, bool) {
 	switch {
 	case len(rcpt) > MaxPathLength:
 		v = verdict.Rejectf(verdict.CodePathTooLong, verdict.EnhBadDestinationSyntax, "Recipient address too long")
-		v.Reason = fmt.Sprintf("recipient address of %d bytes", len(rcpt))
+		v.Reason, v.Key = fmt.Sprintf("recipient address of %d bytes", len(rcpt)), "recipient address too long"
 	case len(m.env.Rcpts) >= m.p.env.MaxRecipients:
 		v = verdict.TempFailf(verdict.CodeTooManyRecipients, verdict.EnhTooManyRecipients, "Too many recipients")
-		v.Reason = fmt.Sprintf("over %d recipients", m.p.env.MaxRecipients)
+		v.Reason, v.Key = fmt.Sprintf("over %d recipients", m.p.env.MaxRecipients), "too many recipients"
 	default:
 		return verdict.Pass, false
 	}
@@ -276,6 +294,7 @@ func (m *Message) End() verdict.Verdict {
 		}
 	}
 	m.logFinal()
+	m.countOutcome("accepted")
 	if !v.Final() {
 		m.p.logChanges(&m.env)
 		// At debug level, accepted messages get their line too. Asked
@@ -312,6 +331,7 @@ func (m *Message) Close() {
 	}
 	m.closed = true
 	m.logFinal() // a message refused before its end (at MAIL, say)
+	m.countOutcome("aborted")
 	for i := range m.checks {
 		m.dropCheck(i)
 	}

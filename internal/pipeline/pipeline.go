@@ -206,7 +206,9 @@ func envAttrs(env *Envelope) slog.Attr {
 		add("client_name", env.Conn.Hostname)
 		add("helo", env.Conn.Helo)
 	}
-	return slog.Group("msg", attrs...)
+	// "mail", not "msg": JSON lines already have a "msg" key (the log
+	// message), which a group of that name would overwrite.
+	return slog.Group("mail", attrs...)
 }
 
 // logDecision writes the one line per decision that postmasters grep for,
@@ -220,7 +222,7 @@ func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 	args = append(args, envAttrs(env))
 	p.env.Log.Info("decision", args...)
 	if !v.Policy {
-		p.count(v.Filter, v.Reason)
+		p.count(v.Filter, v.CounterKey())
 	}
 }
 

@@ -469,7 +469,7 @@ func TestDebugLogsAccepted(t *testing.T) {
 		m.Rcpt("u@example.edu", "")
 		m.End()
 		m.Close()
-		logged := strings.Contains(logs.String(), "msg=decision verdict=accept msg.from=a@example.org")
+		logged := strings.Contains(logs.String(), "msg=decision verdict=accept mail.from=a@example.org")
 		if logged != (level == slog.LevelDebug) {
 			t.Errorf("level %v: accepted message logged %v:\n%s", level, logged, logs.String())
 		}

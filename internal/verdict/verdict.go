@@ -87,6 +87,18 @@ type Verdict struct {
 	// Policy marks the verdict of a filter that failed (an error, a
 	// timeout): its on_error policy, not a judgement of the message.
 	Policy bool
+	// Key is the reason's stable name for counters when Reason holds
+	// varying text ("mailbox full" for "90000 of 100000 bytes used");
+	// "" counts under Reason.
+	Key string
+}
+
+// CounterKey is the stable name a verdict is counted under.
+func (v Verdict) CounterKey() string {
+	if v.Key != "" {
+		return v.Key
+	}
+	return v.Reason
 }
 
 // Final reports whether the verdict ends the message (or, at RCPT, decides

@@ -84,6 +84,9 @@ func New(opts Options) *Filter {
 
 func (f *Filter) Name() string { return Name }
 
+// Summary is what the start-up and reload log lines say of the filter.
+func (f *Filter) Summary() string { return fmt.Sprintf("%d users", f.opts.Users.Len()) }
+
 // Stages: MAIL gives the sender and SIZE; the verdict is per recipient, at
 // RCPT, and must reach the MTA there.
 func (f *Filter) Stages() (reads, decides pipeline.Stage) {
@@ -126,17 +129,17 @@ func (f *Filter) Decide(rcpt string, size int64) verdict.Verdict {
 		limitBytes = f.opts.DefaultQuota
 	}
 	need := max(f.opts.Margin, size)
-	var reason string
+	var reason, key string
 	switch {
 	case limitBytes > 0 && limitBytes-usage.Bytes < need:
-		reason = fmt.Sprintf("%d of %d bytes used, %d needed", usage.Bytes, limitBytes, need)
+		reason, key = fmt.Sprintf("%d of %d bytes used, %d needed", usage.Bytes, limitBytes, need), "mailbox full"
 	case limitCount > 0 && usage.Count >= limitCount:
-		reason = fmt.Sprintf("%d of %d messages", usage.Count, limitCount)
+		reason, key = fmt.Sprintf("%d of %d messages", usage.Count, limitCount), "too many messages"
 	default:
 		return verdict.Pass
 	}
 	v := verdict.Rejectf(verdict.CodeExceededStorage, verdict.EnhMailboxFull, "%s", f.opts.Reply)
-	v.Reason = reason
+	v.Reason, v.Key = reason, key
 	return v
 }
 

@@ -65,6 +65,14 @@ func (b *Blocklist) add(rcpt, pattern string) error {
 // address lower-cases a plain address local@domain; false if it is not one.
 func address(s string) (string, bool) { return addrpattern.Normalize(s) }
 
+// Size is the number of recipients with a list, and of patterns in all.
+func (b *Blocklist) Size() (recipients, patterns int) {
+	for _, s := range b.rules {
+		patterns += s.Len()
+	}
+	return len(b.rules), patterns
+}
+
 // Opted reports whether the recipient has a list at all.
 func (b *Blocklist) Opted(rcpt string) bool { return b.lookup(rcpt) != nil }
 

@@ -2,6 +2,7 @@ package senders
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"mime"
 	"net/mail"
@@ -33,6 +34,12 @@ func New(opts Options) *Filter {
 }
 
 func (f *Filter) Name() string { return Name }
+
+// Summary is what the start-up and reload log lines say of the filter.
+func (f *Filter) Summary() string {
+	r, p := f.opts.List.Size()
+	return fmt.Sprintf("%d recipients' lists, %d patterns", r, p)
+}
 
 // Stages: the envelope sender is judged at RCPT, the header From: at the
 // end of the headers; both verdicts must reach the MTA there.
