@@ -190,7 +190,7 @@ func TestJSONLogsAndFinalSummary(t *testing.T) {
 	milterVerdict(t, d.port, "x\r\n"+sobig+"\r\n")
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	d.cmd.Wait()
-	var decision, summary map[string]any
+	var decision, summary, started map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(d.logs.String()), "\n") {
 		var obj map[string]any
 		if err := json.Unmarshal([]byte(line), &obj); err != nil {
@@ -201,7 +201,12 @@ func TestJSONLogsAndFinalSummary(t *testing.T) {
 			decision = obj
 		case "summary":
 			summary = obj
+		case "mailguard started":
+			started = obj
 		}
+	}
+	if started["virus"] != "1 signatures from "+filepath.Join(d.dir, "signatures") {
+		t.Errorf("the start line does not say what was loaded: %v", started)
 	}
 	mail, _ := decision["mail"].(map[string]any)
 	if mail == nil || mail["from"] != "a@example.org" || mail["client"] != "192.0.2.7" {

@@ -9,6 +9,7 @@ import (
 	"mailguard/etc"
 	"mailguard/internal/config"
 	"mailguard/internal/filter/capture"
+	"mailguard/internal/filter/quota"
 	"mailguard/internal/filter/virus"
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
@@ -175,5 +176,26 @@ include_rejected = true
 	}
 	if cc := captureOf(c); cc.Switch != "/etc/mailguard/capture.on" || !cc.IncludeRejected || cc.MaxSize.Bytes != 100<<20 || cc.Senders[0] != "@suspect.example" {
 		t.Errorf("capture %+v", cc)
+	}
+}
+
+// The default listen address is no port another milter takes by
+// convention (OpenDKIM 8891, OpenDMARC 8893, OpenARC 8894).
+func TestDefaultPortIsFree(t *testing.T) {
+	for _, taken := range []string{":8891", ":8893", ":8894"} {
+		if strings.HasSuffix(config.DefaultListen, taken) {
+			t.Errorf("default listen %s is another milter's port", config.DefaultListen)
+		}
+	}
+}
+
+// A filter's section keys reach the filter: quota's recount window.
+func TestQuotaRecountInterval(t *testing.T) {
+	c, err := Parse("m.toml", []byte("[quota]\nrecount_interval = \"5m\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Sections["quota"].(*quota.Config).RecountInterval.Duration; got.Minutes() != 5 {
+		t.Fatalf("recount_interval %v", got)
 	}
 }
