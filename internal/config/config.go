@@ -319,26 +319,35 @@ func positiveSize(s string) (int64, error) {
 
 // lookupUser reads a user name or number.
 func lookupUser(s string) (int, error) {
-	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
-		return n, nil
-	}
-	u, err := user.Lookup(s)
-	if err != nil {
-		return 0, fmt.Errorf("no user %q on this system", s)
-	}
-	return strconv.Atoi(u.Uid)
+	return lookupID(s, "user", func(name string) (string, error) {
+		u, err := user.Lookup(name)
+		if err != nil {
+			return "", err
+		}
+		return u.Uid, nil
+	})
 }
 
 // lookupGroup reads a group name or number.
 func lookupGroup(s string) (int, error) {
+	return lookupID(s, "group", func(name string) (string, error) {
+		g, err := user.LookupGroup(name)
+		if err != nil {
+			return "", err
+		}
+		return g.Gid, nil
+	})
+}
+
+func lookupID(s, kind string, lookup func(string) (string, error)) (int, error) {
 	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
 		return n, nil
 	}
-	g, err := user.LookupGroup(s)
+	id, err := lookup(s)
 	if err != nil {
-		return 0, fmt.Errorf("no group %q on this system", s)
+		return 0, fmt.Errorf("no %s %q on this system", kind, s)
 	}
-	return strconv.Atoi(g.Gid)
+	return strconv.Atoi(id)
 }
 
 func parseMode(s string) (os.FileMode, error) {

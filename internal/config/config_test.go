@@ -199,3 +199,14 @@ func TestQuotaRecountInterval(t *testing.T) {
 		t.Fatalf("recount_interval %v", got)
 	}
 }
+
+func TestSocketOwnerAndGroup(t *testing.T) {
+	c, err := Parse("m.toml", []byte("socket_owner = \"root\"\nsocket_group = \"0\"\n"))
+	if err != nil || c.SocketOwner != 0 || c.SocketGroup != 0 {
+		t.Fatalf("%+v %v", c, err)
+	}
+	_, err = Parse("m.toml", []byte("socket_group = \"no-such-group-here\"\n"))
+	if err == nil || !strings.Contains(err.Error(), `m.toml:1: socket_group: no group "no-such-group-here" on this system`) {
+		t.Fatalf("err = %v", err)
+	}
+}
