@@ -53,5 +53,5 @@ summary_interval = "1s"
 	if got := d.lines("msg=decision", "mode=monitor", `verdict="would reject 550 5.7.0 VIRUS FOUND"`, "reason=WORM_SOBIG.B", "mail.queue_id="); len(got) != 1 {
 		t.Fatalf("want one monitor decision line with the queue id, got %d:\n%s", len(got), d.logs)
 	}
-	waitForLog(t, d, "msg=summary", "virus:would")
+	waitForLog(t, d, "msg=summary", `"hits.virus.would reject"=1`)
 }
