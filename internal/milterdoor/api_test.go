@@ -504,3 +504,39 @@ func TestRemovalNotAllowed(t *testing.T) {
 		t.Errorf("counters %v", hits)
 	}
 }
+
+// An MTA that aborts while a filter works ends that message's calls only:
+// the connection's next message gets a live context.
+func TestAbortCancelsOnlyTheMessage(t *testing.T) {
+	var calls atomic.Int64
+	errs := make(chan error, 2)
+	f := &apiFilter{eom: func(ctx context.Context, _ *pipeline.Envelope) (verdict.Verdict, error) {
+		if calls.Add(1) == 1 {
+			<-ctx.Done() // the first message waits until it is cancelled
+			errs <- ctx.Err()
+			return verdict.Pass, ctx.Err()
+		}
+		errs <- ctx.Err()
+		return verdict.Pass, nil
+	}}
+	td := startDoorWith(t, milterdoor.Options{WatchDelay: 50 * time.Millisecond}, pipeline.Member{Filter: f, Timeout: time.Minute, OnError: pipeline.OnErrorAccept})
+	r := dialRaw(t, td.addr)
+	r.upToEnd()
+	time.Sleep(200 * time.Millisecond)
+	r.send('A')
+	if err := <-errs; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first message's call: %v", err)
+	}
+	r.read() // the door's answer to the first end of message
+	for _, p := range []struct {
+		cmd  byte
+		data string
+	}{{'M', "<b@example.org>\x00"}, {'R', "<u@example.edu>\x00"}, {'B', "x"}} {
+		r.send(p.cmd, p.data)
+		r.read()
+	}
+	r.send('E')
+	if err := <-errs; err != nil {
+		t.Fatalf("the next message's call started cancelled: %v", err)
+	}
+}

@@ -44,7 +44,8 @@ type watch struct {
 	mu    sync.Mutex
 	eom   bool
 	cn    *pipeline.Connection
-	quit  chan struct{} // non-nil while a watch runs; closed to end it
+	msg   *pipeline.Message // the message of the stage, if any
+	quit  chan struct{}     // non-nil while a watch runs; closed to end it
 	wg    sync.WaitGroup
 }
 
@@ -52,7 +53,7 @@ type watch struct {
 func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdict {
 	w := &s.watch
 	w.mu.Lock()
-	w.eom, w.cn = eom, s.cn
+	w.eom, w.cn, w.msg = eom, s.cn, s.msg
 	w.mu.Unlock()
 	w.epoch.Store(s.door.epoch.Load())
 	v := stage()
@@ -104,10 +105,10 @@ func (s *session) startWatch() {
 	}
 	w.quit = make(chan struct{})
 	w.wg.Add(1)
-	go s.runWatch(w.quit, w.eom, w.cn)
+	go s.runWatch(w.quit, w.eom, w.cn, w.msg)
 }
 
-func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection) {
+func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection, msg *pipeline.Message) {
 	defer s.watch.wg.Done()
 	gone := make(chan error, 1)
 	go func() {
@@ -135,14 +136,22 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 			return
 		case err := <-gone:
 			gone = nil
+			// A hang-up ends the connection's calls; a command before our
+			// answer (an abort) ends the message's, and the connection's
+			// next messages still get theirs.
 			cause := "the MTA sent a command before our answer"
-			if err != nil {
+			switch {
+			case err != nil:
 				cause = err.Error()
-			}
-			s.door.log.Info("MTA gave up waiting; filter calls cancelled", "client", pipeline.LogField(s.conn.Addr), "cause", cause)
-			if cn != nil {
+				if cn != nil {
+					cn.Cancel()
+				}
+			case msg != nil:
+				msg.Cancel()
+			case cn != nil:
 				cn.Cancel()
 			}
+			s.door.log.Info("MTA gave up waiting; filter calls cancelled", "client", pipeline.LogField(s.conn.Addr), "cause", cause)
 		case <-tick:
 			if _, err := s.w.conn.Write(progressPacket); err != nil {
 				tick = nil
