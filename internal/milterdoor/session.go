@@ -110,7 +110,8 @@ func (s *session) negotiate() error {
 	if missing := wantedActions(s.pipe) &^ s.actions; missing != 0 {
 		s.door.log.Warn("MTA does not allow message changes a filter needs; they will not be made", "missing", missing.String())
 	}
-	out := make([]byte, 12, 64)
+	var buf [256]byte // the reply, macro lists included, without a heap allocation
+	out := buf[:12]
 	if req := macroRequest(s.pipe); req != nil && version >= 6 && mtaActions&milter.OptSetMacros != 0 {
 		s.macroReq = req
 		s.actions |= milter.OptSetMacros
@@ -132,10 +133,15 @@ func (s *session) negotiate() error {
 // macros the negotiation covers. A connection keeps an older pipeline
 // when a reload needs more than it negotiated.
 func (s *session) openConnection() {
-	if p := s.door.current.Load(); p != s.pipe && compatible(s.proto, s.actions, p) && macrosCovered(s.macroReq, p) {
+	if p := s.door.current.Load(); p != s.pipe && s.canServe(p) {
 		s.pipe = p
 	}
 	s.cn = s.pipe.Open(s.door.ctx, &s.conn)
+}
+
+// canServe reports whether this connection's negotiation covers p.
+func (s *session) canServe(p *pipeline.Pipeline) bool {
+	return compatible(s.proto, s.actions, p) && macrosCovered(s.macroReq, p)
 }
 
 func (s *session) closeConnection() {
@@ -152,7 +158,7 @@ func (s *session) closeConnection() {
 func (s *session) connection() *pipeline.Connection {
 	if s.cn == nil {
 		s.openConnection()
-	} else if p := s.door.current.Load(); p != s.cn.Pipeline() && compatible(s.proto, s.actions, p) && macrosCovered(s.macroReq, p) {
+	} else if p := s.door.current.Load(); p != s.cn.Pipeline() && s.canServe(p) {
 		s.closeConnection()
 		s.openConnection()
 	}

@@ -138,6 +138,11 @@ func newWireConn(c net.Conn, idle time.Duration, budget *largeBudget) *wireConn 
 // read may follow.
 func (w *wireConn) release() {
 	w.dropLarge()
+	w.putBig()
+}
+
+// putBig gives the big buffer back and reads into the small one again.
+func (w *wireConn) putBig() {
 	if w.big != nil {
 		bigBuffers.Put(w.big)
 		w.big = nil
@@ -172,12 +177,9 @@ func (w *wireConn) negotiationPacket(timeout time.Duration) (byte, []byte, error
 func (w *wireConn) releaseIdle() {
 	w.r += w.consumed
 	w.consumed = 0
-	if w.big == nil || w.r != w.w {
-		return
+	if w.big != nil && w.r == w.w {
+		w.putBig()
 	}
-	bigBuffers.Put(w.big)
-	w.big = nil
-	w.buf, w.r, w.w = w.small[:], 0, 0
 }
 
 // fill reads until at least n unread bytes are buffered (n fits the

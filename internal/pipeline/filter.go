@@ -141,8 +141,8 @@ const (
 	HeaderAdd HeaderOp = iota
 	// HeaderInsert inserts a field at a position (SMFIR_INSHEADER).
 	HeaderInsert
-	// HeaderChange replaces the Index-th field of that name, or deletes it
-	// when Value is "" (SMFIR_CHGHEADER).
+	// HeaderReplace replaces the Index-th field of that name, or deletes
+	// it when Value is "" (SMFIR_CHGHEADER).
 	HeaderReplace
 )
 
@@ -204,17 +204,7 @@ func cleanHeaderValue(v string) string {
 	if len(v) > maxHeaderValue {
 		v = v[:maxHeaderValue]
 	}
-	clean := true
-	for i := 0; i < len(v); i++ {
-		if v[i] < ' ' && v[i] != '\t' || v[i] == 0x7f {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return v
-	}
-	b := []byte(v)
+	b := []byte(v) // bytes, not runes: 8-bit text passes unchanged
 	for i, c := range b {
 		if c < ' ' && c != '\t' || c == 0x7f {
 			b[i] = ' '

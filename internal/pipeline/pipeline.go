@@ -28,6 +28,7 @@ type Pipeline struct {
 	observer  []bool
 	connector []Connector // nil where the filter keeps no connection state
 	modifies  Modification
+	macros    map[Stage][]string
 	env       Env
 }
 
@@ -46,6 +47,16 @@ func New(env Env, members ...Member) *Pipeline {
 		}
 		if m.Mode == Monitor {
 			p.modifies |= ModAddHeader // the X-Mailguard record
+		}
+	}
+	for _, m := range p.members {
+		if mu, ok := m.Filter.(MacroUser); ok {
+			if p.macros == nil {
+				p.macros = map[Stage][]string{}
+			}
+			for st, names := range mu.Macros() {
+				p.macros[st] = append(p.macros[st], names...)
+			}
 		}
 	}
 	if p.env.MaxRecipients <= 0 {
@@ -69,18 +80,9 @@ func (p *Pipeline) Stages() (reads, decides Stage) {
 // Modifies returns the union of the changes the filters may make.
 func (p *Pipeline) Modifies() Modification { return p.modifies }
 
-// Macros returns the macros the filters read, by stage.
-func (p *Pipeline) Macros() map[Stage][]string {
-	out := map[Stage][]string{}
-	for _, m := range p.members {
-		if mu, ok := m.Filter.(MacroUser); ok {
-			for st, names := range mu.Macros() {
-				out[st] = append(out[st], names...)
-			}
-		}
-	}
-	return out
-}
+// Macros returns the macros the filters read, by stage; nil if none does.
+// The caller must not change it.
+func (p *Pipeline) Macros() map[Stage][]string { return p.macros }
 
 // Summaries returns, for the start-up and reload log lines, what each
 // filter that says so has loaded ("virus": "23 signatures from FILE").

@@ -55,38 +55,25 @@ func Open(path string, opts Options) (*os.File, os.FileInfo, error) {
 
 // ReadFile reads a whole regular file of at most max bytes (0: no bound).
 func ReadFile(path string, max int64) ([]byte, error) {
-	f, fi, err := Open(path, Options{MaxSize: max})
+	f, _, err := Open(path, Options{MaxSize: max})
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return ReadAll(f, fi.Size(), max, path)
+	return readAll(f, max, path)
 }
 
-// ReadAll reads f, which Open said holds size bytes, refusing more than
-// max (the file may grow after the check).
-func ReadAll(f io.Reader, size, max int64, path string) ([]byte, error) {
-	limit := max
-	if limit <= 0 {
-		limit = 1 << 62
+// readAll reads f, refusing more than max bytes (0: no bound): the file
+// may have grown since Open checked its size.
+func readAll(f io.Reader, max int64, path string) ([]byte, error) {
+	if max <= 0 {
+		return io.ReadAll(f)
 	}
-	data := make([]byte, 0, min(size, limit)+1)
-	for {
-		if int64(len(data)) > limit {
-			return nil, &os.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)}
-		}
-		if len(data) == cap(data) {
-			data = append(data, 0)[:len(data)]
-		}
-		n, err := f.Read(data[len(data):cap(data)])
-		data = data[:len(data)+n]
-		if err == io.EOF {
-			return data, nil
-		}
-		if err != nil {
-			return nil, err
-		}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		err = &os.PathError{Op: "read", Path: path, Err: fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)}
 	}
+	return data, err
 }
 
 // Reader wraps an opened file so reading it stops with ErrTooLarge past

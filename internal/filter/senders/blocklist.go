@@ -46,7 +46,7 @@ func (b *Blocklist) addLine(_ int, f []string) error {
 	if len(f) != 2 {
 		return errors.New("want RECIPIENT PATTERN")
 	}
-	rcpt, ok := address(f[0])
+	rcpt, ok := addrpattern.Normalize(f[0])
 	if !ok {
 		return fmt.Errorf("recipient %q is not an address", f[0])
 	}
@@ -61,9 +61,6 @@ func (b *Blocklist) add(rcpt, pattern string) error {
 	}
 	return r.Add(pattern)
 }
-
-// address lower-cases a plain address local@domain; false if it is not one.
-func address(s string) (string, bool) { return addrpattern.Normalize(s) }
 
 // Size is the number of recipients with a list, and of patterns in all.
 func (b *Blocklist) Size() (recipients, patterns int) {
@@ -83,7 +80,7 @@ type Sender struct{ addr, local, domain string }
 // NewSender normalises an address; false if it is not one (an empty
 // sender, a bounce, never matches).
 func NewSender(s string) (Sender, bool) {
-	a, ok := address(s)
+	a, ok := addrpattern.Normalize(s)
 	if !ok {
 		return Sender{}, false
 	}
@@ -98,7 +95,7 @@ func (b *Blocklist) Blocks(rcpt, sender string) bool {
 }
 
 func (b *Blocklist) lookup(rcpt string) *addrpattern.Set {
-	a, ok := address(rcpt)
+	a, ok := addrpattern.Normalize(rcpt)
 	if !ok {
 		return nil
 	}
