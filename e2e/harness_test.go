@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"mailguard/internal/testserver"
 	"net"
 	"os"
 	"os/exec"
@@ -43,41 +44,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var aptOnce sync.Once
-
-// requireCommands makes sure the commands exist, installing their Debian
-// packages when they do not (as CI does from a clean machine). Where that
-// is impossible the test fails under CI and is skipped elsewhere.
-func requireCommands(t *testing.T, pkgs map[string]string) {
-	t.Helper()
-	var missing []string
-	for cmd, pkg := range pkgs {
-		if _, err := exec.LookPath(cmd); err != nil {
-			missing = append(missing, pkg)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	fail := t.Skipf
-	if os.Getenv("CI") != "" {
-		fail = t.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		fail("missing %v and not root to install them", missing)
-	}
-	var updateErr error
-	aptOnce.Do(func() {
-		updateErr = run(t, nil, "apt-get", "update", "-q")
-	})
-	if updateErr != nil {
-		fail("apt-get update: %v", updateErr)
-	}
-	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if err := run(t, env, "apt-get", append([]string{"install", "-y", "-q"}, missing...)...); err != nil {
-		fail("apt-get install %v: %v", missing, err)
-	}
-}
+// requireCommands makes sure the commands exist (see testserver.Require).
+func requireCommands(t *testing.T, pkgs map[string]string) { testserver.Require(t, pkgs) }
 
 func run(t *testing.T, env []string, name string, args ...string) error {
 	t.Helper()

@@ -9,6 +9,7 @@ import (
 
 	"mailguard/internal/filter/senders"
 	"mailguard/internal/filters"
+	"mailguard/internal/hashlist"
 	"mailguard/internal/sigfile"
 	"mailguard/internal/userdir"
 )
@@ -32,7 +33,7 @@ func checkExamples(t *testing.T, doc string, blocks map[string]int) {
 	lines := strings.Split(string(readme), "\n")
 	for i := 0; i < len(lines); i++ {
 		lang, ok := strings.CutPrefix(lines[i], "```")
-		if !ok || (lang != "toml" && lang != "signatures" && lang != "users" && lang != "blocklist") {
+		if !ok || (lang != "toml" && lang != "signatures" && lang != "users" && lang != "blocklist" && lang != "hashes") {
 			continue
 		}
 		start := i + 1
@@ -53,6 +54,11 @@ func checkExamples(t *testing.T, doc string, blocks map[string]int) {
 		case "blocklist":
 			if _, err := senders.Parse(name, strings.NewReader(text), "+"); err != nil {
 				t.Errorf("%s: %v", name, err)
+			}
+		case "hashes":
+			var l hashlist.List
+			if err := l.Read(name, strings.NewReader(text)); err != nil || l.Len() == 0 {
+				t.Errorf("%s: %v (%d hashes)", name, err, l.Len())
 			}
 		case "users":
 			if _, err := userdir.Parse(name, strings.NewReader(text), userdir.Options{Delimiter: "+"}); err != nil {

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"mailguard/internal/loadgen"
+	"mailguard/internal/testserver"
 )
 
 const sobig = "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDyapmmaODQsIBgQs2y6QQgDAPhI7E3TNE3"
@@ -184,5 +187,33 @@ func TestSigmineCommand(t *testing.T) {
 	}
 	if code, _, _ := runCLI("sigmine"); code != 2 {
 		t.Errorf("no samples: exit %d", code)
+	}
+}
+
+// TestScanClamavAndAttachments: a postmaster checks an archive offline
+// with both filters, against a running clamd.
+func TestScanClamavAndAttachments(t *testing.T) {
+	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "m.toml"), fmt.Sprintf("filters = [\"attachments\", \"clamav\"]\n[attachments]\nblock_names = [\"*.scr\"]\n[clamav]\naddress = %q\nclamd_config = %q\n", clamd.Address(), clamd.Conf))
+	attach := func(name, data string) string {
+		return "Subject: x\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: application/octet-stream; name=" + name +
+			"\nContent-Transfer-Encoding: base64\n\n" + base64.StdEncoding.EncodeToString([]byte(data)) + "\n--b--\n"
+	}
+	writeFile(t, filepath.Join(dir, "msgs", "clean.eml"), attach("notes.txt", "hello"))
+	writeFile(t, filepath.Join(dir, "msgs", "eicar.eml"), attach("test.com", testserver.EICAR))
+	writeFile(t, filepath.Join(dir, "msgs", "screensaver.eml"), attach("cute.scr", "harmless"))
+	code, out, _ := runCLI("scan", "--config", filepath.Join(dir, "m.toml"), filepath.Join(dir, "msgs"))
+	for _, want := range []string{
+		"clean.eml: accept\n",
+		"eicar.eml: reject 550 5.7.0 VIRUS FOUND: " + testserver.EICARName + " (clamav: " + testserver.EICARName + ")",
+		"screensaver.eml: reject 550 5.7.0 Attachment refused: cute.scr (attachments: attachment \"cute.scr\": name matches *.scr)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q", want)
+		}
+	}
+	if code != 1 || t.Failed() {
+		t.Fatalf("exit %d\n%s", code, out)
 	}
 }

@@ -107,6 +107,13 @@ type Env struct {
 // would use but changes nothing on disk (creates no directory).
 func (b *Env) CheckOnly() bool { return b.checkOnly }
 
+// Warn records a problem that does not stop the filter, at the key's
+// line; check-config prints it, and the daemon logs it at start and reload.
+func (b *Env) Warn(key, format string, args ...any) {
+	full := b.name + "." + key
+	b.cfg.Warnings = append(b.cfg.Warnings, fmt.Sprintf("%s:%d: %s: %s", b.cfg.File, b.cfg.Line(full), full, fmt.Sprintf(format, args...)))
+}
+
 // MaxFileSize bounds each data file the filter reads (max_file_size).
 func (b *Env) MaxFileSize() int64 { return b.cfg.MaxFileSize }
 

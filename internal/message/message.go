@@ -160,6 +160,22 @@ func AppendCRLF(dst, src []byte, prevCR bool) ([]byte, bool) {
 // ErrTooLarge is returned by ReadBody for a body over its limit.
 var ErrTooLarge = errors.New("message body too large")
 
+// AppendField appends a header field as it stands in a message, name
+// ": " value CRLF, with a folded value's line ends made CRLF as the body's
+// are.
+func AppendField(dst []byte, name, value string) []byte {
+	dst = append(dst, name...)
+	dst = append(dst, ": "...)
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		if c == '\n' && (i == 0 || value[i-1] != '\r') {
+			dst = append(dst, '\r')
+		}
+		dst = append(dst, c)
+	}
+	return append(dst, "\r\n"...)
+}
+
 // ReadBody returns the body of a stored message as the MTA would pass it
 // (CRLF line ends), reading at most limit bytes of it.
 func ReadBody(r io.Reader, limit int) ([]byte, error) {

@@ -184,6 +184,8 @@ type Outcome struct {
 	Removed []pipeline.Removal
 	// Monitored is what filters in monitor mode would have done.
 	Monitored []pipeline.MonitorHit
+	// Headers are the header changes filters made to the delivered message.
+	Headers []pipeline.HeaderChange
 }
 
 // Refusal is one recipient refused at RCPT.
@@ -276,7 +278,7 @@ func Message(p *pipeline.Pipeline, r io.Reader) (Outcome, error) {
 		env := msg.Envelope()
 		out.Verdict, out.Monitored = v, env.Monitored
 		if !v.Final() {
-			out.Removed = env.Removed
+			out.Removed, out.Headers = env.Removed, env.Headers
 		}
 		return out
 	}

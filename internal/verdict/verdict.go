@@ -62,6 +62,10 @@ const (
 	EnhDeliveryNotAuthorized = "5.7.1"
 	// EnhMailboxFull: 5.2.2, mailbox full (RFC 3463 §3.3).
 	EnhMailboxFull = "5.2.2"
+	// EnhMediaError: 5.6.0, other or undefined media error (RFC 3463 §3.7).
+	EnhMediaError = "5.6.0"
+	// EnhMessageTooBig: 5.3.4, message too big for system (RFC 3463 §3.4).
+	EnhMessageTooBig = "5.3.4"
 	// EnhSystemTemp: 4.3.0, other or undefined mail system status (RFC 3463 §3.5).
 	EnhSystemTemp = "4.3.0"
 	// EnhSecurityTemp: 4.7.1, delivery not authorized, for now (RFC 3463 §3.8).

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"mailguard/internal/message"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,12 +127,14 @@ type check struct {
 	tmpDir  int    // tmp/, open while the copy is written (tmpOpen)
 	tmpOpen bool
 	size    int64
-	done    bool // copy not wanted, abandoned or finished
+	field   []byte // one header field as written
+	done    bool   // copy not wanted, abandoned or finished
 }
 
 func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, error) {
 	c.start()
-	c.write(name, ": ", crlf(value), "\r\n")
+	c.field = message.AppendField(c.field[:0], name, value)
+	c.writeBytes(c.field)
 	return verdict.Pass, nil
 }
 
@@ -305,14 +308,6 @@ func clean(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// crlf gives a folded header value CRLF line ends, as the body has.
-func crlf(v string) string {
-	if !strings.Contains(v, "\n") {
-		return v
-	}
-	return strings.ReplaceAll(strings.ReplaceAll(v, "\r\n", "\n"), "\n", "\r\n")
 }
 
 // switchFile reports whether the switch file exists, looking at most once

@@ -3,7 +3,9 @@
 package all
 
 import (
+	_ "mailguard/internal/filter/attachments"
 	_ "mailguard/internal/filter/capture"
+	_ "mailguard/internal/filter/clamav"
 	_ "mailguard/internal/filter/quota"
 	_ "mailguard/internal/filter/senders"
 	_ "mailguard/internal/filter/virus"

@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"mailguard/internal/testserver"
+)
+
+// eicarMessage carries the EICAR test file as a base64 attachment of a
+// multipart message: clamd finds it only through the top-level
+// Content-Type, so it must see the header as the MTA received it.
+func eicarMessage() string {
+	return "From: <sender@example.org>\r\nTo: <user@example.edu>\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nPlease find the invoice attached.\r\n" +
+		"--b1\r\nContent-Type: application/octet-stream; name=\"invoice.com\"\r\nContent-Transfer-Encoding: base64\r\n" +
+		"Content-Disposition: attachment; filename=\"invoice.com\"\r\n\r\n" +
+		base64.StdEncoding.EncodeToString([]byte(testserver.EICAR)) + "\r\n--b1--\r\n"
+}
+
+// feedFile is a file a threat feed lists by its SHA-256.
+const feedFile = "a file a threat feed lists\r\n"
+
+func attachmentMessage(name, data string) string {
+	return "From: <sender@example.org>\r\nTo: <user@example.edu>\r\nSubject: files\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/octet-stream\r\n" +
+		"Content-Disposition: attachment; filename=\"" + name + "\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+		base64.StdEncoding.EncodeToString([]byte(data)) + "\r\n--b1--\r\n"
+}
+
+func TestPostfixClamav(t *testing.T) {
+	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
+	d := startMailguard(t, `listen = "LISTEN"
+filters = ["virus", "attachments", "clamav"]
+[virus]
+signatures = "signatures"
+[attachments]
+block_names = ["*.scr"]
+hashes = ["bad.hsb"]
+[clamav]
+address = "`+clamd.Address()+`"
+clamd_config = "`+clamd.Conf+`"
+add_headers = "replace"
+`, map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n",
+		"bad.hsb": fmt.Sprintf("%x:%d:Feed.Test.File\n", sha256.Sum256([]byte(feedFile)), len(feedFile))})
+	p := startPostfix(t, fmt.Sprintf("inet:127.0.0.1:%d", milterPort(t, d.port, "postfix")), "user@example.edu")
+	send := func(t *testing.T, data string) string {
+		file := filepath.Join(t.TempDir(), "msg")
+		if err := os.WriteFile(file, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p.swaks(t, "sender@example.org", "user@example.edu", file)
+	}
+
+	out := send(t, "From: <sender@example.org>\r\nX-Virus-Status: Clean\r\nSubject: hello\r\n\r\nhello\r\n")
+	if !strings.Contains(out, "<-  250 2.0.0") {
+		t.Fatalf("clean message not accepted:\n%s", tail(out))
+	}
+	msgs := p.delivered(t, "user", 1)
+	if len(msgs) != 1 || !strings.Contains(msgs[0], "X-Virus-Scanned: ClamAV using mailguard") ||
+		strings.Count(msgs[0], "X-Virus-Status:") != 1 || !strings.Contains(msgs[0], "X-Virus-Status: Clean\r\n") && !strings.Contains(msgs[0], "X-Virus-Status: Clean\n") {
+		t.Fatalf("delivered message's headers:\n%v", msgs)
+	}
+
+	out = send(t, eicarMessage())
+	if !strings.Contains(out, "<** 550 5.7.0 VIRUS FOUND: "+testserver.EICARName) {
+		t.Fatalf("EICAR attachment not refused with its name:\n%s", tail(out))
+	}
+	out = send(t, message("worm", 200, 100, ""))
+	if !strings.Contains(out, "<** 550 5.7.0 VIRUS FOUND") {
+		t.Fatalf("worm not refused:\n%s", tail(out))
+	}
+	if l := d.lines("decision", "filter=virus", "WORM_SOBIG.B"); len(l) != 1 {
+		t.Fatalf("the signature filter did not decide the worm:\n%s", d.logs)
+	}
+
+	// The attachment filter: a name, and a hash from a feed.
+	out = send(t, attachmentMessage("cute.scr", "harmless bytes"))
+	if !strings.Contains(out, "<** 550 5.7.0 Attachment refused: cute.scr") {
+		t.Fatalf(".scr attachment not refused:\n%s", tail(out))
+	}
+	out = send(t, attachmentMessage("report.doc", feedFile))
+	if !strings.Contains(out, "<** 550 5.7.0 Attachment refused: report.doc") {
+		t.Fatalf("hash-listed attachment not refused:\n%s", tail(out))
+	}
+	if l := d.lines("decision", "filter=attachments", "Feed.Test.File"); len(l) != 1 {
+		t.Fatalf("no decision line naming the feed's entry:\n%s", d.logs)
+	}
+
+	clamd.Stop()
+	out = send(t, eicarMessage())
+	if !strings.Contains(out, "<** 451 4.3.0") {
+		t.Fatalf("with clamd stopped, not 451 4.3.0:\n%s", tail(out))
+	}
+	if l := d.lines("filter failed", "filter=clamav"); len(l) == 0 {
+		t.Fatalf("clamd's failure not logged:\n%s", d.logs)
+	}
+	if got := len(p.delivered(t, "user", 1)); got != 1 {
+		t.Fatalf("%d messages delivered, want only the clean one", got)
+	}
+}

@@ -1,0 +1,310 @@
+package clamd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseAddress(t *testing.T) {
+	good := map[string]Address{
+		"unix:/run/clamav/clamd.ctl": {"unix", "/run/clamav/clamd.ctl"},
+		"/run/clamd.sock":            {"unix", "/run/clamd.sock"},
+		"tcp:127.0.0.1:3310":         {"tcp", "127.0.0.1:3310"},
+		"tcp:[::1]:3310":             {"tcp", "[::1]:3310"},
+	}
+	for in, want := range good {
+		if got, err := ParseAddress(in); err != nil || got != want {
+			t.Errorf("%q: %v %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "unix:relative", "tcp:3310", "tcp:host:0", "tcp:host:99999", "inet:1.2.3.4:5", "tcp::3310"} {
+		if _, err := ParseAddress(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	list, err := ParseAddresses("unix:/a, tcp:10.0.0.2:3310  tcp:10.0.0.3:3310")
+	if err != nil || len(list) != 3 {
+		t.Fatalf("%v %v", list, err)
+	}
+	if _, err := ParseAddresses(" , "); err == nil {
+		t.Error("an empty list accepted")
+	}
+}
+
+func TestParseReply(t *testing.T) {
+	cases := []struct {
+		in, virus string
+		err       error
+		anyErr    bool
+	}{
+		{"stream: OK", "", nil, false},
+		{"stream: OK\n", "", nil, false},
+		{"1: stream: OK", "", nil, false},
+		{"stream: Eicar-Test-Signature FOUND", "Eicar-Test-Signature", nil, false},
+		{"stream: Win.Worm\x01Evil FOUND", "Win.Worm?Evil", nil, false},
+		{"INSTREAM size limit exceeded. ERROR", "", ErrSizeLimit, true},
+		{"stream: FOUND", "", nil, true},
+		{"", "", nil, true},
+		{"Can't allocate memory ERROR", "", nil, true},
+	}
+	for _, c := range cases {
+		v, err := ParseReply(c.in)
+		if v != c.virus || (err != nil) != c.anyErr || (c.err != nil && !errors.Is(err, c.err)) {
+			t.Errorf("%q: got %q %v", c.in, v, err)
+		}
+	}
+}
+
+// fakeClamd answers each connection with handle.
+func fakeClamd(t *testing.T, handle func(net.Conn)) Address {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fake.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	return Address{"unix", path}
+}
+
+// readStream reads an INSTREAM command and its chunks, up to limit bytes.
+func readStream(c net.Conn, limit int) (string, error) {
+	cmd := make([]byte, 10)
+	if _, err := io.ReadFull(c, cmd); err != nil || string(cmd) != "zINSTREAM\x00" {
+		return "", errors.New("no INSTREAM")
+	}
+	var data []byte
+	for {
+		var n [4]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return "", err
+		}
+		size := binary.BigEndian.Uint32(n[:])
+		if size == 0 {
+			return string(data), nil
+		}
+		if len(data)+int(size) > limit {
+			return "", ErrSizeLimit
+		}
+		chunk := make([]byte, size)
+		if _, err := io.ReadFull(c, chunk); err != nil {
+			return "", err
+		}
+		data = append(data, chunk...)
+	}
+}
+
+func TestStreamFramesAndVerdict(t *testing.T) {
+	got := make(chan string, 1)
+	addr := fakeClamd(t, func(c net.Conn) {
+		data, err := readStream(c, 1<<20)
+		if err != nil {
+			return
+		}
+		got <- data
+		if strings.Contains(data, "EVIL") {
+			c.Write([]byte("stream: Test.Evil FOUND\x00"))
+		} else {
+			c.Write([]byte("stream: OK\x00"))
+		}
+	})
+	p := NewPool([]Address{addr}, PoolOptions{})
+	for _, body := range []string{"clean text", "some EVIL here"} {
+		st, err := p.Open(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write(context.Background(), []byte(body[:4]))
+		st.Write(context.Background(), []byte(body[4:]))
+		res, err := st.Result(context.Background())
+		st.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := <-got; d != body {
+			t.Errorf("clamd got %q, want %q", d, body)
+		}
+		if want := map[bool]string{true: "Test.Evil", false: ""}[strings.Contains(body, "EVIL")]; res.Virus != want {
+			t.Errorf("%q: virus %q", body, res.Virus)
+		}
+	}
+}
+
+// clamd closing a stream past its StreamMaxLength with a reply of its own:
+// the write fails, and the reply says why.
+func TestSizeLimitReplyReadAfterEarlyClose(t *testing.T) {
+	addr := fakeClamd(t, func(c net.Conn) {
+		if _, err := readStream(c, 1000); errors.Is(err, ErrSizeLimit) {
+			c.Write([]byte("INSTREAM size limit exceeded. ERROR\x00"))
+		}
+	})
+	p := NewPool([]Address{addr}, PoolOptions{})
+	st, err := p.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	chunk := make([]byte, 64<<10)
+	for i := 0; i < 200 && err == nil; i++ {
+		err = st.Write(context.Background(), chunk)
+	}
+	if err == nil {
+		_, err = st.Result(context.Background())
+	}
+	if !errors.Is(err, ErrSizeLimit) {
+		t.Fatalf("got %v, want the size limit", err)
+	}
+}
+
+// A scan that never ends is given up when the context ends (the MTA hung
+// up), at once.
+func TestResultEndsWithContext(t *testing.T) {
+	addr := fakeClamd(t, func(c net.Conn) { readStream(c, 1<<20); time.Sleep(time.Minute) })
+	p := NewPool([]Address{addr}, PoolOptions{})
+	st, err := p.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+	done := make(chan error, 1)
+	go func() { _, err := st.Result(ctx); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Result did not end with its context")
+	}
+}
+
+// Each clamd gets at most MaxConns connections; the next waits and gives
+// up with its context.
+func TestConnectionsBounded(t *testing.T) {
+	addr := fakeClamd(t, func(c net.Conn) { readStream(c, 1<<20) })
+	p := NewPool([]Address{addr}, PoolOptions{MaxConns: 1})
+	st, err := p.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := p.Open(ctx); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second stream: %v, want busy", err)
+	}
+	st.Close()
+	st, err = p.Open(context.Background())
+	if err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	st.Close()
+}
+
+// A clamd that refuses connections is left out; streams go to the other
+// until it is due again, and to it when none other is up.
+func TestDownServerLeftOut(t *testing.T) {
+	dead := Address{"unix", filepath.Join(t.TempDir(), "nobody.sock")}
+	served := 0
+	live := fakeClamd(t, func(c net.Conn) { readStream(c, 1<<20); c.Write([]byte("stream: OK\x00")) })
+	now := time.Unix(1000, 0)
+	p := NewPool([]Address{dead, live}, PoolOptions{Now: func() time.Time { return now }, RetryAfter: 10 * time.Second})
+	for i := 0; i < 6; i++ {
+		st, err := p.Open(context.Background())
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		if st.Server() != live {
+			t.Fatalf("stream %d went to %s", i, st.Server())
+		}
+		served++
+		st.Close()
+	}
+	if d := p.servers[0].downUntil.Load(); d != now.Add(10*time.Second).UnixNano() {
+		t.Fatalf("dead server not left out: %d", d)
+	}
+	// Only the dead one: it is tried, fails, and the error says so.
+	p2 := NewPool([]Address{dead}, PoolOptions{Now: func() time.Time { return now }})
+	p2.markDown(p2.servers[0])
+	if _, err := p2.Open(context.Background()); err == nil || !strings.Contains(err.Error(), "nobody.sock") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestPing(t *testing.T) {
+	live := fakeClamd(t, func(c net.Conn) {
+		b := make([]byte, 6)
+		io.ReadFull(c, b)
+		c.Write([]byte("PONG\x00"))
+	})
+	dead := Address{"unix", filepath.Join(t.TempDir(), "nobody.sock")}
+	errs := NewPool([]Address{live, dead}, PoolOptions{}).Ping(context.Background())
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "nobody.sock") {
+		t.Fatalf("got %v", errs)
+	}
+}
+
+func FuzzParseReply(f *testing.F) {
+	for _, s := range []string{"stream: OK", "stream: X FOUND", "1: stream: OK", "INSTREAM size limit exceeded. ERROR", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseReply(s)
+		if err == nil && v != "" && strings.ContainsAny(v, "\r\n\x00") {
+			t.Fatalf("name %q unsafe for a reply", v)
+		}
+	})
+}
+
+// A clamd that stops reading fails the write within the deadline and is
+// left out.
+func TestStalledClamdLeftOut(t *testing.T) {
+	addr := fakeClamd(t, func(c net.Conn) { time.Sleep(5 * time.Second) })
+	p := NewPool([]Address{addr}, PoolOptions{})
+	st, err := p.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	for i := 0; i < 1000 && err == nil; i++ {
+		err = st.Write(ctx, make([]byte, 1<<20))
+	}
+	if err == nil || !strings.Contains(err.Error(), "not reading the stream") || p.servers[0].downUntil.Load() == 0 {
+		t.Fatalf("write to a stalled clamd: %v, down %d", err, p.servers[0].downUntil.Load())
+	}
+}
+
+// With every server left out, the one left out longest is tried first.
+func TestOrderTriesLongestDownFirst(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a, b, c := Address{"unix", "/a"}, Address{"unix", "/b"}, Address{"unix", "/c"}
+	p := NewPool([]Address{a, b, c}, PoolOptions{Now: func() time.Time { return now }})
+	p.servers[0].downUntil.Store(now.Add(3 * time.Second).UnixNano())
+	p.servers[1].downUntil.Store(now.Add(1 * time.Second).UnixNano())
+	p.servers[2].downUntil.Store(now.Add(2 * time.Second).UnixNano())
+	for i := 0; i < 3; i++ {
+		o := p.order()
+		if o[0].addr != b || o[1].addr != c || o[2].addr != a {
+			t.Fatalf("order %v %v %v", o[0].addr, o[1].addr, o[2].addr)
+		}
+	}
+}

@@ -1,0 +1,295 @@
+package mimewalk
+
+import (
+	"archive/zip"
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"mime/quotedprintable"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+func walk(t *testing.T, msg string, opts Options) ([]*Part, error) {
+	t.Helper()
+	opts.SHA256 = true
+	var parts []*Part
+	err := Walk(strings.NewReader(msg), opts, func(p *Part) error {
+		c := *p
+		parts = append(parts, &c)
+		return nil
+	})
+	return parts, err
+}
+
+func b64(data []byte) string {
+	s := base64.StdEncoding.EncodeToString(data)
+	var b strings.Builder
+	for len(s) > 76 {
+		b.WriteString(s[:76] + "\r\n")
+		s = s[76:]
+	}
+	return b.String() + s + "\r\n"
+}
+
+func qp(data []byte) string {
+	var b bytes.Buffer
+	w := quotedprintable.NewWriter(&b)
+	w.Binary = true
+	w.Write(data)
+	w.Close()
+	return b.String() + "\r\n"
+}
+
+// payload is binary, with bytes that every encoding must carry.
+var payload = append([]byte("MZ\x90\x00\x03\x00=\r\n\x00\xff line\r\n"), bytes.Repeat([]byte{0, 1, 2, 0xfe, '=', '\n'}, 100)...)
+
+func multipart(boundary string, parts ...string) string {
+	var b strings.Builder
+	for _, p := range parts {
+		b.WriteString("--" + boundary + "\r\n" + p)
+	}
+	b.WriteString("--" + boundary + "--\r\n")
+	return b.String()
+}
+
+func top(ct, body string) string {
+	return "From: a@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: " + ct + "\r\n\r\n" + body
+}
+
+// latin1 is ISO-8859-1 text: converted to UTF-8 it would hash otherwise.
+var latin1 = []byte("caf\xe9 cr\xe8me br\xfbl\xe9e")
+
+func TestWalk(t *testing.T) {
+	sum, sumLatin1 := sha256.Sum256(payload), sha256.Sum256(latin1)
+	attach := func(name, enc, body string) string {
+		return "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; " + name + "\r\nContent-Transfer-Encoding: " + enc + "\r\n\r\n" + body
+	}
+	cases := []struct {
+		name  string
+		msg   string
+		names []string // of every leaf
+		hit   int      // index of the leaf with payload's hash, 0: none
+	}{
+		{"base64", top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: text/plain\r\n\r\nhi\r\n", attach(`filename="a.exe"`, "base64", b64(payload)))), []string{"", "a.exe"}, 2},
+		{"quoted-printable, same bytes", top(`multipart/mixed; boundary="b"`, multipart("b", attach(`filename="a.exe"`, "quoted-printable", qp(payload)))), []string{"a.exe"}, 1},
+		{"nested multiparts", top(`multipart/mixed; boundary="o"`, multipart("o", "Content-Type: multipart/alternative; boundary=\"i\"\r\n\r\n"+multipart("i", "Content-Type: text/plain\r\n\r\nt\r\n", "Content-Type: text/html\r\n\r\n<p>t</p>\r\n"), attach(`filename="x.bin"`, "base64", b64(payload)))), []string{"", "", "x.bin"}, 3},
+		{"message/rfc822", top(`multipart/mixed; boundary="o"`, multipart("o", "Content-Type: message/rfc822\r\n\r\n"+top(`multipart/mixed; boundary="in"`, multipart("in", attach(`filename="inner.exe"`, "base64", b64(payload)))))), []string{"inner.exe"}, 1},
+		{"RFC 2231 name", top(`multipart/mixed; boundary="b"`, multipart("b", attach(`filename*=utf-8''r%C3%A9sum%C3%A9.pdf.exe`, "base64", b64(payload)))), []string{"résumé.pdf.exe"}, 1},
+		{"encoded-word name in Content-Type", top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: application/octet-stream; name=\"=?iso-8859-1?Q?fa=E7ture.scr?=\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"+b64(payload))), []string{"façture.scr"}, 1},
+		{"path in a name", top(`multipart/mixed; boundary="b"`, multipart("b", attach(`filename="..\\..\\windows\\evil.exe"`, "base64", b64(payload)))), []string{"evil.exe"}, 1},
+		{"single part, base64", top("application/octet-stream; name=doc.pdf\r\nContent-Transfer-Encoding: base64", b64(payload)), []string{"doc.pdf"}, 1},
+		{"no final boundary", top(`multipart/mixed; boundary="b"`, "--b\r\n"+attach(`filename="a.exe"`, "base64", b64(payload))), []string{"a.exe"}, 1},
+		{"unknown encoding: raw bytes", top(`multipart/mixed; boundary="b"`, multipart("b", attach(`filename="a.exe"`, "x-uuencode", "begin 644 a\r\n"))), []string{"a.exe"}, 0},
+		{"text in another charset: its bytes, not UTF-8", top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: text/plain; charset=iso-8859-1; name=\"l.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"+b64(latin1))), []string{"l.txt"}, 1},
+		{"not MIME at all", "Subject: x\r\n\r\nplain text\r\n", []string{""}, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			parts, err := walk(t, c.msg, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			hit := 0
+			for _, p := range parts {
+				names = append(names, p.Name)
+				if p.Sums.SHA256 == sum || p.Sums.SHA256 == sumLatin1 {
+					hit = p.Index
+				}
+			}
+			if fmt.Sprint(names) != fmt.Sprint(c.names) || hit != c.hit {
+				t.Fatalf("names %q hit %d, want %q %d", names, hit, c.names, c.hit)
+			}
+			if c.hit > 0 && parts[c.hit-1].Kind != KindExe && parts[c.hit-1].Type != "text/plain" {
+				t.Errorf("kind %q", parts[c.hit-1].Kind)
+			}
+		})
+	}
+}
+
+func TestBrokenBoundaryIsMalformed(t *testing.T) {
+	// A part header that never ends: the parser gives up.
+	msg := top(`multipart/mixed; boundary="b"`, "--b\r\nContent-Type: text/plain\r\n"+strings.Repeat("X-Long: "+strings.Repeat("a", 70)+"\r\n", 3)+"broken line without colon\r\n\r\nbody\r\n--b--\r\n")
+	_, err := walk(t, msg, Options{})
+	var m *MalformedError
+	if !errors.As(err, &m) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func zipOf(t *testing.T, names ...string) []byte {
+	var b bytes.Buffer
+	zw := zip.NewWriter(&b)
+	for _, n := range names {
+		w, err := zw.Create(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(bytes.Repeat([]byte("content "), 1000))
+	}
+	zw.Close()
+	return b.Bytes()
+}
+
+func TestZipNames(t *testing.T) {
+	z := zipOf(t, "readme.txt", "docs/invoice.pdf.exe")
+	msg := top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: application/zip; name=files.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"+b64(z)))
+	parts, err := walk(t, msg, Options{Archives: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := parts[0]; p.Kind != KindZip || fmt.Sprint(p.ArchiveNames) != "[readme.txt docs/invoice.pdf.exe]" || p.ArchiveErr != "" {
+		t.Fatalf("%+v %q", p.Kind, p.ArchiveErr)
+	}
+	// A directory larger than the end kept: said, not guessed.
+	var many []string
+	for i := 0; i < 400; i++ {
+		many = append(many, fmt.Sprintf("%s-%d.txt", strings.Repeat("n", 40), i))
+	}
+	z = zipOf(t, many...)
+	parts, _ = walk(t, top("application/zip; name=big.zip\r\nContent-Transfer-Encoding: base64", b64(z)), Options{Archives: true, ArchiveTail: 4096})
+	if p := parts[0]; p.ArchiveNames != nil || !strings.Contains(p.ArchiveErr, "central directory") {
+		t.Fatalf("%+v", p.ArchiveErr)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	deep := "Subject: x\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n"
+	for i := 0; i < 30; i++ {
+		deep += fmt.Sprintf("--b%d\r\nContent-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n", i, i+1)
+	}
+	many := top(`multipart/mixed; boundary="b"`, strings.Repeat("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n", 50)+"--b--\r\n")
+	big := top("application/octet-stream\r\nContent-Transfer-Encoding: base64", b64(bytes.Repeat([]byte("z"), 5000)))
+	cases := []struct {
+		msg   string
+		opts  Options
+		limit string
+	}{
+		{deep, Options{MaxDepth: 20}, "max_depth"},
+		{many, Options{MaxParts: 20}, "max_parts"},
+		{big, Options{MaxDecoded: 4096}, "max_decoded"},
+	}
+	for _, c := range cases {
+		_, err := walk(t, c.msg, c.opts)
+		var le *LimitError
+		if !errors.As(err, &le) || le.Limit != c.limit {
+			t.Errorf("%s: got %v", c.limit, err)
+		}
+	}
+	// Within the limits, no error.
+	if _, err := walk(t, many, Options{MaxParts: 50}); err != nil {
+		t.Error(err)
+	}
+}
+
+// A MIME bomb (a hundred thousand empty parts, thousands of levels) hits
+// the limits with memory bounded by them, not by the message.
+func TestMimeBombBoundedMemory(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(top(`multipart/mixed; boundary="b"`, ""))
+	for i := 0; i < 100000; i++ {
+		b.WriteString("--b\r\n\r\n\r\n")
+	}
+	var deep strings.Builder
+	deep.WriteString("Subject: x\r\nContent-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n")
+	for i := 0; i < 20000; i++ {
+		fmt.Fprintf(&deep, "--b%d\r\nContent-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n", i, i+1)
+	}
+	for _, msg := range []string{b.String(), deep.String()} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := walk(t, msg, Options{})
+		runtime.ReadMemStats(&after)
+		var le *LimitError
+		if !errors.As(err, &le) {
+			t.Fatalf("got %v", err)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+			t.Errorf("%s: allocated %d MiB for a %d KiB message", le.Limit, grew>>20, len(msg)>>10)
+		}
+	}
+}
+
+func TestSniff(t *testing.T) {
+	for head, kind := range map[string]string{"MZ\x90": KindExe, "\x7fELF\x02": KindELF, "%PDF-1.7": KindPDF, "PK\x03\x04": KindZip, "hello": "", "": ""} {
+		if got := Sniff([]byte(head)); got != kind {
+			t.Errorf("%q: %q", head, got)
+		}
+	}
+}
+
+func TestRing(t *testing.T) {
+	r := &ring{buf: make([]byte, 8)}
+	var all []byte
+	for i, n := range []int{3, 4, 5, 1, 20, 2} {
+		chunk := bytes.Repeat([]byte{byte('a' + i)}, n)
+		for j := range chunk {
+			chunk[j] += byte(j % 2)
+		}
+		r.Write(chunk)
+		all = append(all, chunk...)
+		got, off := r.kept()
+		want := all[max(0, len(all)-8):]
+		if !bytes.Equal(got, want) || off != int64(len(all)-len(want)) {
+			t.Fatalf("after %d: %q at %d, want %q", len(all), got, off, want)
+		}
+	}
+}
+
+func FuzzWalk(f *testing.F) {
+	f.Add(top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: text/plain\r\n\r\nhi\r\n", "Content-Type: application/zip; name=a.zip\r\nContent-Transfer-Encoding: base64\r\n\r\nUEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==\r\n")))
+	f.Add(top("message/rfc822", top(`multipart/alternative; boundary=x`, "--x\r\n\r\n--x--")))
+	f.Add("Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n\x00")
+	f.Fuzz(func(t *testing.T, msg string) {
+		Walk(strings.NewReader(msg), Options{SHA256: true, MD5: true, Archives: true, MaxParts: 50, MaxDepth: 8}, func(p *Part) error {
+			if p.Sums.Size < 0 || strings.ContainsAny(p.Name, "/\\") {
+				t.Fatalf("part %+v", p)
+			}
+			return nil
+		})
+	})
+}
+
+// A sender's name is bounded (it reaches logs and replies), keeping its
+// extension.
+func TestLongNameClipped(t *testing.T) {
+	long := strings.Repeat("a", 5000) + ".exe"
+	parts, err := walk(t, top("application/octet-stream; name=\""+long+"\"", "x\r\n"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := parts[0].Name; len(n) != maxName || !strings.HasSuffix(n, ".exe") {
+		t.Fatalf("name of %d bytes: ...%s", len(n), n[max(0, len(n)-10):])
+	}
+}
+
+// BenchmarkWalk: decoding and hashing a message with a 1 MB base64
+// attachment, as MB/s of the message's raw bytes.
+func BenchmarkWalk(b *testing.B) {
+	data := bytes.Repeat(payload, 1<<20/len(payload))
+	msg := top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: text/plain\r\n\r\nhello\r\n",
+		"Content-Type: application/octet-stream; name=\"a.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"+b64(data)))
+	for _, c := range []struct {
+		name string
+		opts Options
+	}{
+		{"structure only", Options{}},
+		{"sha256", Options{SHA256: true}},
+		{"sha256+md5", Options{SHA256: true, MD5: true}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := Walk(strings.NewReader(msg), c.opts, func(*Part) error { return nil }); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
