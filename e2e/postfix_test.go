@@ -32,6 +32,12 @@ func startPostfix(t *testing.T, milter string, mailboxes ...string) *postfix {
 // its queue directory when chroot is set (as Debian ships it).
 func startPostfixWith(t *testing.T, chroot bool, milter string, mailboxes ...string) *postfix {
 	t.Helper()
+	return startPostfixConf(t, chroot, "", milter, mailboxes...)
+}
+
+// startPostfixConf starts the private Postfix with extra main.cf lines.
+func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes ...string) *postfix {
+	t.Helper()
 	requireCommands(t, map[string]string{"postfix": "postfix", "swaks": "swaks"})
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -85,7 +91,7 @@ smtp_dns_support_level = disabled
 maillog_file = %[1]s/maillog
 maillog_file_prefixes = /var, /tmp
 smtpd_banner = $myhostname ESMTP
-`, dir, milter, mailUID, mailGID))
+`, dir, milter, mailUID, mailGID)+extra)
 	master, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
 		t.Fatal(err)

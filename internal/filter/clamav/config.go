@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -142,7 +143,7 @@ func (c *Config) checkClamdConfig(b *filters.Env, addrs []clamd.Address) {
 	// Is one of our addresses clamd's socket?
 	local, port, tcpAddr := conf["localsocket"], conf["tcpsocket"], conf["tcpaddr"]
 	for _, a := range addrs {
-		if a.Network == "unix" && a.Addr == local {
+		if a.Network == "unix" && samePath(a.Addr, local) {
 			return
 		}
 		if a.Network == "tcp" && port != "" && strings.HasSuffix(a.Addr, ":"+port) && (tcpAddr == "" || strings.HasPrefix(a.Addr, tcpAddr+":") || strings.HasPrefix(a.Addr, "["+tcpAddr+"]:")) {
@@ -159,6 +160,25 @@ func (c *Config) checkClamdConfig(b *filters.Env, addrs []clamd.Address) {
 	if len(where) > 0 && !remoteOnly(addrs) {
 		b.Warn("address", "clamd's configuration (%s) has it listen on %s, not on any address given here", file, strings.Join(where, " and "))
 	}
+}
+
+// samePath compares socket paths through symbolic links of their folders
+// (Debian's clamd.conf says /var/run, a link to /run), as far as they
+// exist (clamd may not run yet).
+func samePath(a, b string) bool {
+	return a == b || resolve(a) == resolve(b)
+}
+
+func resolve(p string) string {
+	dir, rest := filepath.Clean(p), ""
+	for dir != "/" && dir != "." {
+		if real, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(real, rest)
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+		dir = filepath.Dir(dir)
+	}
+	return p
 }
 
 // remoteOnly: every address is TCP to another host, so the local clamd.conf

@@ -3,10 +3,12 @@
 package all
 
 import (
+	_ "mailguard/internal/filter/access"
 	_ "mailguard/internal/filter/attachments"
 	_ "mailguard/internal/filter/capture"
 	_ "mailguard/internal/filter/clamav"
 	_ "mailguard/internal/filter/quota"
+	_ "mailguard/internal/filter/ratelimit"
 	_ "mailguard/internal/filter/senders"
 	_ "mailguard/internal/filter/virus"
 )

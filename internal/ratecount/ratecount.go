@@ -1,0 +1,143 @@
+// Package ratecount counts events per key in sliding windows, for rate
+// limits, in memory (one host) or in Redis (several MX hosts share the
+// counts), and counts concurrent holders per key.
+//
+// The window is a sliding-window counter: counts are kept per fixed
+// window (one minute of a "1m" limit, say), and the count "in the last
+// minute" is the current window's plus the previous window's weighted by
+// how much of it still lies within the last minute. It needs two numbers
+// per key, is exact when events are spread evenly, and never lets more
+// than the limit through in any window-long stretch by more than the
+// previous window's rounding.
+package ratecount
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Counter is a backend.
+type Counter interface {
+	// Take counts n events for key if the count in the window stays
+	// within limit, and reports whether it did, and the count before.
+	Take(ctx context.Context, key string, n, limit int64, window time.Duration) (ok bool, count int64, err error)
+	// Add counts n events for key whatever the limit.
+	Add(ctx context.Context, key string, n int64, window time.Duration) error
+	// Acquire counts one more holder of key if that stays within limit;
+	// Release counts one fewer.
+	Acquire(ctx context.Context, key string, limit int64) (bool, error)
+	Release(ctx context.Context, key string) error
+}
+
+// slot is the fixed window a moment falls in, and how far into it.
+func slot(now time.Time, window time.Duration) (index int64, prevWeight float64) {
+	ns := now.UnixNano()
+	w := int64(window)
+	index = ns / w
+	elapsed := float64(ns%w) / float64(w)
+	return index, 1 - elapsed
+}
+
+// Estimate is the sliding count from the current and previous windows.
+func Estimate(cur, prev int64, prevWeight float64) int64 {
+	return cur + int64(float64(prev)*prevWeight)
+}
+
+// Memory counts in this process.
+type Memory struct {
+	now     func() time.Time
+	mu      sync.Mutex
+	windows map[string]*windowCount
+	holders map[string]int64
+	ops     int
+}
+
+type windowCount struct {
+	index     int64
+	cur, prev int64
+	window    time.Duration
+}
+
+// NewMemory returns an in-memory counter; now is the clock (nil: time.Now).
+func NewMemory(now func() time.Time) *Memory {
+	if now == nil {
+		now = time.Now
+	}
+	return &Memory{now: now, windows: map[string]*windowCount{}, holders: map[string]int64{}}
+}
+
+// sweepEvery is how many operations pass between sweeps of keys whose
+// windows are over, so the map does not grow with every client ever seen.
+const sweepEvery = 4096
+
+func (m *Memory) get(key string, window time.Duration, now time.Time) (*windowCount, float64) {
+	index, weight := slot(now, window)
+	m.ops++
+	if m.ops%sweepEvery == 0 {
+		for k, w := range m.windows {
+			if i, _ := slot(now, w.window); i > w.index+1 {
+				delete(m.windows, k)
+			}
+		}
+	}
+	w := m.windows[key]
+	if w == nil {
+		w = &windowCount{index: index, window: window}
+		m.windows[key] = w
+	}
+	switch {
+	case index == w.index+1:
+		w.prev, w.cur, w.index = w.cur, 0, index
+	case index > w.index+1:
+		w.prev, w.cur, w.index = 0, 0, index
+	}
+	return w, weight
+}
+
+func (m *Memory) Take(_ context.Context, key string, n, limit int64, window time.Duration) (bool, int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w, weight := m.get(key, window, m.now())
+	count := Estimate(w.cur, w.prev, weight)
+	if count+n > limit {
+		return false, count, nil
+	}
+	w.cur += n
+	return true, count, nil
+}
+
+func (m *Memory) Add(_ context.Context, key string, n int64, window time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w, _ := m.get(key, window, m.now())
+	w.cur += n
+	return nil
+}
+
+func (m *Memory) Acquire(_ context.Context, key string, limit int64) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.holders[key] >= limit {
+		return false, nil
+	}
+	m.holders[key]++
+	return true, nil
+}
+
+func (m *Memory) Release(_ context.Context, key string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.holders[key] <= 1 {
+		delete(m.holders, key)
+	} else {
+		m.holders[key]--
+	}
+	return nil
+}
+
+// windowKey names a key's count in one fixed window.
+func windowKey(prefix, key string, index int64) string {
+	return prefix + key + ":" + strconv.FormatInt(index, 10)
+}
