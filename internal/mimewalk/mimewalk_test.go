@@ -4,13 +4,13 @@ import (
 	"archive/zip"
 	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"mime/quotedprintable"
 	"runtime"
 	"strings"
 	"testing"
+
+	"mailguard/internal/testmail"
 )
 
 func walk(t *testing.T, msg string, opts Options) ([]*Part, error) {
@@ -25,24 +25,10 @@ func walk(t *testing.T, msg string, opts Options) ([]*Part, error) {
 	return parts, err
 }
 
-func b64(data []byte) string {
-	s := base64.StdEncoding.EncodeToString(data)
-	var b strings.Builder
-	for len(s) > 76 {
-		b.WriteString(s[:76] + "\r\n")
-		s = s[76:]
-	}
-	return b.String() + s + "\r\n"
-}
-
-func qp(data []byte) string {
-	var b bytes.Buffer
-	w := quotedprintable.NewWriter(&b)
-	w.Binary = true
-	w.Write(data)
-	w.Close()
-	return b.String() + "\r\n"
-}
+var (
+	b64 = testmail.Base64
+	qp  = testmail.QuotedPrintable
+)
 
 // payload is binary, with bytes that every encoding must carry.
 var payload = append([]byte("MZ\x90\x00\x03\x00=\r\n\x00\xff line\r\n"), bytes.Repeat([]byte{0, 1, 2, 0xfe, '=', '\n'}, 100)...)

@@ -8,6 +8,7 @@ import (
 
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
+	"mailguard/internal/filters/filterstest"
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/testserver"
@@ -15,15 +16,7 @@ import (
 )
 
 func build(t *testing.T, section string) *pipeline.Pipeline {
-	t.Helper()
-	cfg, err := filters.Parse("test.toml", []byte("filters = [\"access\"]\n[access]\n"+section))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := filters.Build(cfg, pipeline.Env{Log: logging.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, _ := filterstest.Build(t, "", "filters = [\"access\"]\n[access]\n"+section, pipeline.Env{})
 	return p
 }
 

@@ -4,9 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
-	"mime/quotedprintable"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,10 +14,12 @@ import (
 
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
+	"mailguard/internal/filters/filterstest"
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/scan"
 	"mailguard/internal/stats"
+	"mailguard/internal/testmail"
 	"mailguard/internal/verdict"
 )
 
@@ -29,47 +29,17 @@ func build(t *testing.T, section string, files map[string]string) (*pipeline.Pip
 	for name, content := range files {
 		os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)
 	}
-	cfgFile := filepath.Join(dir, "mailguard.toml")
-	os.WriteFile(cfgFile, []byte("filters = [\"attachments\"]\n[attachments]\n"+section), 0o644)
-	cfg, err := filters.Load(cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	counter := stats.NewCounter()
-	p, err := filters.Build(cfg, pipeline.Env{Log: logging.Discard(), Stats: counter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, counter
+	return filterstest.Build(t, dir, "filters = [\"attachments\"]\n[attachments]\n"+section, pipeline.Env{})
 }
 
 func run(t *testing.T, p *pipeline.Pipeline, msg string) verdict.Verdict {
-	t.Helper()
-	out, err := scan.Message(p, strings.NewReader(msg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out.Verdict
+	return filterstest.Scan(t, p, msg).Verdict
 }
 
-func b64(data []byte) string {
-	s := base64.StdEncoding.EncodeToString(data)
-	var b strings.Builder
-	for len(s) > 76 {
-		b.WriteString(s[:76] + "\r\n")
-		s = s[76:]
-	}
-	return b.String() + s + "\r\n"
-}
-
-func qp(data []byte) string {
-	var b bytes.Buffer
-	w := quotedprintable.NewWriter(&b)
-	w.Binary = true
-	w.Write(data)
-	w.Close()
-	return b.String() + "\r\n"
-}
+var (
+	b64 = testmail.Base64
+	qp  = testmail.QuotedPrintable
+)
 
 // mail is a multipart message: a text part, then one attachment.
 func mail(name, ctype, enc, body string) string {

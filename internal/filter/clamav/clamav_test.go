@@ -9,6 +9,7 @@ import (
 
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
+	"mailguard/internal/filters/filterstest"
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/scan"
@@ -17,28 +18,12 @@ import (
 	"mailguard/internal/verdict"
 )
 
-// build makes a pipeline from configuration text.
 func build(t *testing.T, toml string) (*pipeline.Pipeline, *stats.Counter) {
-	t.Helper()
-	cfg, err := filters.Parse("test.toml", []byte(toml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	counter := stats.NewCounter()
-	p, err := filters.Build(cfg, pipeline.Env{Log: logging.Discard(), Stats: counter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, counter
+	return filterstest.Build(t, "", toml, pipeline.Env{})
 }
 
 func run(t *testing.T, p *pipeline.Pipeline, msg string) scan.Outcome {
-	t.Helper()
-	out, err := scan.Message(p, strings.NewReader(msg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return filterstest.Scan(t, p, msg)
 }
 
 // attachment is a multipart message with data as a base64 attachment, so

@@ -8,6 +8,7 @@ import (
 
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
+	"mailguard/internal/filters/filterstest"
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/stats"
@@ -20,21 +21,11 @@ type clock struct{ now time.Time }
 func (c *clock) Now() time.Time { return c.now }
 
 func build(t *testing.T, section string, clk *clock) (*pipeline.Pipeline, *stats.Counter) {
-	t.Helper()
-	cfg, err := filters.Parse("test.toml", []byte("filters = [\"ratelimit\"]\n[ratelimit]\n"+section))
-	if err != nil {
-		t.Fatal(err)
-	}
-	counter := stats.NewCounter()
-	env := pipeline.Env{Log: logging.Discard(), Stats: counter, Now: time.Now}
+	env := pipeline.Env{Now: time.Now}
 	if clk != nil {
 		env.Now = clk.Now
 	}
-	p, err := filters.Build(cfg, env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, counter
+	return filterstest.Build(t, "", "filters = [\"ratelimit\"]\n[ratelimit]\n"+section, env)
 }
 
 func connect(p *pipeline.Pipeline, addr string) (*pipeline.Connection, verdict.Verdict) {

@@ -4,7 +4,12 @@
 package filterstest
 
 import (
+	"mailguard/internal/logging"
+	"mailguard/internal/pipeline"
+	"mailguard/internal/scan"
+	"mailguard/internal/stats"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -97,6 +102,50 @@ func tomlBlocks(md string) []string {
 	for _, part := range strings.Split(md, "```toml\n")[1:] {
 		block, _, _ := strings.Cut(part, "```")
 		out = append(out, block)
+	}
+	return out
+}
+
+// Build makes a pipeline from configuration text, as the daemon would:
+// in dir when it is not "" (the file's relative paths are relative to
+// it), with env's clock and a log that discards; the counter it returns
+// holds what the filters counted.
+func Build(t testing.TB, dir, text string, env pipeline.Env) (*pipeline.Pipeline, *stats.Counter) {
+	t.Helper()
+	var (
+		cfg *config.Config
+		err error
+	)
+	if dir == "" {
+		cfg, err = filters.Parse("test.toml", []byte(text))
+	} else {
+		file := filepath.Join(dir, "mailguard.toml")
+		if err = os.WriteFile(file, []byte(text), 0o644); err == nil {
+			cfg, err = filters.Load(file)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Log == nil {
+		env.Log = logging.Discard()
+	}
+	if env.Stats == nil {
+		env.Stats = stats.NewCounter()
+	}
+	p, err := filters.Build(cfg, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, env.Stats
+}
+
+// Scan runs one message through the pipeline as mailguard scan does.
+func Scan(t testing.TB, p *pipeline.Pipeline, msg string) scan.Outcome {
+	t.Helper()
+	out, err := scan.Message(p, strings.NewReader(msg))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
