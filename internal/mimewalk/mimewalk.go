@@ -63,7 +63,7 @@ type Options struct {
 
 // LimitError is a walk stopped by one of its limits.
 type LimitError struct {
-	Limit string // "max_depth", "max_parts", "max_decoded"
+	Limit string // "max_depth", "max_parts", "max_decoded", "max_header"
 	Value int64
 }
 
@@ -89,6 +89,7 @@ type walker struct {
 	buf     []byte
 	head    []byte
 	tail    *ring
+	b64     *base64Reader // reused from part to part
 	hashes  []hash.Hash
 	sha256  hash.Hash
 	sha1    hash.Hash
@@ -125,12 +126,17 @@ func Walk(r io.Reader, opts Options, fn func(*Part) error) error {
 		w.md5 = md5.New()
 		w.hashes = append(w.hashes, w.md5)
 	}
-	return w.message(r, 0)
+	g := newHeaderGuard(r)
+	err := w.message(g, 0)
+	if g.err != nil {
+		return g.err // the parser may have wrapped it, or taken it for a broken part
+	}
+	return err
 }
 
 // maxHeaderBytes bounds the header section of a message (the top one, or
-// one inside a message/rfc822 part).
-const maxHeaderBytes = 1 << 20
+// one inside a message/rfc822 part, which the guard does not see as one).
+const maxHeaderBytes = maxSectionBytes
 
 // message walks a message: its header, then its raw body.
 func (w *walker) message(r io.Reader, depth int) error {
@@ -169,16 +175,25 @@ func (w *walker) entity(h message.Header, raw io.Reader, depth int) error {
 			}
 		}
 	case mediaType == "message/rfc822" || mediaType == "message/global":
-		body, _ := decoded(h, raw)
+		// Its own reader: the inner message's parts need the walker's.
+		body, _ := (&walker{}).decode(h, raw)
 		return w.message(body, depth+1)
 	}
 	return w.leaf(h, raw, mediaType, depth)
 }
 
-// decoded undoes the transfer encoding, and only that: the bytes hashed
+// decode undoes the transfer encoding, and only that: the bytes hashed
 // are the file's, whatever its charset. An unknown encoding leaves the
 // raw bytes.
-func decoded(h message.Header, raw io.Reader) (io.Reader, error) {
+func (w *walker) decode(h message.Header, raw io.Reader) (io.Reader, error) {
+	if strings.EqualFold(strings.TrimSpace(h.Get("Content-Transfer-Encoding")), "base64") {
+		if w.b64 == nil {
+			w.b64 = newBase64Reader(raw)
+		} else {
+			w.b64.reset(raw)
+		}
+		return w.b64, nil
+	}
 	// message.New would also convert text to UTF-8; a header without
 	// a Content-Type charset keeps the bytes as they are.
 	hh := message.Header{Header: textproto.Header{}}
@@ -198,7 +213,7 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 		return &LimitError{"max_parts", int64(w.opts.MaxParts)}
 	}
 	p := &Part{Index: w.parts, Depth: depth, Type: mediaType, Name: fileName(h)}
-	body, _ := decoded(h, raw)
+	body, _ := w.decode(h, raw)
 	for _, hs := range w.hashes {
 		hs.Reset()
 	}

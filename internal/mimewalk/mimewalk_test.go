@@ -4,11 +4,14 @@ import (
 	"archive/zip"
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"mailguard/internal/testmail"
 )
@@ -278,4 +281,79 @@ func BenchmarkWalk(b *testing.B) {
 			}
 		})
 	}
+}
+
+// A part header of half a million short fields, or one endless field, is
+// refused before the parser holds it: it would cost some 60 times its size.
+func TestHeaderBomb(t *testing.T) {
+	var many, long strings.Builder
+	many.WriteString(top(`multipart/mixed; boundary="b"`, "--b\r\n"))
+	for many.Len() < 4<<20 {
+		many.WriteString("X-A: b\r\n")
+	}
+	many.WriteString("\r\nbody\r\n--b--\r\n")
+	long.WriteString(top(`multipart/mixed; boundary="b"`, "--b\r\nX-Long: "+strings.Repeat("a", 4<<20)+"\r\n\r\nbody\r\n--b--\r\n"))
+	for _, msg := range []string{many.String(), long.String(), strings.Repeat("X-Top: field\r\n", 20000) + "\r\nbody\r\n"} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := walk(t, msg, Options{})
+		runtime.ReadMemStats(&after)
+		var le *LimitError
+		if !errors.As(err, &le) || le.Limit != "max_header" {
+			t.Fatalf("got %v", err)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 32<<20 {
+			t.Errorf("allocated %d MiB for a %d MiB message", grew>>20, len(msg)>>20)
+		}
+	}
+	// Ordinary mail is untouched: a text body with "Name: value" lines
+	// after a "-- " signature line, and a base64 body of 20,000 lines.
+	sig := top("text/plain", "Hello\r\n-- \r\n"+strings.Repeat("Phone: 555\r\n", 1500))
+	if _, err := walk(t, sig, Options{}); err != nil {
+		t.Fatalf("signature text: %v", err)
+	}
+	big := top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"+b64(bytes.Repeat([]byte("xyz"), 500000))))
+	if _, err := walk(t, big, Options{}); err != nil {
+		t.Fatalf("a 1.5 MB base64 part: %v", err)
+	}
+}
+
+// The line decoder gives what encoding/base64 gives, whatever the line
+// lengths, blanks and line ends; and stops, without failing, at garbage.
+func FuzzBase64(f *testing.F) {
+	f.Add([]byte("hello, world"), uint8(76), uint8(0), uint8(3))
+	f.Add([]byte{0, 1, 2, 0xff}, uint8(4), uint8(1), uint8(1))
+	f.Add([]byte("x"), uint8(1), uint8(2), uint8(2))
+	f.Fuzz(func(t *testing.T, data []byte, width, style, chunk uint8) {
+		enc := base64.StdEncoding.EncodeToString(data)
+		w := int(width%100) + 1
+		var b strings.Builder
+		for i := 0; i < len(enc); i += w {
+			b.WriteString(enc[i:min(i+w, len(enc))])
+			switch style % 4 {
+			case 0:
+				b.WriteString("\r\n")
+			case 1:
+				b.WriteString("\n")
+			case 2:
+				b.WriteString(" \t\r\n ")
+			case 3:
+				b.WriteString("\r\n\r\n")
+			}
+		}
+		r := newBase64Reader(iotest.OneByteReader(strings.NewReader(b.String())))
+		if chunk%2 == 0 {
+			r = newBase64Reader(strings.NewReader(b.String()))
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("got %q (%v), want %q", got, err, data)
+		}
+		// Garbage: no panic, no more bytes than the input could hold.
+		g, _ := io.ReadAll(newBase64Reader(bytes.NewReader(data)))
+		if len(g) > len(data) {
+			t.Fatalf("decoded %d bytes from %d", len(g), len(data))
+		}
+	})
 }
