@@ -18,16 +18,26 @@ import (
 	"time"
 )
 
+// Op is one count of a Take.
+type Op struct {
+	Key   string
+	N     int64 // events to count; 0 only looks
+	Limit int64
+	// Window is the rate's window; 0 makes the op a holder count (a
+	// concurrency limit), given back with Release.
+	Window time.Duration
+}
+
 // Counter is a backend.
 type Counter interface {
-	// Take counts n events for key if the count in the window stays
-	// within limit, and reports whether it did, and the count before.
-	Take(ctx context.Context, key string, n, limit int64, window time.Duration) (ok bool, count int64, err error)
+	// Take makes every op's count if each stays within its limit, and
+	// none if one would not: then it reports that op's index and the
+	// count it had. over is -1 when all were taken. All in one step (one
+	// round trip to Redis).
+	Take(ctx context.Context, ops []Op) (over int, count int64, err error)
 	// Add counts n events for key whatever the limit.
 	Add(ctx context.Context, key string, n int64, window time.Duration) error
-	// Acquire counts one more holder of key if that stays within limit;
-	// Release counts one fewer.
-	Acquire(ctx context.Context, key string, limit int64) (bool, error)
+	// Release gives back one holder count of key.
 	Release(ctx context.Context, key string) error
 }
 
@@ -96,16 +106,31 @@ func (m *Memory) get(key string, window time.Duration, now time.Time) (*windowCo
 	return w, weight
 }
 
-func (m *Memory) Take(_ context.Context, key string, n, limit int64, window time.Duration) (bool, int64, error) {
+func (m *Memory) Take(_ context.Context, ops []Op) (int, int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	w, weight := m.get(key, window, m.now())
-	count := Estimate(w.cur, w.prev, weight)
-	if count+n > limit {
-		return false, count, nil
+	now := m.now()
+	for i, op := range ops {
+		var count int64
+		if op.Window == 0 {
+			count = m.holders[op.Key]
+		} else {
+			w, weight := m.get(op.Key, op.Window, now)
+			count = Estimate(w.cur, w.prev, weight)
+		}
+		if count+op.N > op.Limit {
+			return i, count, nil
+		}
 	}
-	w.cur += n
-	return true, count, nil
+	for _, op := range ops {
+		if op.Window == 0 {
+			m.holders[op.Key] += op.N
+		} else {
+			w, _ := m.get(op.Key, op.Window, now)
+			w.cur += op.N
+		}
+	}
+	return -1, 0, nil
 }
 
 func (m *Memory) Add(_ context.Context, key string, n int64, window time.Duration) error {
@@ -114,16 +139,6 @@ func (m *Memory) Add(_ context.Context, key string, n int64, window time.Duratio
 	w, _ := m.get(key, window, m.now())
 	w.cur += n
 	return nil
-}
-
-func (m *Memory) Acquire(_ context.Context, key string, limit int64) (bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.holders[key] >= limit {
-		return false, nil
-	}
-	m.holders[key]++
-	return true, nil
 }
 
 func (m *Memory) Release(_ context.Context, key string) error {

@@ -18,11 +18,11 @@ func checkWindow(t *testing.T, c Counter, clock *time.Time) {
 	w := time.Minute
 	*clock = time.Unix(6000, 0) // the start of a window (6000 s = 100 min)
 	take := func(n int64) bool {
-		ok, _, err := c.Take(ctx, "client:192.0.2.1", n, limit, w)
+		over, _, err := c.Take(ctx, []Op{{Key: "client:192.0.2.1", N: n, Limit: limit, Window: w}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ok
+		return over < 0
 	}
 	for i := 0; i < limit; i++ {
 		if !take(1) {
@@ -33,7 +33,7 @@ func checkWindow(t *testing.T, c Counter, clock *time.Time) {
 		t.Fatal("event 11 taken over a limit of 10")
 	}
 	// Another key is counted apart.
-	if ok, _, _ := c.Take(ctx, "client:192.0.2.2", 1, limit, w); !ok {
+	if over, _, _ := c.Take(ctx, []Op{{Key: "client:192.0.2.2", N: 1, Limit: limit, Window: w}}); over >= 0 {
 		t.Fatal("keys share a count")
 	}
 	// A quarter into the next window, 3/4 of the previous ten still count
@@ -56,23 +56,33 @@ func checkWindow(t *testing.T, c Counter, clock *time.Time) {
 	if err := c.Add(ctx, "bytes:x", 500, w); err != nil {
 		t.Fatal(err)
 	}
-	if ok, count, _ := c.Take(ctx, "bytes:x", 0, 400, w); ok || count != 500 {
-		t.Fatalf("after Add: %v %d", ok, count)
+	if over, count, _ := c.Take(ctx, []Op{{Key: "bytes:x", N: 0, Limit: 400, Window: w}}); over != 0 || count != 500 {
+		t.Fatalf("after Add: %v %d", over, count)
+	}
+	// Several ops: all counted, or none. The second is over: the first
+	// is not counted either.
+	ops := []Op{{Key: "a", N: 1, Limit: 5, Window: w}, {Key: "b", N: 3, Limit: 2, Window: w}}
+	if over, _, _ := c.Take(ctx, ops); over != 1 {
+		t.Fatalf("over %d, want 1", over)
+	}
+	if _, count, _ := c.Take(ctx, []Op{{Key: "a", N: 0, Limit: 0, Window: w}}); count != 0 {
+		t.Fatalf("an op of a refused take was counted: %d", count)
 	}
 }
 
 func checkHolders(t *testing.T, c Counter) {
 	t.Helper()
+	hold := []Op{{Key: "c", N: 1, Limit: 2}}
 	for i := 0; i < 2; i++ {
-		if ok, err := c.Acquire(ctx, "c", 2); !ok || err != nil {
-			t.Fatalf("holder %d: %v %v", i+1, ok, err)
+		if over, _, err := c.Take(ctx, hold); over >= 0 || err != nil {
+			t.Fatalf("holder %d: %v %v", i+1, over, err)
 		}
 	}
-	if ok, _ := c.Acquire(ctx, "c", 2); ok {
+	if over, _, _ := c.Take(ctx, hold); over != 0 {
 		t.Fatal("third holder over a limit of 2")
 	}
 	c.Release(ctx, "c")
-	if ok, _ := c.Acquire(ctx, "c", 2); !ok {
+	if over, _, _ := c.Take(ctx, hold); over >= 0 {
 		t.Fatal("not released")
 	}
 }
@@ -88,10 +98,10 @@ func TestMemorySweepsOldKeys(t *testing.T) {
 	clock := time.Unix(6000, 0)
 	m := NewMemory(func() time.Time { return clock })
 	for i := 0; i < sweepEvery-1; i++ {
-		m.Take(ctx, string(rune('a'+i%26))+string(rune(i)), 1, 10, time.Minute)
+		m.Take(ctx, []Op{{Key: string(rune('a'+i%26)) + string(rune(i)), N: 1, Limit: 10, Window: time.Minute}})
 	}
 	clock = clock.Add(3 * time.Minute)
-	m.Take(ctx, "new", 1, 10, time.Minute)
+	m.Take(ctx, []Op{{Key: "new", N: 1, Limit: 10, Window: time.Minute}})
 	if len(m.windows) != 1 {
 		t.Fatalf("%d keys kept after their windows ended", len(m.windows))
 	}
@@ -120,7 +130,7 @@ func BenchmarkTake(b *testing.B) {
 	b.Run("memory", func(b *testing.B) {
 		m := NewMemory(nil)
 		for b.Loop() {
-			m.Take(ctx, "client:192.0.2.1", 1, 1<<60, time.Minute)
+			m.Take(ctx, []Op{{Key: "client:192.0.2.1", N: 1, Limit: 1 << 60, Window: time.Minute}})
 		}
 	})
 	b.Run("redis", func(b *testing.B) {
@@ -128,7 +138,7 @@ func BenchmarkTake(b *testing.B) {
 		r, _ := NewRedis(srv.URL(), nil)
 		defer r.Close()
 		for b.Loop() {
-			if _, _, err := r.Take(ctx, "client:192.0.2.1", 1, 1<<60, time.Minute); err != nil {
+			if _, _, err := r.Take(ctx, []Op{{Key: "client:192.0.2.1", N: 1, Limit: 1 << 60, Window: time.Minute}}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -62,71 +62,73 @@ func (r *Redis) Ping(ctx context.Context) error { return r.client.Ping(ctx).Err(
 // Close closes the connection pool.
 func (r *Redis) Close() error { return r.client.Close() }
 
-// takeScript: KEYS current and previous window; ARGV n, limit, the
-// previous window's weight, the current key's lifetime in ms.
+// takeScript checks every op, then counts them all, or none. KEYS: two
+// per op, the current and previous window (a holder count uses the
+// first). ARGV: four per op: n, limit, the previous window's weight (-1
+// for a holder count), the current key's lifetime in ms.
 var takeScript = redis.NewScript(`
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
-local count = cur + math.floor(prev * tonumber(ARGV[3]))
-local n = tonumber(ARGV[1])
-if count + n > tonumber(ARGV[2]) then
-  return {0, count}
+local ops = #KEYS / 2
+for i = 1, ops do
+  local a = (i - 1) * 4
+  local n, limit, w = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local count = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  if w >= 0 then
+    count = count + math.floor(tonumber(redis.call('GET', KEYS[2 * i]) or '0') * w)
+  end
+  if count + n > limit then
+    return {i - 1, count}
+  end
 end
-if n > 0 then
-  redis.call('INCRBY', KEYS[1], n)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+for i = 1, ops do
+  local a = (i - 1) * 4
+  local n = tonumber(ARGV[a + 1])
+  if n > 0 then
+    redis.call('INCRBY', KEYS[2 * i - 1], n)
+    redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[a + 4])
+  end
 end
-return {1, count}
+return {-1, 0}
 `)
 
-func (r *Redis) keys(key string, window time.Duration) ([]string, float64) {
-	index, weight := slot(r.now(), window)
-	return []string{windowKey(r.prefix, key, index), windowKey(r.prefix, key, index-1)}, weight
-}
-
-func (r *Redis) Take(ctx context.Context, key string, n, limit int64, window time.Duration) (bool, int64, error) {
-	keys, weight := r.keys(key, window)
-	res, err := takeScript.Run(ctx, r.client, keys, n, limit, strconv.FormatFloat(weight, 'f', 6, 64), (2 * window).Milliseconds()).Int64Slice()
-	if err != nil {
-		return false, 0, fmt.Errorf("redis %s: %w", r.Addr(), err)
+func (r *Redis) Take(ctx context.Context, ops []Op) (int, int64, error) {
+	keys := make([]string, 0, 2*len(ops))
+	args := make([]any, 0, 4*len(ops))
+	now := r.now()
+	for _, op := range ops {
+		if op.Window == 0 {
+			k := r.prefix + "conc:" + op.Key
+			keys = append(keys, k, k)
+			args = append(args, op.N, op.Limit, -1, holderTTL.Milliseconds())
+			continue
+		}
+		index, weight := slot(now, op.Window)
+		keys = append(keys, windowKey(r.prefix, op.Key, index), windowKey(r.prefix, op.Key, index-1))
+		args = append(args, op.N, op.Limit, strconv.FormatFloat(weight, 'f', 6, 64), (2 * op.Window).Milliseconds())
 	}
-	return res[0] == 1, res[1], nil
+	res, err := takeScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	if err != nil {
+		return -1, 0, fmt.Errorf("redis %s: %w", r.Addr(), err)
+	}
+	return int(res[0]), res[1], nil
 }
 
 func (r *Redis) Add(ctx context.Context, key string, n int64, window time.Duration) error {
-	keys, _ := r.keys(key, window)
+	index, _ := slot(r.now(), window)
+	k := windowKey(r.prefix, key, index)
 	pipe := r.client.TxPipeline()
-	pipe.IncrBy(ctx, keys[0], n)
-	pipe.PExpire(ctx, keys[0], 2*window)
+	pipe.IncrBy(ctx, k, n)
+	pipe.PExpire(ctx, k, 2*window)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("redis %s: %w", r.Addr(), err)
 	}
 	return nil
 }
 
-var acquireScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if n > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
-  return 0
-end
-return 1
-`)
-
 var releaseScript = redis.NewScript(`
 local n = redis.call('DECR', KEYS[1])
 if n <= 0 then redis.call('DEL', KEYS[1]) end
 return n
 `)
-
-func (r *Redis) Acquire(ctx context.Context, key string, limit int64) (bool, error) {
-	ok, err := acquireScript.Run(ctx, r.client, []string{r.prefix + "conc:" + key}, limit, holderTTL.Milliseconds()).Int()
-	if err != nil {
-		return false, fmt.Errorf("redis %s: %w", r.Addr(), err)
-	}
-	return ok == 1, nil
-}
 
 func (r *Redis) Release(ctx context.Context, key string) error {
 	if err := releaseScript.Run(ctx, r.client, []string{r.prefix + "conc:" + key}).Err(); err != nil {

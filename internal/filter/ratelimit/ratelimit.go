@@ -87,6 +87,9 @@ type Filter struct {
 	opts    Options
 	tarpit  chan struct{}
 	byStage map[Event][]int
+	// The rules taken together at MAIL (message and byte rules), and at
+	// RCPT: those counting per recipient, and the others.
+	mailRules, rcptSender, rcptRecipient []int
 }
 
 // New builds the filter.
@@ -97,6 +100,14 @@ func New(opts Options) *Filter {
 	f := &Filter{opts: opts, tarpit: make(chan struct{}, opts.MaxTarpitted), byStage: map[Event][]int{}}
 	for i, r := range opts.Rules {
 		f.byStage[r.Event] = append(f.byStage[r.Event], i)
+		switch {
+		case r.Event == Message || r.Event == Byte:
+			f.mailRules = append(f.mailRules, i)
+		case r.Event == Recipient && r.Key == KeyRecipient:
+			f.rcptRecipient = append(f.rcptRecipient, i)
+		case r.Event == Recipient:
+			f.rcptSender = append(f.rcptSender, i)
+		}
 	}
 	return f
 }
@@ -199,36 +210,35 @@ func (f *Filter) refuse(r Rule, key string, count int64, how Refusal) verdict.Ve
 	return v
 }
 
-// take counts one event of rule i; past the limit, the rule's action.
-func (f *Filter) take(ctx context.Context, i int, client netip.Addr, value string, n int64) (verdict.Verdict, error) {
-	r := f.opts.Rules[i]
-	key, ok := r.counterKey(client, value)
-	if !ok {
-		return verdict.Pass, nil
-	}
-	ok, count, err := f.opts.Counter.Take(ctx, key, n, r.Limit, r.Window)
-	if err != nil {
-		return verdict.Pass, err
-	}
-	if ok {
-		return verdict.Pass, nil
-	}
-	return f.over(ctx, r, key, count)
-}
-
-// run takes the event for every rule of that event; the first verdict
-// that refuses stands.
-func (f *Filter) run(ctx context.Context, ev Event, client netip.Addr, value string, n int64) (verdict.Verdict, error) {
-	for _, i := range f.byStage[ev] {
-		if f.opts.Rules[i].Key == KeyRecipient && ev != Recipient {
+// take counts one event (n of them) for each of the rules, all at once:
+// the event is counted for every rule or, if it is over one's limit, for
+// none, and that rule's action applies. value is the sender or recipient
+// a rule may count per. Byte rules only look: their bytes are counted at
+// the end of the message.
+func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value string, n int64) (verdict.Verdict, error) {
+	ops := make([]ratecount.Op, 0, len(rules))
+	idx := make([]int, 0, len(rules))
+	for _, i := range rules {
+		r := f.opts.Rules[i]
+		key, ok := r.counterKey(client, value)
+		if !ok {
 			continue
 		}
-		v, err := f.take(ctx, i, client, value, n)
-		if err != nil || v.Final() {
-			return v, err
+		op := ratecount.Op{Key: key, N: n, Limit: r.Limit, Window: r.Window}
+		if r.Event == Byte {
+			op.N = 0
 		}
+		ops = append(ops, op)
+		idx = append(idx, i)
 	}
-	return verdict.Pass, nil
+	if len(ops) == 0 {
+		return verdict.Pass, nil
+	}
+	over, count, err := f.opts.Counter.Take(ctx, ops)
+	if err != nil || over < 0 {
+		return verdict.Pass, err
+	}
+	return f.over(ctx, f.opts.Rules[idx[over]], ops[over].Key, count)
 }
 
 func (f *Filter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnState, error) {
@@ -256,22 +266,17 @@ func (s *connState) Connect(ctx context.Context, c *pipeline.Conn) (verdict.Verd
 		s.exempt = true
 		return verdict.Pass, nil
 	}
-	for _, i := range s.f.byStage[Concurrency] {
-		r := s.f.opts.Rules[i]
-		key, ok := r.counterKey(s.client, "")
-		if !ok {
-			continue
+	rules := append(append([]int(nil), s.f.byStage[Concurrency]...), s.f.byStage[Connection]...)
+	v, err := s.f.take(ctx, rules, s.client, "", 1)
+	if err == nil && !v.Final() {
+		// Counted: the connection holds its concurrency counts until Close.
+		for _, i := range s.f.byStage[Concurrency] {
+			if key, ok := s.f.opts.Rules[i].counterKey(s.client, ""); ok {
+				s.held = append(s.held, key)
+			}
 		}
-		got, err := s.f.opts.Counter.Acquire(ctx, key, r.Limit)
-		if err != nil {
-			return verdict.Pass, err
-		}
-		if !got {
-			return s.f.over(ctx, r, key, r.Limit)
-		}
-		s.held = append(s.held, key)
 	}
-	return s.f.run(ctx, Connection, s.client, "", 1)
+	return v, err
 }
 
 func (s *connState) Helo(context.Context, *pipeline.Conn) (verdict.Verdict, error) {
@@ -317,33 +322,19 @@ func (c *check) MailFrom(ctx context.Context, env *pipeline.Envelope) (verdict.V
 	if c.exempt {
 		return verdict.Pass, nil
 	}
-	if v, err := c.f.run(ctx, Message, c.client, env.From, 1); err != nil || v.Final() {
-		return v, err
-	}
 	// Bytes: refused now if the count is already over; the message's
 	// size is counted at its end.
-	for _, i := range c.f.byStage[Byte] {
-		if v, err := c.f.take(ctx, i, c.client, env.From, 0); err != nil || v.Final() {
-			return v, err
-		}
-	}
-	return verdict.Pass, nil
+	return c.f.take(ctx, c.f.mailRules, c.client, env.From, 1)
 }
 
 func (c *check) Rcpt(ctx context.Context, env *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
 	if c.exempt {
 		return verdict.Pass, nil
 	}
-	for _, i := range c.f.byStage[Recipient] {
-		value := env.From
-		if c.f.opts.Rules[i].Key == KeyRecipient {
-			value = rcpt
-		}
-		if v, err := c.f.take(ctx, i, c.client, value, 1); err != nil || v.Final() {
-			return v, err
-		}
+	if v, err := c.f.take(ctx, c.f.rcptSender, c.client, env.From, 1); err != nil || v.Final() {
+		return v, err
 	}
-	return verdict.Pass, nil
+	return c.f.take(ctx, c.f.rcptRecipient, c.client, rcpt, 1)
 }
 
 func (c *check) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {
