@@ -15,10 +15,10 @@ import (
 	"mailguard/internal/testserver"
 )
 
-// milterSession runs one SMTP session's milter side from client addr: the
-// reply at connect if refused there, else that of the message ("" when
-// accepted).
-func milterSession(t *testing.T, port int, addr string) string {
+// milterSession runs one SMTP session's milter side from client addr,
+// with one message of that body: the reply at the first stage that
+// refuses, "" when the message is accepted.
+func milterSession(t *testing.T, port int, addr, body string) string {
 	t.Helper()
 	c := milter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	s, err := c.Session(milter.NewMacroBag())
@@ -26,7 +26,7 @@ func milterSession(t *testing.T, port int, addr string) string {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	act, err := s.Conn("client.example", milter.FamilyInet, 25, addr)
+	act, err := s.Conn("mx.example.org", milter.FamilyInet, 25, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,12 +34,12 @@ func milterSession(t *testing.T, port int, addr string) string {
 		return act.SMTPReply
 	}
 	steps := []func() (*milter.Action, error){
-		func() (*milter.Action, error) { return s.Helo("client.example") },
+		func() (*milter.Action, error) { return s.Helo("mx.example.org") },
 		func() (*milter.Action, error) { return s.Mail("a@example.org", "") },
 		func() (*milter.Action, error) { return s.Rcpt("u@example.edu", "") },
 		func() (*milter.Action, error) { return s.DataStart() },
 		func() (*milter.Action, error) { return s.HeaderEnd() },
-		func() (*milter.Action, error) { return s.BodyChunk([]byte("hello\r\n")) },
+		func() (*milter.Action, error) { return s.BodyChunk([]byte(body)) },
 	}
 	for _, step := range steps {
 		act, err := step()
@@ -83,7 +83,7 @@ window = "1m"
 	spread := func(client string, n int) []string {
 		var replies []string
 		for i := 0; i < n; i++ {
-			replies = append(replies, milterSession(t, hosts[i%2].port, client))
+			replies = append(replies, milterSession(t, hosts[i%2].port, client, "hello\r\n"))
 		}
 		return replies
 	}
@@ -96,7 +96,7 @@ window = "1m"
 	if !strings.HasPrefix(got[5], "451 4.7.1") {
 		t.Fatalf("6th connection across both hosts: %q", got[5])
 	}
-	if r := milterSession(t, a.port, "192.0.2.8"); r != "" {
+	if r := milterSession(t, a.port, "192.0.2.8", "hello\r\n"); r != "" {
 		t.Fatalf("another client: %q", r)
 	}
 
@@ -144,7 +144,7 @@ action = "tarpit:10s"
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				if r := milterSession(t, d.port, fmt.Sprintf("10.%d.%d.%d", base, i/250, i%250+1)); r != "" {
+				if r := milterSession(t, d.port, fmt.Sprintf("10.%d.%d.%d", base, i/250, i%250+1), "hello\r\n"); r != "" {
 					t.Errorf("message %d refused: %q", i, r)
 				}
 			}()
@@ -153,11 +153,11 @@ action = "tarpit:10s"
 		return time.Since(start)
 	}
 	untarpitted := others(1)
-	if r := milterSession(t, d.port, "192.0.2.66"); r != "" {
+	if r := milterSession(t, d.port, "192.0.2.66", "hello\r\n"); r != "" {
 		t.Fatalf("first connection: %q", r)
 	}
 	held := make(chan time.Time, 1)
-	go func() { milterSession(t, d.port, "192.0.2.66"); held <- time.Now() }()
+	go func() { milterSession(t, d.port, "192.0.2.66", "hello\r\n"); held <- time.Now() }()
 	time.Sleep(200 * time.Millisecond) // the second session reaches its tarpit
 	during := others(2)
 	select {

@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/d--j/go-milter"
 )
 
 const klez = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -20,34 +18,7 @@ const klez = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
 // returns the SMTP reply ("" for accept).
 func milterVerdict(t *testing.T, port int, body string) string {
 	t.Helper()
-	c := milter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	s, err := c.Session(milter.NewMacroBag())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	steps := []func() (*milter.Action, error){
-		func() (*milter.Action, error) { return s.Conn("mx.example.org", milter.FamilyInet, 25, "192.0.2.7") },
-		func() (*milter.Action, error) { return s.Helo("mx.example.org") },
-		func() (*milter.Action, error) { return s.Mail("a@example.org", "") },
-		func() (*milter.Action, error) { return s.Rcpt("u@example.edu", "") },
-		func() (*milter.Action, error) { return s.DataStart() },
-		func() (*milter.Action, error) { return s.HeaderEnd() },
-		func() (*milter.Action, error) { return s.BodyChunk([]byte(body)) },
-	}
-	for _, step := range steps {
-		if _, err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_, act, err := s.End()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !act.StopProcessing() {
-		return ""
-	}
-	return act.SMTPReply
+	return milterSession(t, port, "192.0.2.7", body)
 }
 
 func TestReloadOnSIGHUP(t *testing.T) {

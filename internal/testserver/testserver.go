@@ -71,13 +71,13 @@ func FreePort(t testing.TB) int {
 // messages.
 type process struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *LockedBuffer
 	done chan struct{}
 }
 
 func startProcess(t testing.TB, name string, args ...string) *process {
 	t.Helper()
-	p := &process{out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &process{out: &LockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -132,21 +132,20 @@ func waitDial(t testing.TB, p *process, network, addr string, limit time.Duratio
 	t.Fatalf("%s not listening on %s after %s:\n%s", p.cmd.Path, addr, limit, p.out.String())
 }
 
-type lockedBuffer struct {
+// LockedBuffer collects a process's output, written and read from
+// several goroutines.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.b.Len() > 1<<20 {
-		return len(p), nil
-	}
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
