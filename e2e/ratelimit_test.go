@@ -20,20 +20,25 @@ import (
 // refuses, "" when the message is accepted.
 func milterSession(t *testing.T, port int, addr, body string) string {
 	t.Helper()
-	c := milter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	reply, err := milterSessionErr(port, addr, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reply
+}
+
+// milterSessionErr is milterSession for goroutines other than the
+// test's, which must not call t.Fatal. The client waits 30 s for a reply
+// (the MTA's timeout), past any tarpit.
+func milterSessionErr(port int, addr, body string) (string, error) {
+	c := milter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", port), milter.WithReadTimeout(30*time.Second))
 	s, err := c.Session(milter.NewMacroBag())
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer s.Close()
-	act, err := s.Conn("mx.example.org", milter.FamilyInet, 25, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if act.StopProcessing() {
-		return act.SMTPReply
-	}
 	steps := []func() (*milter.Action, error){
+		func() (*milter.Action, error) { return s.Conn("mx.example.org", milter.FamilyInet, 25, addr) },
 		func() (*milter.Action, error) { return s.Helo("mx.example.org") },
 		func() (*milter.Action, error) { return s.Mail("a@example.org", "") },
 		func() (*milter.Action, error) { return s.Rcpt("u@example.edu", "") },
@@ -44,20 +49,20 @@ func milterSession(t *testing.T, port int, addr, body string) string {
 	for _, step := range steps {
 		act, err := step()
 		if err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 		if act.StopProcessing() {
-			return act.SMTPReply
+			return act.SMTPReply, nil
 		}
 	}
-	_, act, err = s.End()
+	_, act, err := s.End()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if act.StopProcessing() {
-		return act.SMTPReply
+		return act.SMTPReply, nil
 	}
-	return ""
+	return "", nil
 }
 
 // Two mailguard hosts share one Redis: a limit of N connections per
@@ -144,8 +149,8 @@ action = "tarpit:10s"
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				if r := milterSession(t, d.port, fmt.Sprintf("10.%d.%d.%d", base, i/250, i%250+1), "hello\r\n"); r != "" {
-					t.Errorf("message %d refused: %q", i, r)
+				if r, err := milterSessionErr(d.port, fmt.Sprintf("10.%d.%d.%d", base, i/250, i%250+1), "hello\r\n"); r != "" || err != nil {
+					t.Errorf("message %d: %q %v", i, r, err)
 				}
 			}()
 		}
@@ -157,7 +162,12 @@ action = "tarpit:10s"
 		t.Fatalf("first connection: %q", r)
 	}
 	held := make(chan time.Time, 1)
-	go func() { milterSession(t, d.port, "192.0.2.66", "hello\r\n"); held <- time.Now() }()
+	go func() {
+		if r, err := milterSessionErr(d.port, "192.0.2.66", "hello\r\n"); r != "" || err != nil {
+			t.Errorf("the tarpitted session, after its delay: %q %v", r, err)
+		}
+		held <- time.Now()
+	}()
 	time.Sleep(200 * time.Millisecond) // the second session reaches its tarpit
 	during := others(2)
 	select {

@@ -35,21 +35,22 @@ func (c *Counter) Pending() uint64 { return c.messages.Load() }
 // Hit counts one event, keyed "filter:reason" (e.g. "virus:WORM_SOBIG.B").
 // The reason must be a stable name (a signature, a rule, a class such as
 // "timeout"), never text with numbers in it.
-func (c *Counter) Hit(filter, reason string) { c.add(c.hits, filter, reason) }
+func (c *Counter) Hit(filter, reason string) { c.add(&c.hits, filter, reason) }
 
 // Verdict counts what became of one message: "accepted", "aborted", or
 // an action ("rejected", "tempfailed", "discarded") and the filter that
 // decided it.
-func (c *Counter) Verdict(outcome, filter string) { c.add(c.verdicts, outcome, filter) }
+func (c *Counter) Verdict(outcome, filter string) { c.add(&c.verdicts, outcome, filter) }
 
-// add counts one under "outer:inner", or "outer" when inner is "".
-func (c *Counter) add(counts map[string]uint64, outer, inner string) {
+// add counts one under "outer:inner", or "outer" when inner is "". The
+// map is looked up under the lock: Take replaces it.
+func (c *Counter) add(counts *map[string]uint64, outer, inner string) {
 	key := outer
 	if inner != "" {
 		key += ":" + inner
 	}
 	c.mu.Lock()
-	counts[key]++
+	(*counts)[key]++
 	c.mu.Unlock()
 }
 

@@ -29,3 +29,37 @@ func TestTakeResets(t *testing.T) {
 		t.Fatalf("not reset: %+v", s)
 	}
 }
+
+// Sessions count while the summary takes the counts: nothing is lost,
+// and (under -race) nothing races.
+func TestConcurrentHitAndTake(t *testing.T) {
+	c := NewCounter()
+	const writers, each = 4, 2000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					c.Hit("f", "r")
+				}
+			}()
+		}
+		wg.Wait()
+	}()
+	var total uint64
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		total += c.Take().Hits["f:r"]
+	}
+	if total != writers*each {
+		t.Fatalf("counted %d of %d", total, writers*each)
+	}
+}
