@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"mailguard/internal/testserver"
@@ -102,5 +103,32 @@ add_headers = "replace"
 	}
 	if got := len(p.delivered(t, "user", 1)); got != 1 {
 		t.Fatalf("%d messages delivered, want only the clean one", got)
+	}
+}
+
+// A threat feed's new hash list takes effect on SIGHUP; a broken one
+// keeps the running list, and the log names its file and line.
+func TestAttachmentHashesReload(t *testing.T) {
+	body := "a file a feed will list tomorrow\r\n"
+	listed := func(data string) string {
+		return fmt.Sprintf("%x:%d:Feed.Tomorrow\n", sha256.Sum256([]byte(data)), len(data))
+	}
+	d := startMailguard(t, "listen = \"LISTEN\"\nfilters = [\"attachments\"]\n[attachments]\nhashes = [\"feed.hsb\"]\n",
+		map[string]string{"feed.hsb": listed("something else\r\n")})
+	feed := filepath.Join(d.dir, "feed.hsb")
+	if r := milterVerdict(t, d.port, body); r != "" {
+		t.Fatalf("refused before it was listed: %q", r)
+	}
+	os.WriteFile(feed, []byte(listed("something else\r\n")+listed(body)), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, d, "msg=reloaded", "2 hashes from 1 files")
+	if r := milterVerdict(t, d.port, body); !strings.HasPrefix(r, "550 5.7.0 Attachment refused") {
+		t.Fatalf("not refused after the reload: %q", r)
+	}
+	os.WriteFile(feed, []byte(listed(body)+"not-a-hash:1:x\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, d, "reload failed", "feed.hsb:2: hash \\\"not-a-hash\\\" is not hexadecimal")
+	if r := milterVerdict(t, d.port, body); !strings.HasPrefix(r, "550 5.7.0") {
+		t.Fatalf("a broken list dropped the running one: %q", r)
 	}
 }

@@ -24,8 +24,16 @@ type Entry struct {
 	Size int64
 	// Name names the file or its threat; "" when the list gives none.
 	Name string
-	// Source is the list file and line, for logs.
-	Source string
+	file *string // shared by the file's entries: one string per file, not per hash
+	line int
+}
+
+// Source is the list file and line the entry comes from, for logs.
+func (e Entry) Source() string {
+	if e.file == nil {
+		return ""
+	}
+	return *e.file + ":" + strconv.Itoa(e.line)
 }
 
 // List is a set of hashes. Its zero value is empty and usable.
@@ -69,57 +77,68 @@ func (l *List) Lookup(s *Sums) (Entry, bool) {
 // Load reads a list file of at most maxSize bytes into l. Every problem
 // is reported with its file and line.
 func (l *List) Load(path string, maxSize int64) error {
-	return linefile.ReadFile(path, maxSize, func(line int, f []string) error { return l.add(path, line, f) })
+	return linefile.ReadFile(path, maxSize, func(line int, f []string) error { return l.add(&path, line, f) })
 }
 
 // Read reads a list from r; name is its file name in errors.
 func (l *List) Read(name string, r io.Reader) error {
-	return linefile.Read(name, r, func(line int, f []string) error { return l.add(name, line, f) })
+	return linefile.Read(name, r, func(line int, f []string) error { return l.add(&name, line, f) })
 }
 
 var errFormat = errors.New(`want HASH:SIZE:NAME (ClamAV .hsb/.hdb) or one hex hash (MD5, SHA-1 or SHA-256) per line`)
 
-func (l *List) add(file string, line int, fields []string) error {
-	e := Entry{Size: -1, Source: file + ":" + strconv.Itoa(line)}
+func (l *List) add(file *string, line int, fields []string) error {
+	e := Entry{Size: -1, file: file, line: line}
 	text := fields[0]
 	if strings.Contains(text, ":") {
-		// ClamAV's name may hold blanks; linefile split them off.
-		parts := strings.SplitN(strings.Join(fields, " "), ":", 4)
-		if len(parts) < 3 {
+		all := text
+		if len(fields) > 1 { // ClamAV's name may hold blanks; linefile split them off
+			all = strings.Join(fields, " ")
+		}
+		hash, rest, _ := strings.Cut(all, ":")
+		size, rest, ok := strings.Cut(rest, ":")
+		if !ok {
 			return errFormat
 		}
-		text = parts[0]
-		if parts[1] != "*" {
-			n, err := strconv.ParseInt(parts[1], 10, 64)
+		name, _, _ := strings.Cut(rest, ":") // a FLEVEL may follow
+		text, e.Name = hash, name
+		if size != "*" {
+			n, err := strconv.ParseInt(size, 10, 64)
 			if err != nil || n < 0 {
-				return fmt.Errorf("size %q: want a number of bytes or *", parts[1])
+				return fmt.Errorf("size %q: want a number of bytes or *", size)
 			}
 			e.Size = n
 		}
-		e.Name = parts[2]
 	} else if len(fields) > 1 {
 		return errFormat
 	}
-	sum, err := hex.DecodeString(text)
+	var sum [sha256.Size]byte
+	if len(text)%2 != 0 || len(text) > 2*len(sum) {
+		if _, err := hex.DecodeString(text); err != nil {
+			return fmt.Errorf("hash %q is not hexadecimal: %s", short(text), errFormat)
+		}
+		return fmt.Errorf("hash of %d hex digits: want 32 (MD5), 40 (SHA-1) or 64 (SHA-256)", len(text))
+	}
+	n, err := hex.Decode(sum[:], []byte(text))
 	if err != nil {
 		return fmt.Errorf("hash %q is not hexadecimal: %s", short(text), errFormat)
 	}
-	switch len(sum) {
+	switch n {
 	case sha256.Size:
 		if l.sha256 == nil {
 			l.sha256 = map[[sha256.Size]byte]Entry{}
 		}
-		l.sha256[[sha256.Size]byte(sum)] = e
+		l.sha256[sum] = e
 	case sha1.Size:
 		if l.sha1 == nil {
 			l.sha1 = map[[sha1.Size]byte]Entry{}
 		}
-		l.sha1[[sha1.Size]byte(sum)] = e
+		l.sha1[[sha1.Size]byte(sum[:sha1.Size])] = e
 	case md5.Size:
 		if l.md5 == nil {
 			l.md5 = map[[md5.Size]byte]Entry{}
 		}
-		l.md5[[md5.Size]byte(sum)] = e
+		l.md5[[md5.Size]byte(sum[:md5.Size])] = e
 	default:
 		return fmt.Errorf("hash of %d hex digits: want 32 (MD5), 40 (SHA-1) or 64 (SHA-256)", len(text))
 	}

@@ -92,6 +92,7 @@ func (f *Filter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnSta
 
 type connState struct {
 	f       *Filter
+	early   chan dnsbl.Result // the queries askEarly started, if it did
 	exempt  bool // an allow rule or an exempt listener
 	judged  bool
 	verdict verdict.Verdict
@@ -104,9 +105,29 @@ func (s *connState) Connect(ctx context.Context, c *pipeline.Conn) (verdict.Verd
 		return verdict.Pass, nil
 	}
 	if s.f.opts.DecideAt != AtConnect {
+		s.askEarly(c)
 		return verdict.Pass, nil
 	}
 	return s.judge(ctx, c, false)
+}
+
+// askEarly starts the blocklist queries of a decision deferred to MAIL,
+// so that they run while the client says EHLO (and logs in): the answer
+// is usually there when the verdict is due.
+func (s *connState) askEarly(c *pipeline.Conn) {
+	client := clientrule.NewClient(c.Addr, c.Hostname, c.Helo)
+	if len(s.f.opts.Sites) == 0 || !client.Addr.IsValid() {
+		return
+	}
+	if _, ok := s.f.opts.Allow.First(client); ok {
+		return
+	}
+	s.early = make(chan dnsbl.Result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.f.opts.DNSTimeout)
+		defer cancel()
+		s.early <- s.f.opts.Resolver.Check(ctx, client.Addr, s.f.opts.Sites)
+	}()
 }
 
 func (s *connState) Helo(ctx context.Context, c *pipeline.Conn) (verdict.Verdict, error) {
@@ -148,7 +169,7 @@ func (s *connState) judge(ctx context.Context, c *pipeline.Conn, helo bool) (ver
 		s.judged = true
 		return s.verdict, nil
 	}
-	v, err := s.f.lists(ctx, client.Addr, c)
+	v, err := s.f.lists(ctx, client.Addr, c, s.takeEarly(ctx))
 	if err != nil {
 		return verdict.Pass, err // on_error; asked again for the next message
 	}
@@ -174,16 +195,35 @@ func (f *Filter) denied(reason, key string) verdict.Verdict {
 	return v
 }
 
+// takeEarly waits for the queries askEarly started, once; nil when
+// there are none (or the call ends first: then they are asked again).
+func (s *connState) takeEarly(ctx context.Context) *dnsbl.Result {
+	if s.early == nil {
+		return nil
+	}
+	select {
+	case r := <-s.early:
+		s.early = nil
+		return &r
+	case <-ctx.Done():
+		return nil
+	}
+}
+
 // lists asks the DNS blocklists. A failure that leaves the client below
 // the threshold is an error (on_error: by default the mail goes on); a
 // listing stands whatever the other lists did.
-func (f *Filter) lists(ctx context.Context, addr netip.Addr, c *pipeline.Conn) (verdict.Verdict, error) {
+func (f *Filter) lists(ctx context.Context, addr netip.Addr, c *pipeline.Conn, early *dnsbl.Result) (verdict.Verdict, error) {
 	if len(f.opts.Sites) == 0 || !addr.IsValid() {
 		return verdict.Pass, nil
 	}
-	qctx, cancel := context.WithTimeout(ctx, f.opts.DNSTimeout)
-	defer cancel()
-	res := f.opts.Resolver.Check(qctx, addr, f.opts.Sites)
+	res := early
+	if res == nil {
+		qctx, cancel := context.WithTimeout(ctx, f.opts.DNSTimeout)
+		defer cancel()
+		r := f.opts.Resolver.Check(qctx, addr, f.opts.Sites)
+		res = &r
+	}
 	if res.Score >= f.opts.Threshold && len(res.Hits) > 0 {
 		var zones []string
 		for _, h := range res.Hits {

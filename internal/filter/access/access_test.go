@@ -116,6 +116,14 @@ dnsbl_timeout = "500ms"
 	if v, stage := session(p, "127.0.0.4", "[127.0.0.4]", "x", nil); stage != "" {
 		t.Fatalf("an answer outside the pattern: %v at %q", v, stage)
 	}
+	// Decided at MAIL (the default), asked from connect on.
+	pm := build(t, "dnsbl = [\"bl.test\"]\ndns_server = \""+d.Server()+"\"\n")
+	if v, stage := session(pm, "127.0.0.2", "[127.0.0.2]", "x", nil); stage != "mail" || v.Code != 550 {
+		t.Fatalf("listed, decided at MAIL: %v at %q", v, stage)
+	}
+	if v, stage := session(pm, "127.0.0.2", "[127.0.0.2]", "x", macros{"auth_authen": "alice"}); stage != "" {
+		t.Fatalf("listed but logged in: %v at %q", v, stage)
+	}
 	// One list's weight under the threshold lists no one.
 	p2 := build(t, "dnsbl = [\"bl.test\"]\ndnsbl_threshold = 2\ndns_server = \""+d.Server()+"\"\nexempt_authenticated = false\n")
 	if v, stage := session(p2, "127.0.0.2", "[127.0.0.2]", "x", nil); stage != "" {

@@ -234,7 +234,7 @@ func (f *Filter) judge(p *mimewalk.Part) (verdict.Verdict, bool) {
 		if what == "" {
 			what = "listed"
 		}
-		return f.refuse(p, "blocked hash", fmt.Sprintf("attachment %q (%d bytes) has a blocked hash: %s (%s)", p.Name, p.Sums.Size, what, e.Source)), true
+		return f.refuse(p, "blocked hash", fmt.Sprintf("attachment %q (%d bytes) has a blocked hash: %s (%s)", p.Name, p.Sums.Size, what, e.Source())), true
 	}
 	if p.Name != "" {
 		if why := f.badName(p.Name); why != "" {
