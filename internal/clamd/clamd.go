@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -155,9 +156,23 @@ type Pool struct {
 
 type server struct {
 	addr      Address
-	slots     chan struct{} // a token per open connection
+	slots     chan struct{} // a token per connection in use
+	idle      chan *session // connections between messages, for the next
 	downUntil atomic.Int64  // unix nanoseconds; 0: up
 }
+
+// session is a connection in clamd's IDSESSION mode: one INSTREAM after
+// another on the same connection, each reply prefixed with its number.
+// Reusing it saves a connect and clamd's accept for every message.
+type session struct {
+	conn  net.Conn
+	since time.Time // idle since
+}
+
+// maxIdle is how long a session waits for its next message before it is
+// closed rather than reused: well under clamd's IdleTimeout (30 s by
+// default), after which clamd closes it.
+const maxIdle = 10 * time.Second
 
 // NewPool returns a pool over the addresses.
 func NewPool(addrs []Address, opts PoolOptions) *Pool {
@@ -175,7 +190,7 @@ func NewPool(addrs []Address, opts PoolOptions) *Pool {
 	}
 	p := &Pool{opts: opts}
 	for _, a := range addrs {
-		p.servers = append(p.servers, &server{addr: a, slots: make(chan struct{}, opts.MaxConns)})
+		p.servers = append(p.servers, &server{addr: a, slots: make(chan struct{}, opts.MaxConns), idle: make(chan *session, opts.MaxConns)})
 	}
 	return p
 }
@@ -246,6 +261,18 @@ func (p *Pool) openOn(ctx context.Context, s *server) (*Stream, error) {
 			return nil, fmt.Errorf("%s: %w", s.addr, ErrBusy)
 		}
 	}
+	st := &Stream{pool: p, srv: s, sess: p.idleSession(s)}
+	if st.sess != nil {
+		st.conn = st.sess.conn
+		st.conn.SetWriteDeadline(time.Now().Add(p.opts.DialTimeout))
+		if _, err := st.conn.Write([]byte("zINSTREAM\x00")); err == nil {
+			return st, nil
+		}
+		// Closed under us: a new connection instead, the server not
+		// blamed for it.
+		st.conn.Close()
+		st = &Stream{pool: p, srv: s}
+	}
 	d := net.Dialer{Timeout: p.opts.DialTimeout}
 	conn, err := d.DialContext(ctx, s.addr.Network, s.addr.Addr)
 	if err != nil {
@@ -255,12 +282,51 @@ func (p *Pool) openOn(ctx context.Context, s *server) (*Stream, error) {
 		}
 		return nil, fmt.Errorf("clamd %s: %w", s.addr, err)
 	}
-	st := &Stream{pool: p, srv: s, conn: conn}
-	if err := st.send(ctx, []byte("zINSTREAM\x00")); err != nil {
+	st.sess, st.conn = &session{conn: conn}, conn
+	if err := st.send(ctx, []byte("zIDSESSION\x00zINSTREAM\x00")); err != nil {
 		st.Close()
 		return nil, err
 	}
 	return st, nil
+}
+
+// idleSession takes a session left by an earlier message, if one is
+// fresh and clamd has not closed it.
+func (p *Pool) idleSession(s *server) *session {
+	for {
+		select {
+		case sess := <-s.idle:
+			if time.Since(sess.since) < maxIdle && alive(sess.conn) {
+				return sess
+			}
+			sess.conn.Close()
+		default:
+			return nil
+		}
+	}
+}
+
+// alive reports whether clamd keeps the connection open: a peek that
+// would block. An end of file (clamd's idle timeout, a restart) or stray
+// bytes mean it is not to be used. (A read with a past deadline would
+// not tell: Go answers it with the timeout without looking.)
+func alive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := false
+	raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = errors.Is(err, syscall.EAGAIN)
+		return true
+	})
+	return open
 }
 
 // Ping asks each clamd whether it is there (PING → PONG) and returns one
@@ -311,7 +377,9 @@ func (p *Pool) ping(ctx context.Context, s *server) error {
 type Stream struct {
 	pool   *Pool
 	srv    *server
+	sess   *session
 	conn   net.Conn
+	clean  bool // the verdict was read: the session may serve another message
 	sent   int64
 	prefix [4]byte
 	closed bool
@@ -412,6 +480,7 @@ func (s *Stream) Result(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("clamd %s: %w", s.srv.addr, err)
 	}
+	s.clean = true
 	return res, nil
 }
 
@@ -442,12 +511,22 @@ func (s *Stream) readReply(ctx context.Context) (string, error) {
 	}
 }
 
-// Close ends the stream's connection; a stream not finished is abandoned.
+// Close ends the stream. Its connection serves the next message when
+// the verdict was read; a stream not finished is abandoned with it.
 func (s *Stream) Close() {
 	if s.closed {
 		return
 	}
 	s.closed = true
+	if s.clean {
+		s.sess.since = time.Now()
+		select {
+		case s.srv.idle <- s.sess:
+			<-s.srv.slots
+			return
+		default:
+		}
+	}
 	s.conn.Close()
 	<-s.srv.slots
 }

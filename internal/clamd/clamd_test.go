@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
+
+var ctx = context.Background()
 
 func TestParseAddress(t *testing.T) {
 	good := map[string]Address{
@@ -83,10 +87,30 @@ func fakeClamd(t *testing.T, handle func(net.Conn)) Address {
 	return Address{"unix", path}
 }
 
-// readStream reads an INSTREAM command and its chunks, up to limit bytes.
+// readCommand reads a z-command up to its NUL.
+func readCommand(c net.Conn) (string, error) {
+	var cmd []byte
+	b := make([]byte, 1)
+	for len(cmd) < 20 {
+		if _, err := io.ReadFull(c, b); err != nil {
+			return "", err
+		}
+		if b[0] == 0 {
+			return string(cmd), nil
+		}
+		cmd = append(cmd, b[0])
+	}
+	return "", errors.New("command too long")
+}
+
+// readStream reads an INSTREAM command (after an IDSESSION, when the
+// connection is new) and its chunks, up to limit bytes.
 func readStream(c net.Conn, limit int) (string, error) {
-	cmd := make([]byte, 10)
-	if _, err := io.ReadFull(c, cmd); err != nil || string(cmd) != "zINSTREAM\x00" {
+	cmd, err := readCommand(c)
+	if cmd == "zIDSESSION" {
+		cmd, err = readCommand(c)
+	}
+	if err != nil || cmd != "zINSTREAM" {
 		return "", errors.New("no INSTREAM")
 	}
 	var data []byte
@@ -110,18 +134,31 @@ func readStream(c net.Conn, limit int) (string, error) {
 	}
 }
 
+// readStreamOK reads a stream and answers it clean.
+func readStreamOK(c net.Conn) bool {
+	if _, err := readStream(c, 1<<20); err != nil {
+		return false
+	}
+	c.Write([]byte("1: stream: OK\x00"))
+	return true
+}
+
 func TestStreamFramesAndVerdict(t *testing.T) {
 	got := make(chan string, 1)
+	var conns atomic.Int32
 	addr := fakeClamd(t, func(c net.Conn) {
-		data, err := readStream(c, 1<<20)
-		if err != nil {
-			return
-		}
-		got <- data
-		if strings.Contains(data, "EVIL") {
-			c.Write([]byte("stream: Test.Evil FOUND\x00"))
-		} else {
-			c.Write([]byte("stream: OK\x00"))
+		conns.Add(1)
+		for id := 1; ; id++ {
+			data, err := readStream(c, 1<<20)
+			if err != nil {
+				return
+			}
+			got <- data
+			if strings.Contains(data, "EVIL") {
+				fmt.Fprintf(c, "%d: stream: Test.Evil FOUND\x00", id)
+			} else {
+				fmt.Fprintf(c, "%d: stream: OK\x00", id)
+			}
 		}
 	})
 	p := NewPool([]Address{addr}, PoolOptions{})
@@ -143,6 +180,9 @@ func TestStreamFramesAndVerdict(t *testing.T) {
 		if want := map[bool]string{true: "Test.Evil", false: ""}[strings.Contains(body, "EVIL")]; res.Virus != want {
 			t.Errorf("%q: virus %q", body, res.Virus)
 		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for two messages: the session was not reused", n)
 	}
 }
 
@@ -223,7 +263,10 @@ func TestConnectionsBounded(t *testing.T) {
 func TestDownServerLeftOut(t *testing.T) {
 	dead := Address{"unix", filepath.Join(t.TempDir(), "nobody.sock")}
 	served := 0
-	live := fakeClamd(t, func(c net.Conn) { readStream(c, 1<<20); c.Write([]byte("stream: OK\x00")) })
+	live := fakeClamd(t, func(c net.Conn) {
+		for readStreamOK(c) {
+		}
+	})
 	now := time.Unix(1000, 0)
 	p := NewPool([]Address{dead, live}, PoolOptions{Now: func() time.Time { return now }, RetryAfter: 10 * time.Second})
 	for i := 0; i < 6; i++ {
@@ -250,8 +293,7 @@ func TestDownServerLeftOut(t *testing.T) {
 
 func TestPing(t *testing.T) {
 	live := fakeClamd(t, func(c net.Conn) {
-		b := make([]byte, 6)
-		io.ReadFull(c, b)
+		readCommand(c)
 		c.Write([]byte("PONG\x00"))
 	})
 	dead := Address{"unix", filepath.Join(t.TempDir(), "nobody.sock")}
@@ -306,5 +348,51 @@ func TestOrderTriesLongestDownFirst(t *testing.T) {
 		if o[0].addr != b || o[1].addr != c || o[2].addr != a {
 			t.Fatalf("order %v %v %v", o[0].addr, o[1].addr, o[2].addr)
 		}
+	}
+}
+
+// A session is reused only when its message's verdict was read, and not
+// once clamd closed it (its idle timeout, a restart).
+func TestSessionReuse(t *testing.T) {
+	var conns atomic.Int32
+	closeAfterOne := atomic.Bool{}
+	addr := fakeClamd(t, func(c net.Conn) {
+		conns.Add(1)
+		for readStreamOK(c) {
+			if closeAfterOne.Load() {
+				return
+			}
+		}
+	})
+	p := NewPool([]Address{addr}, PoolOptions{})
+	scan := func(finish bool) {
+		st, err := p.Open(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.Write(ctx, []byte("data"))
+		if finish {
+			if _, err := st.Result(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	scan(true)
+	scan(true)
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d connections for two finished messages", n)
+	}
+	scan(false) // abandoned midway: its connection is not reused
+	scan(true)
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections: an abandoned stream's connection was reused", n)
+	}
+	closeAfterOne.Store(true)
+	scan(true) // clamd closes the session after this one
+	time.Sleep(50 * time.Millisecond)
+	scan(true)
+	if n := conns.Load(); n != 3 {
+		t.Fatalf("%d connections: a session clamd closed was reused", n)
 	}
 }

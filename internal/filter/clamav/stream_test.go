@@ -2,6 +2,7 @@ package clamav_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -44,40 +45,67 @@ func newRecordingClamd(t *testing.T) *recordingClamd {
 
 func (r *recordingClamd) serve(c net.Conn) {
 	defer c.Close()
-	var cmd []byte
-	for b := make([]byte, 1); len(cmd) < 20; cmd = append(cmd, b[0]) {
-		if _, err := io.ReadFull(c, b); err != nil || b[0] == 0 {
-			break
+	for id := 1; ; {
+		cmd, err := readCommand(c)
+		switch {
+		case err != nil:
+			return
+		case cmd == "zPING":
+			c.Write([]byte("PONG\x00"))
+			return
+		case cmd == "zIDSESSION":
+			continue
+		case cmd != "zINSTREAM":
+			return
 		}
+		r.mu.Lock()
+		r.streams++
+		r.mu.Unlock()
+		if !r.stream(c, id) {
+			return
+		}
+		id++
 	}
-	if string(cmd) == "zPING" {
-		c.Write([]byte("PONG\x00"))
-		return
-	}
-	r.mu.Lock()
-	r.streams++
-	r.mu.Unlock()
+}
+
+// stream reads one INSTREAM's chunks and answers it.
+func (r *recordingClamd) stream(c net.Conn, id int) bool {
 	for {
 		var n [4]byte
 		if _, err := io.ReadFull(c, n[:]); err != nil {
-			return
+			return false
 		}
 		size := binary.BigEndian.Uint32(n[:])
 		if size == 0 {
 			r.mu.Lock()
 			r.finished++
 			r.mu.Unlock()
-			c.Write([]byte("stream: OK\x00"))
-			return
+			fmt.Fprintf(c, "%d: stream: OK\x00", id)
+			return true
 		}
 		chunk := make([]byte, size)
 		if _, err := io.ReadFull(c, chunk); err != nil {
-			return
+			return false
 		}
 		r.mu.Lock()
 		r.received = append(r.received, chunk...)
 		r.mu.Unlock()
 	}
+}
+
+func readCommand(c net.Conn) (string, error) {
+	var cmd []byte
+	b := make([]byte, 1)
+	for len(cmd) < 20 {
+		if _, err := io.ReadFull(c, b); err != nil {
+			return "", err
+		}
+		if b[0] == 0 {
+			return string(cmd), nil
+		}
+		cmd = append(cmd, b[0])
+	}
+	return "", io.ErrUnexpectedEOF
 }
 
 func (r *recordingClamd) snapshot() (string, int, int) {
