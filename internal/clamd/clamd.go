@@ -296,7 +296,7 @@ func (p *Pool) idleSession(s *server) *session {
 	for {
 		select {
 		case sess := <-s.idle:
-			if time.Since(sess.since) < maxIdle && alive(sess.conn) {
+			if p.opts.Now().Sub(sess.since) < maxIdle && alive(sess.conn) {
 				return sess
 			}
 			sess.conn.Close()
@@ -519,7 +519,7 @@ func (s *Stream) Close() {
 	}
 	s.closed = true
 	if s.clean {
-		s.sess.since = time.Now()
+		s.sess.since = s.pool.opts.Now()
 		select {
 		case s.srv.idle <- s.sess:
 			<-s.srv.slots

@@ -66,13 +66,25 @@ func TestParseReply(t *testing.T) {
 	}
 }
 
-// fakeClamd answers each connection with handle.
+// fakeClamd answers each connection with handle, on a unix socket.
 func fakeClamd(t *testing.T, handle func(net.Conn)) Address {
+	return fakeClamdOn(t, "unix", handle)
+}
+
+// fakeClamdOn answers each connection with handle, on a unix socket or
+// loopback TCP.
+func fakeClamdOn(t *testing.T, network string, handle func(net.Conn)) Address {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fake.sock")
-	l, err := net.Listen("unix", path)
+	if network == "tcp" {
+		path = "127.0.0.1:0"
+	}
+	l, err := net.Listen(network, path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if network == "tcp" {
+		path = l.Addr().String()
 	}
 	t.Cleanup(func() { l.Close() })
 	go func() {
@@ -84,7 +96,7 @@ func fakeClamd(t *testing.T, handle func(net.Conn)) Address {
 			go func() { defer c.Close(); handle(c) }()
 		}
 	}()
-	return Address{"unix", path}
+	return Address{network, path}
 }
 
 // readCommand reads a z-command up to its NUL.
@@ -352,11 +364,18 @@ func TestOrderTriesLongestDownFirst(t *testing.T) {
 }
 
 // A session is reused only when its message's verdict was read, and not
-// once clamd closed it (its idle timeout, a restart).
+// once clamd closed it (its idle timeout, a restart). Over TCP a write to
+// a connection the peer closed succeeds: only looking first tells.
 func TestSessionReuse(t *testing.T) {
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) { testSessionReuse(t, network) })
+	}
+}
+
+func testSessionReuse(t *testing.T, network string) {
 	var conns atomic.Int32
 	closeAfterOne := atomic.Bool{}
-	addr := fakeClamd(t, func(c net.Conn) {
+	addr := fakeClamdOn(t, network, func(c net.Conn) {
 		conns.Add(1)
 		for readStreamOK(c) {
 			if closeAfterOne.Load() {
@@ -364,7 +383,8 @@ func TestSessionReuse(t *testing.T) {
 			}
 		}
 	})
-	p := NewPool([]Address{addr}, PoolOptions{})
+	now := time.Unix(1000, 0)
+	p := NewPool([]Address{addr}, PoolOptions{Now: func() time.Time { return now }})
 	scan := func(finish bool) {
 		st, err := p.Open(ctx)
 		if err != nil {
@@ -394,5 +414,12 @@ func TestSessionReuse(t *testing.T) {
 	scan(true)
 	if n := conns.Load(); n != 3 {
 		t.Fatalf("%d connections: a session clamd closed was reused", n)
+	}
+	closeAfterOne.Store(false)
+	scan(true)
+	now = now.Add(maxIdle) // idle as long as clamd's timeout allows, nearly
+	scan(true)
+	if n := conns.Load(); n != 5 {
+		t.Fatalf("%d connections: a session idle for %s was reused", n, maxIdle)
 	}
 }
