@@ -93,7 +93,7 @@ func (f *Filter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnSta
 type connState struct {
 	f       *Filter
 	early   chan dnsbl.Result // the queries askEarly started, if it did
-	exempt  bool // an allow rule or an exempt listener
+	exempt  bool              // an allow rule or an exempt listener
 	judged  bool
 	verdict verdict.Verdict
 }
