@@ -2,10 +2,9 @@ package clamd
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
+	"mailguard/internal/clamd/clamdtest"
 	"net"
 	"path/filepath"
 	"strings"
@@ -99,21 +98,7 @@ func fakeClamdOn(t *testing.T, network string, handle func(net.Conn)) Address {
 	return Address{network, path}
 }
 
-// readCommand reads a z-command up to its NUL.
-func readCommand(c net.Conn) (string, error) {
-	var cmd []byte
-	b := make([]byte, 1)
-	for len(cmd) < 20 {
-		if _, err := io.ReadFull(c, b); err != nil {
-			return "", err
-		}
-		if b[0] == 0 {
-			return string(cmd), nil
-		}
-		cmd = append(cmd, b[0])
-	}
-	return "", errors.New("command too long")
-}
+var readCommand = clamdtest.ReadCommand
 
 // readStream reads an INSTREAM command (after an IDSESSION, when the
 // connection is new) and its chunks, up to limit bytes.
@@ -126,24 +111,11 @@ func readStream(c net.Conn, limit int) (string, error) {
 		return "", errors.New("no INSTREAM")
 	}
 	var data []byte
-	for {
-		var n [4]byte
-		if _, err := io.ReadFull(c, n[:]); err != nil {
-			return "", err
-		}
-		size := binary.BigEndian.Uint32(n[:])
-		if size == 0 {
-			return string(data), nil
-		}
-		if len(data)+int(size) > limit {
-			return "", ErrSizeLimit
-		}
-		chunk := make([]byte, size)
-		if _, err := io.ReadFull(c, chunk); err != nil {
-			return "", err
-		}
-		data = append(data, chunk...)
+	err = clamdtest.ReadChunks(c, limit, func(b []byte) { data = append(data, b...) })
+	if errors.Is(err, clamdtest.ErrTooLong) {
+		return "", ErrSizeLimit
 	}
+	return string(data), err
 }
 
 // readStreamOK reads a stream and answers it clean.

@@ -1,9 +1,8 @@
 package clamav_test
 
 import (
-	"encoding/binary"
 	"fmt"
-	"io"
+	"mailguard/internal/clamd/clamdtest"
 	"net"
 	"path/filepath"
 	"strings"
@@ -46,7 +45,7 @@ func newRecordingClamd(t *testing.T) *recordingClamd {
 func (r *recordingClamd) serve(c net.Conn) {
 	defer c.Close()
 	for id := 1; ; {
-		cmd, err := readCommand(c)
+		cmd, err := clamdtest.ReadCommand(c)
 		switch {
 		case err != nil:
 			return
@@ -70,42 +69,19 @@ func (r *recordingClamd) serve(c net.Conn) {
 
 // stream reads one INSTREAM's chunks and answers it.
 func (r *recordingClamd) stream(c net.Conn, id int) bool {
-	for {
-		var n [4]byte
-		if _, err := io.ReadFull(c, n[:]); err != nil {
-			return false
-		}
-		size := binary.BigEndian.Uint32(n[:])
-		if size == 0 {
-			r.mu.Lock()
-			r.finished++
-			r.mu.Unlock()
-			fmt.Fprintf(c, "%d: stream: OK\x00", id)
-			return true
-		}
-		chunk := make([]byte, size)
-		if _, err := io.ReadFull(c, chunk); err != nil {
-			return false
-		}
+	err := clamdtest.ReadChunks(c, 1<<30, func(chunk []byte) {
 		r.mu.Lock()
 		r.received = append(r.received, chunk...)
 		r.mu.Unlock()
+	})
+	if err != nil {
+		return false
 	}
-}
-
-func readCommand(c net.Conn) (string, error) {
-	var cmd []byte
-	b := make([]byte, 1)
-	for len(cmd) < 20 {
-		if _, err := io.ReadFull(c, b); err != nil {
-			return "", err
-		}
-		if b[0] == 0 {
-			return string(cmd), nil
-		}
-		cmd = append(cmd, b[0])
-	}
-	return "", io.ErrUnexpectedEOF
+	r.mu.Lock()
+	r.finished++
+	r.mu.Unlock()
+	fmt.Fprintf(c, "%d: stream: OK\x00", id)
+	return true
 }
 
 func (r *recordingClamd) snapshot() (string, int, int) {
