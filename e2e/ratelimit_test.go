@@ -246,10 +246,14 @@ func (p *postfix) swaksFrom(t *testing.T, source, user, password string) string 
 
 func TestPostfixAccessAndRatelimit(t *testing.T) {
 	sock := dovecotAuth(t, "alice", "s3cret")
+	dns := testserver.StartDNS(t, "bl.test", map[string]string{"4.0.0.127": "127.0.0.2"})
 	d := startMailguard(t, `listen = "LISTEN"
 filters = ["access", "ratelimit"]
 [access]
 deny = ["127.0.0.2"]
+dnsbl = ["bl.test"]
+dns_server = "`+dns.Server()+`"
+dnsbl_timeout = "1s"
 [ratelimit]
 [[ratelimit.rule]]
 name = "conn-per-client"
@@ -277,5 +281,19 @@ window = "1m"
 	}
 	if l := d.lines("decision", "filter=ratelimit", "conn-per-client"); len(l) != 1 {
 		t.Fatalf("decision lines:\n%s", d.logs)
+	}
+
+	// A client the DNS blocklist lists; then the DNS server hangs, and
+	// mail flows within dnsbl_timeout.
+	if out := p.swaksFrom(t, "127.0.0.4", "", ""); !strings.Contains(out, "<** 550 5.7.1 Service unavailable; client [127.0.0.4] blocked using bl.test") {
+		t.Fatalf("listed client not refused:\n%s", tail(out))
+	}
+	dns.Pause()
+	defer dns.Resume()
+	if out := p.swaksFrom(t, "127.0.0.5", "", ""); !strings.Contains(out, "<-  250 2.0.0") {
+		t.Fatalf("with the DNS server hung, mail did not flow:\n%s", tail(out))
+	}
+	if l := d.lines("filter failed", "filter=access", "bl.test"); len(l) != 1 {
+		t.Fatalf("the DNS failure not logged once:\n%s", d.logs)
 	}
 }
