@@ -57,15 +57,7 @@ func run(t *testing.T, env []string, name string, args ...string) error {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testserver.FreePort(t) }
 
 func waitForPort(t *testing.T, port int, what string, logs func() string) {
 	t.Helper()

@@ -28,15 +28,18 @@ type Set struct {
 	n                                int
 }
 
-// NewSet parses patterns; the error names the first bad one.
+// NewSet parses patterns. The set holds every good one; the error names
+// the first bad one (a checked configuration has none: a caller may
+// ignore it, and a bad pattern then selects nothing).
 func NewSet(patterns []string) (*Set, error) {
 	s := &Set{}
+	var first error
 	for _, p := range patterns {
-		if err := s.Add(p); err != nil {
-			return nil, err
+		if err := s.Add(p); err != nil && first == nil {
+			first = err
 		}
 	}
-	return s, nil
+	return s, first
 }
 
 // Check says whether p is a pattern.

@@ -1,6 +1,9 @@
 package addrpattern
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestPatterns(t *testing.T) {
 	s, err := NewSet([]string{"Alice@Example.edu", "@lists.example.org", "*@spam.example", "*.bulk.example", "postmaster@*", "<>"})
@@ -25,6 +28,11 @@ func TestPatterns(t *testing.T) {
 		if got := s.Match(addr); got != want {
 			t.Errorf("%q: %v, want %v", addr, got, want)
 		}
+	}
+	// A bad pattern is named, and the good ones still hold.
+	s, err = NewSet([]string{"a@example.org", "not a pattern", "b@example.org"})
+	if err == nil || !strings.Contains(err.Error(), `"not a pattern"`) || !s.Match("b@example.org") {
+		t.Fatalf("NewSet with a bad pattern: %v, b matched %v", err, s.Match("b@example.org"))
 	}
 	for _, bad := range []string{"", "*", "@", "*@*", "a@", "@a b", "x y@example.org", "*.", "a@b@*x"} {
 		if Check(bad) == nil {

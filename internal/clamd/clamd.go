@@ -85,8 +85,7 @@ var (
 // Result is clamd's verdict on a stream.
 type Result struct {
 	// Virus is the name of what clamd found, or "" for a clean stream.
-	Virus  string
-	Server Address
+	Virus string
 }
 
 // maxReply bounds clamd's reply; a verdict line is far shorter.
@@ -462,7 +461,7 @@ func (s *Stream) failed(err error) error {
 // ending ctx (the MTA hung up, the timeout) ends the wait within
 // pollInterval.
 func (s *Stream) Result(ctx context.Context) (Result, error) {
-	res := Result{Server: s.srv.addr}
+	var res Result
 	if err := s.send(ctx, []byte{0, 0, 0, 0}); err != nil {
 		return res, err
 	}

@@ -9,7 +9,6 @@ package dnsbl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -334,6 +333,3 @@ func (r *Resolver) store(name string, e entry, now time.Time) {
 	}
 	r.cache[name] = e
 }
-
-// ErrNoAddress: the client has no IP address (a local socket).
-var ErrNoAddress = errors.New("client has no IP address")

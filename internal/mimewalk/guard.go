@@ -2,6 +2,7 @@ package mimewalk
 
 import (
 	"bytes"
+	"errors"
 	"io"
 )
 
@@ -23,7 +24,7 @@ const (
 // line is the guard's one false alarm. Base64 has no such lines.
 type headerGuard struct {
 	r        io.Reader
-	err      error
+	err      error // a limit hit, or the stream's own failure
 	counting bool
 	fields   int
 	bytes    int
@@ -44,6 +45,9 @@ func (g *headerGuard) Read(p []byte) (int, error) {
 		return 0, g.err
 	}
 	n, err := g.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		g.err = err // the stream's failure ends the walk, sticky as a limit
+	}
 	for i := 0; i < n; i++ {
 		c := p[i]
 		if !g.counting && g.lineLen >= 2 {

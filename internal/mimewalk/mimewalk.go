@@ -90,6 +90,7 @@ type walker struct {
 	head    []byte
 	tail    *ring
 	b64     *base64Reader // reused from part to part
+	guard   *headerGuard  // the first reader of the stream
 	hashes  []hash.Hash
 	sha256  hash.Hash
 	sha1    hash.Hash
@@ -99,7 +100,8 @@ type walker struct {
 // Walk reads a whole message (header and body) from r and calls fn for
 // each leaf part, in order. fn's error (ErrStop among them) ends the walk
 // and is returned. A limit hit returns a *LimitError, a structure the
-// parser cannot follow a *MalformedError; r is not read to its end then.
+// parser cannot follow a *MalformedError, and r's own error (other than
+// io.EOF) itself; r is not read to its end then.
 func Walk(r io.Reader, opts Options, fn func(*Part) error) error {
 	if opts.MaxDepth <= 0 {
 		opts.MaxDepth = 20
@@ -126,10 +128,12 @@ func Walk(r io.Reader, opts Options, fn func(*Part) error) error {
 		w.md5 = md5.New()
 		w.hashes = append(w.hashes, w.md5)
 	}
-	g := newHeaderGuard(r)
-	err := w.message(g, 0)
-	if g.err != nil {
-		return g.err // the parser may have wrapped it, or taken it for a broken part
+	w.guard = newHeaderGuard(r)
+	err := w.message(w.guard, 0)
+	if w.guard.err != nil {
+		// A limit, or the stream's own failure: the parser may have
+		// wrapped it, or taken it for a broken part.
+		return w.guard.err
 	}
 	return err
 }
@@ -247,8 +251,8 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 		if err != nil {
 			// A broken encoding (bad base64) ends the part's content:
 			// what was decoded is hashed, as a mail client would save it.
-			if isReadAbort(err) {
-				return err
+			if w.guard.err != nil {
+				return w.guard.err // the stream itself failed, or a limit
 			}
 			break
 		}
@@ -279,29 +283,6 @@ func (e *eofReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
 	if errors.Is(err, io.EOF) {
 		e.eof = true
-	}
-	return n, err
-}
-
-// abortError marks an error of the reader the walk was given (the message
-// stream ended by the caller), as opposed to a part's broken encoding.
-type abortError struct{ error }
-
-func isReadAbort(err error) bool {
-	var a *abortError
-	return errors.As(err, &a)
-}
-
-// AbortReader wraps the message stream so that its errors end the walk
-// rather than being taken for a part's broken encoding.
-func AbortReader(r io.Reader) io.Reader { return abortReader{r} }
-
-type abortReader struct{ r io.Reader }
-
-func (a abortReader) Read(p []byte) (int, error) {
-	n, err := a.r.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		err = &abortError{err}
 	}
 	return n, err
 }

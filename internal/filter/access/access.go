@@ -9,7 +9,6 @@ package access
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -45,7 +44,6 @@ type Options struct {
 	ExemptAuth    bool
 	ExemptDaemons []string
 	DecideAt      string
-	Log           *slog.Logger
 	Stats         *stats.Counter
 }
 

@@ -99,6 +99,6 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	return New(Options{
 		Allow: allow, Deny: deny, Close: c.DenyReply == "close", Sites: sites, Threshold: c.DNSBLThreshold,
 		DNSTimeout: c.DNSBLTimeout.Duration, Resolver: resolver, ExemptAuth: c.ExemptAuthenticated,
-		ExemptDaemons: c.ExemptDaemons, DecideAt: decideAt, Log: b.Log, Stats: b.Stats,
+		ExemptDaemons: c.ExemptDaemons, DecideAt: decideAt, Stats: b.Stats,
 	}), nil
 }

@@ -146,7 +146,7 @@ func (c *check) start() {
 	c.done = make(chan struct{})
 	go func() {
 		defer close(c.done)
-		err := mimewalk.Walk(mimewalk.AbortReader(c.pr), c.f.walk, c.part)
+		err := mimewalk.Walk(c.pr, c.f.walk, c.part)
 		c.result, c.unchecked, c.err = c.f.outcome(err)
 		// Nothing more is read: the MTA's next chunks are not waited for.
 		c.pr.CloseWithError(errWalkDone)

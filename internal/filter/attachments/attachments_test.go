@@ -149,7 +149,7 @@ func TestLimitsAndMalformed(t *testing.T) {
 // it; the rest of the body is not needed. And a message dropped midway
 // leaves no walk behind.
 func TestEarlyVerdictAndNoLeak(t *testing.T) {
-	p, _ := build(t, "block_names = [\"*.exe\"]\n", nil)
+	p, counter := build(t, "block_names = [\"*.exe\"]\n", nil)
 	before := runtime.NumGoroutine()
 	refused := mail(`filename="a.exe"`, "application/octet-stream", "base64", b64(document)) + strings.Repeat("trailing text\r\n", 5000)
 	clean := mail(`filename="a.pdf"`, "application/pdf", "base64", b64(bytes.Repeat(document, 20)))
@@ -169,6 +169,12 @@ func TestEarlyVerdictAndNoLeak(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before {
 		t.Fatalf("%d goroutines left behind", n-before)
+	}
+	// A dropped message is not malformed MIME.
+	for key, n := range counter.Take().Hits {
+		if strings.HasPrefix(key, "attachments:not checked") {
+			t.Fatalf("dropped messages counted as %s (%d)", key, n)
+		}
 	}
 }
 

@@ -84,8 +84,11 @@ func New(opts Options) (*Filter, error) {
 	// Maildir names must not hold "/" or ":"; the host name comes from the
 	// system, but keep the rule anyway.
 	host = strings.NewReplacer("/", "\\057", ":", "\\072").Replace(host)
-	return &Filter{opts: opts, sw: switchFile{path: opts.Switch, now: opts.Now}, host: host,
-		recips: patterns(opts.Recipients), senders: patterns(opts.Senders)}, nil
+	// The patterns were checked with the configuration; one that is not
+	// a pattern selects nothing.
+	recips, _ := addrpattern.NewSet(opts.Recipients)
+	senders, _ := addrpattern.NewSet(opts.Senders)
+	return &Filter{opts: opts, sw: switchFile{path: opts.Switch, now: opts.Now}, host: host, recips: recips, senders: senders}, nil
 }
 
 func (f *Filter) Name() string { return Name }
@@ -331,16 +334,6 @@ func (s *switchFile) on() bool {
 	s.exists.Store(on)
 	s.checkedAt.Store(now)
 	return on
-}
-
-// patterns builds a selection; the configuration checked the patterns,
-// and one that is not a pattern selects nothing.
-func patterns(list []string) *addrpattern.Set {
-	s := &addrpattern.Set{}
-	for _, p := range list {
-		s.Add(p)
-	}
-	return s
 }
 
 func (f *Filter) selected(env *pipeline.Envelope) bool {

@@ -138,7 +138,7 @@ type check struct {
 	env      *pipeline.Envelope
 	header   []byte // the header section, until the stream opens
 	stream   *clamd.Stream
-	size     int64
+	size     int64 // bytes of the message so far (or as SIZE= announced)
 	oversize bool
 	// theirs counts the X-Virus-* fields the message came with.
 	theirScanned, theirStatus int
@@ -152,8 +152,9 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 		c.theirStatus++
 	}
 	if !c.oversize {
+		before := len(c.header)
 		c.header = message.AppendField(c.header, name, value)
-		c.grow(0)
+		c.grow(len(c.header) - before)
 	}
 	return verdict.Pass, nil
 }
@@ -161,17 +162,13 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 // grow counts n more bytes of message and reports whether it still fits
 // MaxSize; past it the stream is dropped.
 func (c *check) grow(n int) bool {
-	if c.oversize {
-		return false
-	}
-	if c.size+int64(len(c.header))+int64(n) > c.f.opts.MaxSize {
+	c.size += int64(n)
+	if !c.oversize && c.size > c.f.opts.MaxSize {
 		c.oversize = true
-		c.size += int64(len(c.header)) + int64(n)
 		c.header = nil
 		c.closeStream()
-		return false
 	}
-	return true
+	return !c.oversize
 }
 
 func (c *check) EndOfHeaders(ctx context.Context, _ *pipeline.Envelope) (verdict.Verdict, error) {
@@ -179,7 +176,7 @@ func (c *check) EndOfHeaders(ctx context.Context, _ *pipeline.Envelope) (verdict
 		return verdict.Pass, nil
 	}
 	c.header = append(c.header, "\r\n"...)
-	if !c.grow(0) {
+	if !c.grow(2) {
 		return verdict.Pass, nil
 	}
 	return verdict.Pass, c.open(ctx)
@@ -192,7 +189,6 @@ func (c *check) open(ctx context.Context) error {
 	}
 	c.stream = st
 	err = st.Write(ctx, c.header)
-	c.size += int64(len(c.header))
 	c.header = nil
 	return c.streamErr(err)
 }
@@ -210,7 +206,7 @@ func (c *check) streamErr(err error) error {
 func (c *check) clamdLimit() {
 	c.oversize = true
 	c.f.opts.Log.Warn("clamav: clamd refused a message as longer than its StreamMaxLength; lower max_size to at most clamd's StreamMaxLength",
-		"max_size", c.f.opts.MaxSize, "sent", c.size, "clamd", c.stream.Server().String(), "queue_id", c.env.QueueID)
+		"max_size", c.f.opts.MaxSize, "sent", c.stream.Sent(), "clamd", c.stream.Server().String(), "queue_id", c.env.QueueID)
 	c.closeStream()
 }
 
@@ -226,7 +222,6 @@ func (c *check) Body(ctx context.Context, chunk []byte) (verdict.Verdict, error)
 			return verdict.Pass, nil
 		}
 	}
-	c.size += int64(len(chunk))
 	return verdict.Pass, c.streamErr(c.stream.Write(ctx, chunk))
 }
 

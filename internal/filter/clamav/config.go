@@ -1,6 +1,7 @@
 package clamav
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -155,7 +156,7 @@ func (c *Config) checkClamdConfig(b *filters.Env, addrs []clamd.Address) {
 		where = append(where, "unix:"+local)
 	}
 	if port != "" {
-		where = append(where, "tcp:"+cmp(tcpAddr, "*")+":"+port)
+		where = append(where, "tcp:"+cmp.Or(tcpAddr, "*")+":"+port)
 	}
 	if len(where) > 0 && !remoteOnly(addrs) {
 		b.Warn("address", "clamd's configuration (%s) has it listen on %s, not on any address given here", file, strings.Join(where, " and "))
@@ -190,13 +191,6 @@ func remoteOnly(addrs []clamd.Address) bool {
 		}
 	}
 	return true
-}
-
-func cmp(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func human(n int64) string {

@@ -71,10 +71,7 @@ func New(opts Options) *Filter {
 	}
 	// The patterns were checked with the configuration; one that is not
 	// a pattern exempts nobody.
-	exempt := &addrpattern.Set{}
-	for _, p := range opts.Exempt {
-		exempt.Add(p)
-	}
+	exempt, _ := addrpattern.NewSet(opts.Exempt)
 	f := &Filter{opts: opts, exempt: exempt, unreadable: map[string]time.Time{}}
 	if opts.Usage.OnError == nil {
 		opts.Usage.OnError = f.cannotRead

@@ -246,10 +246,11 @@ func (f *Filter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnSta
 }
 
 type connState struct {
-	f      *Filter
-	client netip.Addr
-	exempt bool
-	held   []string // concurrency keys acquired
+	pipeline.NopConnState // Helo
+	f                     *Filter
+	client                netip.Addr
+	exempt                bool
+	held                  []string // concurrency keys acquired
 }
 
 func clientAddr(c *pipeline.Conn) netip.Addr {
@@ -277,10 +278,6 @@ func (s *connState) Connect(ctx context.Context, c *pipeline.Conn) (verdict.Verd
 		}
 	}
 	return v, err
-}
-
-func (s *connState) Helo(context.Context, *pipeline.Conn) (verdict.Verdict, error) {
-	return verdict.Pass, nil
 }
 
 // Close gives back the connection's concurrency counts, on a context of
