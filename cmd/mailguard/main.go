@@ -362,6 +362,10 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 		}
 		if st.OK {
 			fmt.Fprintf(stdout, "mailguard reload: process %d reloaded %s\n", pid, *cfgFile)
+			if pending, ok := strings.CutPrefix(st.Message, "reloaded; "); ok {
+				// The filters run the new configuration; these do not yet.
+				fmt.Fprintf(stdout, "mailguard reload: %s\n", pending)
+			}
 			return 0
 		}
 		fmt.Fprintf(stderr, "mailguard reload: process %d kept its previous configuration: %s\n", pid, st.Message)

@@ -151,6 +151,7 @@ type Pool struct {
 	servers []*server
 	next    atomic.Uint32
 	opts    PoolOptions
+	closed  atomic.Bool
 }
 
 type server struct {
@@ -192,6 +193,29 @@ func NewPool(addrs []Address, opts PoolOptions) *Pool {
 		p.servers = append(p.servers, &server{addr: a, slots: make(chan struct{}, opts.MaxConns), idle: make(chan *session, opts.MaxConns)})
 	}
 	return p
+}
+
+// Close closes the idle sessions; streams still open close theirs when
+// they end, since a closed pool keeps none for the next message. Streams
+// may still be opened (each on a connection of its own), so a message in
+// flight on a replaced filter is not failed by its close.
+func (p *Pool) Close() error {
+	p.closed.Store(true)
+	for _, s := range p.servers {
+		s.closeIdle()
+	}
+	return nil
+}
+
+func (s *server) closeIdle() {
+	for {
+		select {
+		case sess := <-s.idle:
+			sess.conn.Close()
+		default:
+			return
+		}
+	}
 }
 
 // Addresses lists the pool's servers.
@@ -517,11 +541,14 @@ func (s *Stream) Close() {
 		return
 	}
 	s.closed = true
-	if s.clean {
+	if s.clean && !s.pool.closed.Load() {
 		s.sess.since = s.pool.opts.Now()
 		select {
 		case s.srv.idle <- s.sess:
 			<-s.srv.slots
+			if s.pool.closed.Load() { // closed meanwhile: not kept after all
+				s.srv.closeIdle()
+			}
 			return
 		default:
 		}
