@@ -322,3 +322,40 @@ func reloadStatus(t *testing.T, pid string, prev pidfile.Status) pidfile.Status 
 	t.Fatal("no reload status")
 	return prev
 }
+
+// Capture's switch is logged, with the folder, when the daemon notices
+// it, and the reload line says whether capture is on.
+func TestCaptureSwitchIsLogged(t *testing.T) {
+	d := start(t, `listen = "LISTEN"
+filters = ["capture"]
+[capture]
+switch = "capture.on"
+dir = "captured"
+`)
+	sw, dir := filepath.Join(d.dir, "capture.on"), filepath.Join(d.dir, "captured")
+	if !strings.Contains(d.logs.String(), `capture="off (no switch file `+sw+`); copies would go to `+dir+`"`) {
+		t.Fatalf("start line does not say capture is off:\n%s", d.logs)
+	}
+	if err := os.WriteFile(sw, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	noticed := func(what string) func(string) bool {
+		return func(s string) bool {
+			if strings.Contains(s, what) {
+				return true
+			}
+			d.connect("192.0.2.7", nil).message() // the daemon looks when mail comes
+			return false
+		}
+	}
+	d.waitLog(noticed(`msg="capture switched on: copying messages" switch=`+sw+` dir=`+dir), "capture switched on")
+	d.reload()
+	if !strings.Contains(d.logs.String(), `msg=reloaded filters=[capture] capture="ON: copying every message into `+dir) {
+		t.Fatalf("reload line does not say capture is on:\n%s", d.logs)
+	}
+	os.Remove(sw)
+	d.waitLog(noticed(`msg="capture switched off: no more copies" switch=`+sw+` dir=`+dir), "capture switched off")
+	if n := strings.Count(d.logs.String(), "capture switched"); n != 2 {
+		t.Fatalf("%d switch lines, want 2:\n%s", n, d.logs)
+	}
+}
