@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/d--j/go-milter"
 
+	"mailguard/internal/config"
+	"mailguard/internal/listen"
 	"mailguard/internal/pidfile"
 	"mailguard/internal/testserver"
 )
@@ -357,5 +360,54 @@ dir = "captured"
 	d.waitLog(noticed(`msg="capture switched off: no more copies" switch=`+sw+` dir=`+dir), "capture switched off")
 	if n := strings.Count(d.logs.String(), "capture switched"); n != 2 {
 		t.Fatalf("%d switch lines, want 2:\n%s", n, d.logs)
+	}
+}
+
+// The daemon on built-in defaults listens where the README says
+// (config.DefaultListen), and that port is free: no service the system's
+// services database (netbase's /etc/services) registers, none of the
+// ports other milters take by convention, and nothing on this machine
+// holds it now.
+func TestDefaultPortIsFree(t *testing.T) {
+	addr, err := listen.Parse(config.DefaultListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr.Address)
+	for _, taken := range []string{"8891", "8893", "8894"} { // OpenDKIM, OpenDMARC, OpenARC
+		if port == taken {
+			t.Errorf("default listen %s is another milter's port", config.DefaultListen)
+		}
+	}
+	services, err := os.ReadFile("/etc/services")
+	if err != nil {
+		t.Fatalf("the services database: %v", err)
+	}
+	for _, line := range strings.Split(string(services), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && !strings.HasPrefix(f[0], "#") && f[1] == port+"/tcp" {
+			t.Errorf("default listen %s is registered for %q in /etc/services", config.DefaultListen, f[0])
+		}
+	}
+
+	logs := &syncBuffer{}
+	ready := make(chan string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{Stderr: logs, Ready: func(a string) { ready <- a }}) }()
+	select {
+	case got := <-ready:
+		if got != addr.Address {
+			t.Errorf("on built-in defaults the daemon listens on %s, not %s", got, addr.Address)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	case err := <-done:
+		cancel()
+		t.Fatalf("the daemon cannot take the default port %s: %v", addr.Address, err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatalf("the daemon did not start on built-in defaults:\n%s", logs)
 	}
 }
