@@ -11,6 +11,7 @@ import (
 	"mailguard/internal/filters"
 	"mailguard/internal/logging"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/stats"
 	"mailguard/internal/testserver"
 )
 
@@ -112,4 +113,59 @@ func TestRedisClientHandedOverAndClosed(t *testing.T) {
 	waitClients(1, "once the old pipeline is retired")
 	p3.Retire()
 	waitClients(0, "once the last pipeline is retired")
+}
+
+// The tarpit's slots are handed over: a session held by the old
+// pipeline's tarpit still takes a slot after a reload, so a flood cannot
+// get twice max_tarpitted sessions held by reloading in between.
+func TestReloadKeepsTarpitSlots(t *testing.T) {
+	section := `max_tarpitted = 1
+[[ratelimit.rule]]
+name = "conn"
+event = "connection"
+key = "client"
+limit = 1
+window = "1m"
+action = "tarpit:20s,tempfail"
+`
+	build := func(prev *pipeline.Pipeline, counts *stats.Counter) *pipeline.Pipeline {
+		cfg, err := filters.Parse("test.toml", []byte("filters = [\"ratelimit\"]\n[ratelimit]\n"+section))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := filters.BuildWith(cfg, pipeline.Env{Log: logging.Discard(), Stats: counts, Now: time.Now}, filters.BuildOptions{Predecessor: prev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	s1, s2 := stats.NewCounter(), stats.NewCounter()
+	p1 := build(nil, s1)
+	first, _ := connect(p1, "192.0.2.1")
+	defer first.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	held := make(chan struct{})
+	go func() { // the second connection waits in the tarpit
+		defer close(held)
+		cn := p1.Open(ctx, &pipeline.Conn{Addr: "192.0.2.1", Family: pipeline.FamilyInet})
+		cn.Connect()
+		cn.Close()
+	}()
+	defer func() { cancel(); <-held }()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(s1.Take().HitsString(), "ratelimit:conn delayed=1"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second connection was not tarpitted")
+		}
+	}
+
+	p2 := build(p1, s2)
+	p1.Retire()
+	cn, v := connect(p2, "192.0.2.1")
+	defer cn.Close()
+	if !strings.HasPrefix(v.String(), "tempfail 451 4.7.1") {
+		t.Fatalf("third connection, after the reload: %v", v)
+	}
+	if hits := s2.Take().HitsString(); !strings.Contains(hits, "ratelimit:conn tarpit full=1") {
+		t.Fatalf("the new pipeline's tarpit had a free slot: %s", hits)
+	}
 }
