@@ -29,9 +29,7 @@ type Connection struct {
 // when the front door calls Connect and Helo.
 func (p *Pipeline) Open(ctx context.Context, c *Conn) *Connection {
 	cn := &Connection{p: p, conn: c, ctx: newLazyCtx(ctx, time.Time{})}
-	p.life.mu.Lock()
-	p.life.users++ // the caller holds p (Hold), or owns it: it is not closed
-	p.life.mu.Unlock()
+	p.life.use() // the caller holds p (Hold), or owns it: it is not closed
 	env := &Envelope{Conn: c}
 	for i, con := range p.connector {
 		if con == nil {

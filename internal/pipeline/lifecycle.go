@@ -3,7 +3,7 @@ package pipeline
 import (
 	"errors"
 	"fmt"
-	"sync"
+	"sync/atomic"
 )
 
 // Closer is implemented by filters that hold something beyond one
@@ -21,38 +21,42 @@ type Closer interface {
 }
 
 // lifecycle counts what uses a pipeline: its connections, and holders
-// such as a milter connection that negotiated for it.
+// such as a milter connection that negotiated for it. One atomic word (a
+// count and two flags) rather than a mutex: every SMTP session takes and
+// gives back a use, on every core.
 type lifecycle struct {
-	mu      sync.Mutex
-	users   int
-	retired bool
-	closed  bool
+	state atomic.Int64
 }
+
+const (
+	retiredFlag = int64(1) << 61
+	closedFlag  = int64(1) << 62
+	usersMask   = retiredFlag - 1
+)
+
+// use counts a user the caller knows the pipeline cannot lose meanwhile
+// (it holds it, or owns it).
+func (l *lifecycle) use() { l.state.Add(1) }
 
 // Hold keeps the pipeline from being closed until Release. It reports
 // false when the pipeline is closed already (it was retired and nothing
 // used it): the caller then takes the current pipeline instead.
 func (p *Pipeline) Hold() bool {
-	p.life.mu.Lock()
-	defer p.life.mu.Unlock()
-	if p.life.closed {
-		return false
+	for {
+		s := p.life.state.Load()
+		if s&closedFlag != 0 {
+			return false
+		}
+		if p.life.state.CompareAndSwap(s, s+1) {
+			return true
+		}
 	}
-	p.life.users++
-	return true
 }
 
 // Release ends a Hold (or a connection's use); the last user of a retired
 // pipeline closes it.
 func (p *Pipeline) Release() {
-	p.life.mu.Lock()
-	p.life.users--
-	last := p.life.users == 0 && p.life.retired && !p.life.closed
-	if last {
-		p.life.closed = true
-	}
-	p.life.mu.Unlock()
-	if last {
+	if s := p.life.state.Add(-1); s == retiredFlag && p.life.state.CompareAndSwap(s, s|closedFlag) {
 		p.closeFilters()
 	}
 }
@@ -62,37 +66,36 @@ func (p *Pipeline) Release() {
 // now if nothing uses it, else when its last user lets go. Retire is
 // safe to call more than once.
 func (p *Pipeline) Retire() {
-	p.life.mu.Lock()
-	now := !p.life.retired && p.life.users == 0 && !p.life.closed
-	p.life.retired = true
-	if now {
-		p.life.closed = true
-	}
-	p.life.mu.Unlock()
-	if now {
-		p.closeFilters()
+	for {
+		s := p.life.state.Load()
+		if s&retiredFlag != 0 {
+			return
+		}
+		if p.life.state.CompareAndSwap(s, s|retiredFlag) {
+			if s&usersMask == 0 && p.life.state.CompareAndSwap(s|retiredFlag, s|retiredFlag|closedFlag) {
+				p.closeFilters()
+			}
+			return
+		}
 	}
 }
 
 // Closed reports whether the pipeline's filters have been closed.
-func (p *Pipeline) Closed() bool {
-	p.life.mu.Lock()
-	defer p.life.mu.Unlock()
-	return p.life.closed
-}
+func (p *Pipeline) Closed() bool { return p.life.state.Load()&closedFlag != 0 }
 
 // Close closes every filter that holds something, at once, whoever still
 // uses the pipeline: for a pipeline that never served (a build that
 // failed half-way, a scan's own). Its error joins the filters' errors.
 func (p *Pipeline) Close() error {
-	p.life.mu.Lock()
-	already := p.life.closed
-	p.life.closed, p.life.retired = true, true
-	p.life.mu.Unlock()
-	if already {
-		return nil
+	for {
+		s := p.life.state.Load()
+		if s&closedFlag != 0 {
+			return nil
+		}
+		if p.life.state.CompareAndSwap(s, s|retiredFlag|closedFlag) {
+			return p.closeFilters()
+		}
 	}
-	return p.closeFilters()
 }
 
 // closeFilters closes the filters in reverse order, a panic in one being
