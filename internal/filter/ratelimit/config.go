@@ -190,6 +190,9 @@ func counterFor(c *Config, b *filters.Env) (*shared.Ref[ratecount.Counter], stri
 	}
 	if old, ok := b.Predecessor().(*Filter); ok {
 		if ref := shared.TakeOver(old.counter, c.Backend); ref != nil {
+			if rc, ok := ref.Value().(*ratecount.Redis); ok {
+				ping(rc, c, b)
+			}
 			return ref, old.opts.Backend, nil
 		}
 	}
@@ -200,12 +203,18 @@ func counterFor(c *Config, b *filters.Env) (*shared.Ref[ratecount.Counter], stri
 	if err != nil {
 		return nil, "", filters.KeyError[*config.Error](b, "backend", err)
 	}
+	ping(rc, c, b)
+	return shared.New[ratecount.Counter](rc, c.Backend, closeCounter), "Redis at " + rc.Addr(), nil
+}
+
+// ping warns, at start, reload and check-config, of a Redis that does not
+// answer.
+func ping(rc *ratecount.Redis, c *Config, b *filters.Env) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := rc.Ping(ctx); err != nil {
 		b.Warn("backend", "Redis at %s does not answer (%v); until it does, rate limits follow on_error = %q", rc.Addr(), err, c.OnError)
 	}
-	return shared.New[ratecount.Counter](rc, c.Backend, closeCounter), "Redis at " + rc.Addr(), nil
 }
 
 // redisHost names a Redis URL's server without its password.
