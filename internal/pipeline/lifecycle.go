@@ -114,7 +114,7 @@ func (p *Pipeline) closeFilters() error {
 		})
 	}
 	err := errors.Join(errs...)
-	if err != nil {
+	if err != nil && p.env.Log != nil {
 		p.env.Log.Warn("closing a replaced pipeline's filters", "error", err.Error())
 	}
 	return err
