@@ -411,3 +411,54 @@ func TestDefaultPortIsFree(t *testing.T) {
 		t.Fatalf("the daemon did not start on built-in defaults:\n%s", logs)
 	}
 }
+
+// An SMTP session keeps the signature set it started with; the next one
+// gets the new set, also on a milter connection the MTA reuses
+// (SMFIC_QUIT_NC: Postfix and Sendmail never do, other MTAs may).
+func TestReloadAppliesFromTheNextSession(t *testing.T) {
+	const worm = "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDyapmmaODQsIBgQs2y6QQgDAPhI7E3TNE3"
+	sigs := filepath.Join(t.TempDir(), "signatures")
+	os.WriteFile(sigs, []byte("OLD =\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"), 0o644)
+	d := start(t, `listen = "LISTEN"
+[virus]
+signatures = "`+sigs+`"
+`)
+	a := d.connect("192.0.2.7", nil)
+	body := func() string {
+		for _, st := range []func() (*milter.Action, error){
+			func() (*milter.Action, error) { return a.s.Mail("sender@example.org", "") },
+			func() (*milter.Action, error) { return a.s.Rcpt("user@example.edu", "") },
+			func() (*milter.Action, error) { return a.s.DataStart() },
+			func() (*milter.Action, error) { return a.s.HeaderEnd() },
+			func() (*milter.Action, error) { return a.s.BodyChunk([]byte("x\r\n" + worm + "\r\n")) },
+		} {
+			if r := a.step(st); r != "" {
+				return r
+			}
+		}
+		_, act, err := a.s.End()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if act.StopProcessing() {
+			return act.SMTPReply
+		}
+		return ""
+	}
+	if r := body(); r != "" {
+		t.Fatalf("refused before its signature was loaded: %q", r)
+	}
+	os.WriteFile(sigs, []byte("WORM =\n"+worm+"\n"), 0o644)
+	d.reload()
+	if r := body(); r != "" {
+		t.Fatalf("the open session's set changed under it: %q", r)
+	}
+	if err := a.s.Reset(milter.NewMacroBag()); err != nil {
+		t.Fatal(err)
+	}
+	a.step(func() (*milter.Action, error) { return a.s.Conn("client.example.org", milter.FamilyInet, 25002, "192.0.2.7") })
+	a.step(func() (*milter.Action, error) { return a.s.Helo("client.example.org") })
+	if r := body(); !strings.HasPrefix(r, "550 5.7.0") {
+		t.Fatalf("the next session on the reused connection: %q, want 550 5.7.0", r)
+	}
+}
