@@ -456,7 +456,9 @@ signatures = "`+sigs+`"
 	if err := a.s.Reset(milter.NewMacroBag()); err != nil {
 		t.Fatal(err)
 	}
-	a.step(func() (*milter.Action, error) { return a.s.Conn("client.example.org", milter.FamilyInet, 25002, "192.0.2.7") })
+	a.step(func() (*milter.Action, error) {
+		return a.s.Conn("client.example.org", milter.FamilyInet, 25002, "192.0.2.7")
+	})
 	a.step(func() (*milter.Action, error) { return a.s.Helo("client.example.org") })
 	if r := body(); !strings.HasPrefix(r, "550 5.7.0") {
 		t.Fatalf("the next session on the reused connection: %q, want 550 5.7.0", r)
