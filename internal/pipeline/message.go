@@ -94,7 +94,10 @@ func (m *Message) Cancel() { m.ctx.cancel(context.Canceled) }
 func (m *Message) Decided() (verdict.Verdict, bool) { return m.final, m.final.Final() }
 
 // decide takes member i's verdict at a stage. An observer's is ignored; a
-// monitor-mode filter's is recorded as what it would have done. It
+// monitor-mode filter's is recorded as what it would have done, and the
+// filter is done with the message, as it would be if it enforced: a
+// filter that decided during the body answers the same at every later
+// chunk and at the end, and each answer would be another record. It
 // reports whether the message is now decided. The log line waits for the
 // end of the message, when the MTA has told us its queue id.
 func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
@@ -103,6 +106,7 @@ func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
 		return m.final.Final()
 	case m.p.members[i].Mode == Monitor:
 		m.env.monitor(MonitorHit{Filter: m.p.members[i].Filter.Name(), Action: v.String(), Reason: v.Reason, Stage: stage})
+		m.dropCheck(i)
 		return false
 	}
 	m.final = v

@@ -24,7 +24,9 @@ type fakeFilter struct {
 	newErr        error
 	body          func(chunk []byte) (verdict.Verdict, error)
 	rcpt          func(rcpt string) (verdict.Verdict, error)
+	eom           func(env *Envelope) (verdict.Verdict, error)
 	bodyCalls     int
+	eomCalls      int
 }
 
 func (f *fakeFilter) Name() string                   { return f.name }
@@ -55,6 +57,14 @@ func (c *fakeCheck) Rcpt(_ context.Context, _ *Envelope, rcpt, _ string) (verdic
 		return verdict.Pass, nil
 	}
 	return c.f.rcpt(rcpt)
+}
+
+func (c *fakeCheck) EndOfMessage(_ context.Context, env *Envelope) (verdict.Verdict, error) {
+	c.f.eomCalls++
+	if c.f.eom == nil {
+		return verdict.Pass, nil
+	}
+	return c.f.eom(env)
 }
 
 func (c *fakeCheck) Close() { c.f.open.Add(-1) }
@@ -263,6 +273,59 @@ func TestMonitorMode(t *testing.T) {
 		t.Fatalf("enforce: %v", v)
 	}
 	m.Close()
+}
+
+// A monitor-mode filter that decides during the body keeps answering the
+// same at every later chunk and at the end of the message (the attachment
+// filter does): it is recorded once, with or without a filter beside it,
+// and not called again, as it would not be if it enforced.
+func TestMonitorRecordsOnce(t *testing.T) {
+	for _, withOther := range []bool{false, true} {
+		t.Run(fmt.Sprintf("other filter %v", withOther), func(t *testing.T) {
+			var open atomic.Int64
+			env, logs := testEnv()
+			refuse := func() (verdict.Verdict, error) {
+				v := verdict.Rejectf(550, verdict.EnhSecurity, "Attachment refused: setup.exe")
+				v.Reason = "name matches *.exe"
+				return v, nil
+			}
+			f := newFake("attachments", &open)
+			f.body = func([]byte) (verdict.Verdict, error) { return refuse() }
+			f.eom = func(*Envelope) (verdict.Verdict, error) { return refuse() }
+			var members []Member
+			if withOther {
+				members = append(members, Member{Filter: newFake("senders", &open)})
+			}
+			p := New(env, append(members, Member{Filter: f, Mode: Monitor})...)
+			m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+			m.Rcpt("u@example.edu", "")
+			for _, chunk := range []string{"part 1", "part 2", "part 3"} {
+				if v := m.Body([]byte(chunk)); v.Final() {
+					t.Fatalf("monitor mode refused at the body: %v", v)
+				}
+			}
+			if v := m.End(); v.Final() {
+				t.Fatalf("monitor mode refused the message: %v", v)
+			}
+			headers := m.Envelope().Headers
+			m.Close()
+			if len(headers) != 1 || headers[0].Name != MonitorHeader {
+				t.Errorf("header changes %+v, want one X-Mailguard", headers)
+			}
+			if n := strings.Count(logs.String(), "mode=monitor"); n != 1 {
+				t.Errorf("%d monitor decision lines, want 1:\n%s", n, logs)
+			}
+			if hits := env.Stats.Take().Hits; hits["attachments:would reject"] != 1 {
+				t.Errorf("counted %d times, want once: %v", hits["attachments:would reject"], hits)
+			}
+			if f.bodyCalls != 1 || f.eomCalls != 0 {
+				t.Errorf("called after its decision: %d body calls, %d at the end", f.bodyCalls, f.eomCalls)
+			}
+			if open.Load() != 0 {
+				t.Errorf("%d checks not closed", open.Load())
+			}
+		})
+	}
 }
 
 // connFilter keeps state per connection and judges HELO.
