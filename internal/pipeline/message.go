@@ -130,6 +130,8 @@ func (m *Message) logFinal() {
 			m.p.logMonitor(&m.env, *h)
 		}
 	}
+	m.p.logDropped(&m.env, m.env.monitorDropped, "monitor records dropped", "monitor record dropped")
+	m.env.monitorDropped = nil
 }
 
 // countOutcome counts what became of the message for the summary, once:
@@ -272,6 +274,7 @@ func (m *Message) decideLimit(v verdict.Verdict) {
 
 // Header runs the header stage for one header field.
 func (m *Message) Header(name, value string) verdict.Verdict {
+	m.env.headerFields++
 	return m.run(StageHeader, "header", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.Header(ctx, name, value) })
 }
 
