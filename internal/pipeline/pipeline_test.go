@@ -538,3 +538,140 @@ func TestDebugLogsAccepted(t *testing.T) {
 		}
 	}
 }
+
+// changeFilter asks for header changes at the end of the message.
+func changeFilter(open *atomic.Int64, change func(env *Envelope)) *fakeFilter {
+	f := newFake("changer", open)
+	f.reads = StageHeader | StageEndOfMessage
+	f.eom = func(env *Envelope) (verdict.Verdict, error) {
+		change(env)
+		return verdict.Pass, nil
+	}
+	return f
+}
+
+// deliver runs a message with header fields through p and returns its
+// envelope once delivered.
+func deliver(t *testing.T, p *Pipeline, fields int) *Envelope {
+	t.Helper()
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+	defer m.Close()
+	m.Rcpt("u@example.edu", "")
+	for range fields {
+		m.Header("X-Virus-Status", "Clean")
+	}
+	m.EndOfHeaders()
+	if v := m.End(); v.Final() {
+		t.Fatalf("refused: %v", v)
+	}
+	return m.Envelope()
+}
+
+func countOps(env *Envelope) (deletions, others int) {
+	for _, h := range env.Headers {
+		if h.Op == HeaderReplace && h.Value == "" {
+			deletions++
+		} else {
+			others++
+		}
+	}
+	return deletions, others
+}
+
+// A message gains at most maxHeaderAdditions fields; the rest are
+// dropped, logged and counted.
+func TestHeaderAdditionsBounded(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		for i := range 70 {
+			env.AddHeader("X-Added", fmt.Sprint(i))
+		}
+	})})
+	if _, added := countOps(deliver(t, p, 0)); added != maxHeaderAdditions {
+		t.Errorf("%d fields added, want %d", added, maxHeaderAdditions)
+	}
+	if !strings.Contains(logs.String(), `level=WARN msg="header changes dropped" filter=changer reason="over 64 header fields added" count=6 header=X-Added`) {
+		t.Errorf("no warning for the dropped changes:\n%s", logs)
+	}
+	if n := env.Stats.Take().Hits["changer:header change dropped"]; n != 6 {
+		t.Errorf("counted %d dropped changes, want 6", n)
+	}
+}
+
+// Deleting every field a message came with is not bounded by the
+// additions' budget (70 forged fields to remove, then a status of our
+// own), only by the message's own field count.
+func TestHeaderDeletionsBoundedByTheMessage(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		for i := 71; i >= 1; i-- { // one more than the message has
+			env.ChangeHeader("X-Virus-Status", i, "")
+		}
+		env.AddHeader("X-Virus-Status", "Clean")
+	})})
+	deleted, added := countOps(deliver(t, p, 70))
+	if deleted != 70 || added != 1 {
+		t.Errorf("%d deletions and %d additions, want 70 and 1", deleted, added)
+	}
+	if !strings.Contains(logs.String(), `msg="header changes dropped" filter=changer reason="more deletions than the 70 header fields the message came with" count=1`) {
+		t.Errorf("no warning for the dropped deletion:\n%s", logs)
+	}
+	if n := env.Stats.Take().Hits["changer:header change dropped"]; n != 1 {
+		t.Errorf("counted %d dropped changes, want 1", n)
+	}
+}
+
+// A header value is one line of at most maxHeaderValue bytes; an invalid
+// name or index is dropped and said.
+func TestHeaderValuesBounded(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		env.AddHeader("X-Long", strings.Repeat("v", 5000))
+		env.AddHeader("X-Lines", "a\r\nX-Injected: yes\x00")
+		env.AddHeader("Bad Name", "x")
+		env.ChangeHeader("Subject", 0, "x")
+	})})
+	e := deliver(t, p, 1)
+	if len(e.Headers) != 2 || len(e.Headers[0].Value) != maxHeaderValue || e.Headers[1].Value != "a  X-Injected: yes " {
+		t.Fatalf("changes %+v", e.Headers)
+	}
+	for _, want := range []string{`reason="invalid header name" count=1 header="Bad Name"`, `reason="invalid header index" count=1 header=Subject`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+}
+
+// A message keeps at most maxMonitorHits monitor records (and
+// X-Mailguard headers); the rest are logged and counted as dropped.
+func TestMonitorRecordsBounded(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	f := newFake("quota", &open)
+	f.reads, f.decide = StageRcpt, StageRcpt
+	f.rcpt = func(string) (verdict.Verdict, error) {
+		return verdict.Rejectf(552, verdict.EnhMailboxFull, "Mailbox full"), nil
+	}
+	p := New(env, Member{Filter: f, Mode: Monitor})
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+	for i := range 20 {
+		m.Rcpt(fmt.Sprintf("u%d@example.edu", i), "")
+	}
+	if v := m.End(); v.Final() {
+		t.Fatalf("refused: %v", v)
+	}
+	e := m.Envelope()
+	m.Close()
+	if len(e.Monitored) != maxMonitorHits || len(e.Headers) != maxMonitorHits {
+		t.Errorf("%d records and %d headers, want %d", len(e.Monitored), len(e.Headers), maxMonitorHits)
+	}
+	if !strings.Contains(logs.String(), `msg="monitor records dropped" filter=quota reason="over 16 monitor records" count=4`) {
+		t.Errorf("no warning for the dropped records:\n%s", logs)
+	}
+	if hits := env.Stats.Take().Hits; hits["quota:monitor record dropped"] != 4 || hits["quota:would reject"] != 16 {
+		t.Errorf("counters %v", hits)
+	}
+}
