@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,14 +88,17 @@ type Envelope struct {
 	Delivered Stage
 	// Allowed is the set of changes the MTA lets us make to this message.
 	Allowed Modification
-	// Final is the message's verdict once a filter has decided it.
-	Final verdict.Verdict
-	// Removed lists recipients a filter took off the message.
+	// Removed lists recipients a filter took off the message (with
+	// RemoveRcpt; read-only for filters).
 	Removed []Removal
-	// Headers lists the header changes filters asked for, in order.
-	Headers []HeaderChange
-	// Monitored lists what filters in monitor mode would have done.
-	Monitored []MonitorHit
+
+	// What the filters decided, changed and would have done, written only
+	// through the pipeline (decisions, the header methods), which applies
+	// monitor mode and the bounds; read with the methods of the same
+	// names.
+	final     verdict.Verdict
+	headers   []HeaderChange
+	monitored []MonitorHit
 
 	caller *Member     // the filter being called, for RemoveRcpt and header changes
 	conn   *Connection // for ConnState
@@ -103,6 +107,17 @@ type Envelope struct {
 	headerFields, deletions, additions int
 	dropped, monitorDropped            []droppedChange
 }
+
+// Final is the message's verdict once a filter has decided it.
+func (e *Envelope) Final() verdict.Verdict { return e.final }
+
+// Headers lists the header changes filters asked for, in order: the
+// changes to make to a delivered message, X-Mailguard records of
+// monitor-mode filters among them once the message has ended.
+func (e *Envelope) Headers() []HeaderChange { return slices.Clone(e.headers) }
+
+// Monitored lists what filters in monitor mode would have done.
+func (e *Envelope) Monitored() []MonitorHit { return slices.Clone(e.monitored) }
 
 // Macro returns one of the MTA's macros, or "".
 func (e *Envelope) Macro(name string) string { return e.Conn.Macro(name) }
@@ -212,7 +227,7 @@ func (e *Envelope) headerChange(op HeaderOp, name, value string, index int) {
 	} else {
 		e.additions++
 	}
-	e.Headers = append(e.Headers, HeaderChange{Op: op, Name: name, Value: cleanHeaderValue(value), Index: index, Filter: filter})
+	e.headers = append(e.headers, HeaderChange{Op: op, Name: name, Value: cleanHeaderValue(value), Index: index, Filter: filter})
 }
 
 // droppedChange counts the changes of one filter dropped for one reason.
@@ -281,8 +296,8 @@ type MonitorHit struct {
 const maxMonitorHits = 16
 
 func (e *Envelope) monitor(h MonitorHit) {
-	if len(e.Monitored) < maxMonitorHits {
-		e.Monitored = append(e.Monitored, h)
+	if len(e.monitored) < maxMonitorHits {
+		e.monitored = append(e.monitored, h)
 		return
 	}
 	addDrop(&e.monitorDropped, h.Filter, MonitorHeader, fmt.Sprintf("over %d monitor records", maxMonitorHits))

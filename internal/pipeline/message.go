@@ -45,12 +45,12 @@ func (cn *Connection) Begin(delivered Stage, allowed Modification, from, args st
 	p := cn.p
 	m := &Message{p: p, ctx: newLazyCtx(cn.ctx, time.Time{}), checks: make([]Check, len(p.members)),
 		env: Envelope{Conn: cn.conn, From: from, FromArgs: args, Delivered: delivered, Allowed: allowed, conn: cn}}
-	m.env.Monitored = append(m.env.Monitored, cn.hits...)
+	m.env.monitored = append(m.env.monitored, cn.hits...)
 	if p.env.Stats != nil {
 		p.env.Stats.Message()
 	}
 	if cn.final.Final() { // logged at its stage
-		m.final, m.env.Final, m.logged = cn.final, cn.final, true
+		m.final, m.env.final, m.logged = cn.final, cn.final, true
 	}
 	if len(from) > MaxPathLength {
 		v := verdict.Rejectf(verdict.CodePathTooLong, verdict.EnhBadSenderSyntax, "Sender address too long")
@@ -110,7 +110,7 @@ func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
 		return false
 	}
 	m.final = v
-	m.env.Final = v
+	m.env.final = v
 	return true
 }
 
@@ -124,8 +124,8 @@ func (m *Message) logFinal() {
 		m.logged = true
 		m.p.logDecision(&m.env, m.final, "")
 	}
-	for i := range m.env.Monitored {
-		if h := &m.env.Monitored[i]; !h.logged {
+	for i := range m.env.monitored {
+		if h := &m.env.monitored[i]; !h.logged {
 			h.logged = true
 			m.p.logMonitor(&m.env, *h)
 		}
@@ -268,7 +268,7 @@ func (m *Message) rcptLimits(rcpt string) (verdict.Verdict, bool) {
 // decideLimit makes a limit's refusal the message's verdict.
 func (m *Message) decideLimit(v verdict.Verdict) {
 	if !m.final.Final() {
-		m.final, m.env.Final = v, v
+		m.final, m.env.final = v, v
 	}
 }
 
@@ -296,8 +296,8 @@ func (m *Message) Body(chunk []byte) verdict.Verdict {
 func (m *Message) End() verdict.Verdict {
 	v := m.run(StageEndOfMessage, "eom", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.EndOfMessage(ctx, &m.env) })
 	if !v.Final() {
-		for _, h := range m.env.Monitored {
-			m.env.Headers = append(m.env.Headers, HeaderChange{Op: HeaderAdd, Name: MonitorHeader, Value: h.headerValue(), Filter: h.Filter})
+		for _, h := range m.env.monitored {
+			m.env.headers = append(m.env.headers, HeaderChange{Op: HeaderAdd, Name: MonitorHeader, Value: h.headerValue(), Filter: h.Filter})
 		}
 	}
 	m.logFinal()

@@ -265,7 +265,7 @@ func (p *Pipeline) logChanges(env *Envelope) {
 		p.env.Log.Info("decision", "filter", r.Filter, "verdict", "remove recipient", "reason", r.Reason, "rcpt", r.Rcpt, envAttrs(env))
 		p.count(r.Filter, "remove recipient")
 	}
-	for _, h := range env.Headers {
+	for _, h := range env.headers {
 		need := ModAddHeader
 		if h.Op == HeaderReplace {
 			need = ModChangeHeader

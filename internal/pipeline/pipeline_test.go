@@ -249,7 +249,7 @@ func TestMonitorMode(t *testing.T) {
 	env2 := m.Envelope()
 	m.Close()
 	var headers []string
-	for _, h := range env2.Headers {
+	for _, h := range env2.Headers() {
 		headers = append(headers, h.Name+": "+h.Value)
 	}
 	want := []string{
@@ -307,7 +307,7 @@ func TestMonitorRecordsOnce(t *testing.T) {
 			if v := m.End(); v.Final() {
 				t.Fatalf("monitor mode refused the message: %v", v)
 			}
-			headers := m.Envelope().Headers
+			headers := m.Envelope().Headers()
 			m.Close()
 			if len(headers) != 1 || headers[0].Name != MonitorHeader {
 				t.Errorf("header changes %+v, want one X-Mailguard", headers)
@@ -568,7 +568,7 @@ func deliver(t *testing.T, p *Pipeline, fields int) *Envelope {
 }
 
 func countOps(env *Envelope) (deletions, others int) {
-	for _, h := range env.Headers {
+	for _, h := range env.Headers() {
 		if h.Op == HeaderReplace && h.Value == "" {
 			deletions++
 		} else {
@@ -635,13 +635,13 @@ func TestHeaderValuesBounded(t *testing.T) {
 		env.ChangeHeader("Subject", 0, "x")
 	})})
 	e := deliver(t, p, 1)
-	if len(e.Headers) != 2 {
-		t.Fatalf("%d changes, want 2", len(e.Headers))
+	if len(e.Headers()) != 2 {
+		t.Fatalf("%d changes, want 2", len(e.Headers()))
 	}
-	if n := len(e.Headers[0].Value); n != maxHeaderValue {
+	if n := len(e.Headers()[0].Value); n != maxHeaderValue {
 		t.Errorf("a value of %d bytes, want %d", n, maxHeaderValue)
 	}
-	if v := e.Headers[1].Value; v != "a  X-Injected: yes " {
+	if v := e.Headers()[1].Value; v != "a  X-Injected: yes " {
 		t.Errorf("value %q kept its line breaks", v)
 	}
 	for _, want := range []string{`reason="invalid header name" count=1 header="Bad Name"`, `reason="invalid header index" count=1 header=Subject`} {
@@ -671,13 +671,27 @@ func TestMonitorRecordsBounded(t *testing.T) {
 	}
 	e := m.Envelope()
 	m.Close()
-	if len(e.Monitored) != maxMonitorHits || len(e.Headers) != maxMonitorHits {
-		t.Errorf("%d records and %d headers, want %d", len(e.Monitored), len(e.Headers), maxMonitorHits)
+	if len(e.Monitored()) != maxMonitorHits || len(e.Headers()) != maxMonitorHits {
+		t.Errorf("%d records and %d headers, want %d", len(e.Monitored()), len(e.Headers()), maxMonitorHits)
 	}
 	if !strings.Contains(logs.String(), `msg="monitor records dropped" filter=quota reason="over 16 monitor records" count=4`) {
 		t.Errorf("no warning for the dropped records:\n%s", logs)
 	}
 	if hits := env.Stats.Take().Hits; hits["quota:monitor record dropped"] != 4 || hits["quota:would reject"] != 16 {
 		t.Errorf("counters %v", hits)
+	}
+}
+
+// What a caller reads of the envelope's changes is a copy: writing to it
+// cannot slip a value past the sanitizer into what the MTA is sent.
+func TestHeadersReadOnly(t *testing.T) {
+	var open atomic.Int64
+	env, _ := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		env.AddHeader("X-Scanned", "yes")
+		env.Headers()[0].Value = "yes\r\nX-Injected: 1"
+	})})
+	if got := deliver(t, p, 0).Headers(); len(got) != 1 || got[0].Value != "yes" {
+		t.Fatalf("changes %+v", got)
 	}
 }

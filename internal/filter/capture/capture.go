@@ -157,7 +157,7 @@ func (c *check) EndOfMessage(_ context.Context, env *pipeline.Envelope) (verdict
 	c.start()
 	switch {
 	case c.done:
-	case env.Final.Final() && !c.f.opts.IncludeRejected:
+	case env.Final().Final() && !c.f.opts.IncludeRejected:
 		c.abandon()
 	default:
 		c.finish()
