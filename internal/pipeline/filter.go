@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"mailguard/internal/oneline"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -266,20 +267,8 @@ func validHeaderName(name string) bool {
 	return true
 }
 
-// cleanHeaderValue keeps a value on one line of bounded length: control
-// characters (CR, LF, NUL among them) become blanks.
-func cleanHeaderValue(v string) string {
-	if len(v) > maxHeaderValue {
-		v = v[:maxHeaderValue]
-	}
-	b := []byte(v) // bytes, not runes: 8-bit text passes unchanged
-	for i, c := range b {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			b[i] = ' '
-		}
-	}
-	return string(b)
-}
+// cleanHeaderValue keeps a value on one line of bounded length.
+func cleanHeaderValue(v string) string { return oneline.Header(v, maxHeaderValue) }
 
 // MonitorHit is what a filter in monitor mode would have done.
 type MonitorHit struct {

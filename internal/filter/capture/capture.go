@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"mailguard/internal/addrpattern"
+	"mailguard/internal/oneline"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/verdict"
 )
@@ -304,14 +305,7 @@ func (c *check) closeTmpDir() {
 }
 
 // clean keeps an envelope value on one header line.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-}
+func clean(s string) string { return oneline.Header(s, 0) }
 
 // switchFile reports whether the switch file exists, looking at most once
 // a second.
