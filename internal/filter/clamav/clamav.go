@@ -49,8 +49,8 @@ const (
 	HeadersNone Headers = iota
 	// HeadersAdd adds X-Virus-Scanned and X-Virus-Status.
 	HeadersAdd
-	// HeadersReplace removes the fields of those names the message
-	// arrived with (another host's, or forged), then adds its own.
+	// HeadersReplace removes every X-Virus-* field the message arrived
+	// with (another host's, or forged), then adds its own.
 	HeadersReplace
 )
 
@@ -126,10 +126,11 @@ func declaredSize(args string) int64 {
 	return 0
 }
 
-// Header names the filter adds.
+// Header names the filter adds, and the prefix of those it replaces.
 const (
 	scannedHeader = "X-Virus-Scanned"
 	statusHeader  = "X-Virus-Status"
+	virusPrefix   = "X-Virus-"
 )
 
 type check struct {
@@ -140,16 +141,22 @@ type check struct {
 	stream   *clamd.Stream
 	size     int64 // bytes of the message so far (or as SIZE= announced)
 	oversize bool
-	// theirs counts the X-Virus-* fields the message came with.
-	theirScanned, theirStatus int
+	// theirs counts the X-Virus-* fields the message came with, by name
+	// (the MTA matches names without regard to case), in order of first
+	// appearance; removed says their deletions are asked for.
+	theirs  map[string]*theirField
+	order   []*theirField
+	removed bool
+}
+
+type theirField struct {
+	name  string // as first seen
+	count int
 }
 
 func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, error) {
-	switch {
-	case strings.EqualFold(name, scannedHeader):
-		c.theirScanned++
-	case strings.EqualFold(name, statusHeader):
-		c.theirStatus++
+	if c.f.opts.Headers == HeadersReplace && len(name) >= len(virusPrefix) && strings.EqualFold(name[:len(virusPrefix)], virusPrefix) {
+		c.countTheirs(name)
 	}
 	if !c.oversize {
 		before := len(c.header)
@@ -171,7 +178,40 @@ func (c *check) grow(n int) bool {
 	return !c.oversize
 }
 
-func (c *check) EndOfHeaders(ctx context.Context, _ *pipeline.Envelope) (verdict.Verdict, error) {
+func (c *check) countTheirs(name string) {
+	key := strings.ToLower(name)
+	f := c.theirs[key]
+	if f == nil {
+		if c.theirs == nil {
+			c.theirs = map[string]*theirField{}
+		}
+		f = &theirField{name: name}
+		c.theirs[key] = f
+		c.order = append(c.order, f)
+	}
+	f.count++
+}
+
+// removeTheirs asks, once the header is known, for the deletion of every
+// X-Virus-* field the message came with, last first so the indexes hold.
+// Asked before the scan, so a message delivered whatever becomes of it
+// (monitor mode, too large, clamd failing with on_error = "accept")
+// keeps no status of another's making.
+func (c *check) removeTheirs(env *pipeline.Envelope) {
+	if c.removed {
+		return
+	}
+	c.removed = true
+	for _, f := range c.order {
+		for i := f.count; i >= 1; i-- {
+			env.ChangeHeader(f.name, i, "")
+		}
+	}
+	c.theirs, c.order = nil, nil
+}
+
+func (c *check) EndOfHeaders(ctx context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
+	c.removeTheirs(env)
 	if c.oversize {
 		return verdict.Pass, nil
 	}
@@ -226,6 +266,7 @@ func (c *check) Body(ctx context.Context, chunk []byte) (verdict.Verdict, error)
 }
 
 func (c *check) EndOfMessage(ctx context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
+	c.removeTheirs(env) // the MTA sent no end-of-header stage
 	if !c.oversize && c.stream == nil {
 		if err := c.open(ctx); err != nil { // an empty message
 			return verdict.Pass, err
@@ -271,22 +312,15 @@ func (c *check) tooLarge(env *pipeline.Envelope) verdict.Verdict {
 		return verdict.Pass
 	}
 	v.Reason, v.Key = fmt.Sprintf("message of %d bytes over max_size %d", c.size, c.f.opts.MaxSize), "too large to scan"
+	c.status(env, "Unscanned (too large)") // seen when the filter only monitors
 	return v
 }
 
-// status adds the X-Virus-* fields, after removing the message's own
-// when they are to be replaced (last first, so the indexes hold).
+// status adds the X-Virus-* fields (the message's own were removed at
+// the end of its header, when they are to be replaced).
 func (c *check) status(env *pipeline.Envelope, status string) {
 	if c.f.opts.Headers == HeadersNone {
 		return
-	}
-	if c.f.opts.Headers == HeadersReplace {
-		for i := c.theirScanned; i >= 1; i-- {
-			env.ChangeHeader(scannedHeader, i, "")
-		}
-		for i := c.theirStatus; i >= 1; i-- {
-			env.ChangeHeader(statusHeader, i, "")
-		}
 	}
 	env.AddHeader(scannedHeader, "ClamAV using mailguard")
 	env.AddHeader(statusHeader, status)
