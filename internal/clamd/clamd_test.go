@@ -264,12 +264,12 @@ func TestDownServerLeftOut(t *testing.T) {
 		served++
 		st.Close()
 	}
-	if d := p.servers[0].downUntil.Load(); d != now.Add(10*time.Second).UnixNano() {
-		t.Fatalf("dead server not left out: %d", d)
+	if d := p.servers[0].downUntil; !d.Equal(now.Add(10 * time.Second)) {
+		t.Fatalf("dead server not left out: %v", d)
 	}
 	// Only the dead one: it is tried, fails, and the error says so.
 	p2 := NewPool([]Address{dead}, PoolOptions{Now: func() time.Time { return now }})
-	p2.markDown(p2.servers[0])
+	p2.markDown(p2.servers[0], errors.New("test"))
 	if _, err := p2.Open(context.Background()); err == nil || !strings.Contains(err.Error(), "nobody.sock") {
 		t.Fatalf("got %v", err)
 	}
@@ -314,8 +314,8 @@ func TestStalledClamdLeftOut(t *testing.T) {
 	for i := 0; i < 1000 && err == nil; i++ {
 		err = st.Write(ctx, make([]byte, 1<<20))
 	}
-	if err == nil || !strings.Contains(err.Error(), "not reading the stream") || p.servers[0].downUntil.Load() == 0 {
-		t.Fatalf("write to a stalled clamd: %v, down %d", err, p.servers[0].downUntil.Load())
+	if err == nil || !strings.Contains(err.Error(), "not reading the stream") || len(p.Down()) != 1 {
+		t.Fatalf("write to a stalled clamd: %v, down %v", err, p.Down())
 	}
 }
 
@@ -324,11 +324,11 @@ func TestOrderTriesLongestDownFirst(t *testing.T) {
 	now := time.Unix(1000, 0)
 	a, b, c := Address{"unix", "/a"}, Address{"unix", "/b"}, Address{"unix", "/c"}
 	p := NewPool([]Address{a, b, c}, PoolOptions{Now: func() time.Time { return now }})
-	p.servers[0].downUntil.Store(now.Add(3 * time.Second).UnixNano())
-	p.servers[1].downUntil.Store(now.Add(1 * time.Second).UnixNano())
-	p.servers[2].downUntil.Store(now.Add(2 * time.Second).UnixNano())
+	p.servers[0].downUntil = now.Add(3 * time.Second)
+	p.servers[1].downUntil = now.Add(1 * time.Second)
+	p.servers[2].downUntil = now.Add(2 * time.Second)
 	for i := 0; i < 3; i++ {
-		o := p.order()
+		o := p.candidates(make([]bool, 3))
 		if o[0].addr != b || o[1].addr != c || o[2].addr != a {
 			t.Fatalf("order %v %v %v", o[0].addr, o[1].addr, o[2].addr)
 		}
@@ -388,11 +388,12 @@ func testSessionReuse(t *testing.T, network string) {
 	<-closed
 	closeAfterOne.Store(false)
 	// Its end of file reaches our side of the loopback a moment later.
-	sess := <-p.servers[0].idle
+	p.mu.Lock()
+	sess := p.servers[0].idle[0]
+	p.mu.Unlock()
 	for deadline := time.Now().Add(5 * time.Second); alive(sess.conn) && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
-	p.servers[0].idle <- sess
 	scan(true)
 	if n := conns.Load(); n != 3 {
 		t.Fatalf("%d connections: a session clamd closed was reused", n)
