@@ -162,9 +162,10 @@ type Pool struct {
 	servers []*server
 	opts    PoolOptions
 
-	mu    sync.Mutex
-	next  int           // the server to start at, in turn
-	freed chan struct{} // closed (and replaced) when a connection frees
+	mu      sync.Mutex
+	next    int           // the server to start at, in turn
+	freed   chan struct{} // closed (and replaced) when a connection frees
+	waiters int           // Opens waiting on freed
 }
 
 // server is one clamd; its fields but addr are guarded by Pool.mu.
@@ -306,6 +307,7 @@ func (p *Pool) reserve(skip []bool) (s *server, idle *session, freed <-chan stru
 	if len(cands) == 0 {
 		return nil, nil, nil
 	}
+	p.waiters++
 	return nil, nil, p.freed
 }
 
@@ -323,10 +325,14 @@ func (p *Pool) pruneLocked(s *server) {
 	}
 }
 
-// wakeLocked tells those waiting for a connection that one freed.
+// wakeLocked tells those waiting for a connection that one freed; with
+// none waiting, as nearly always, it costs nothing.
 func (p *Pool) wakeLocked() {
-	close(p.freed)
-	p.freed = make(chan struct{})
+	if p.waiters > 0 {
+		close(p.freed)
+		p.freed = make(chan struct{})
+		p.waiters = 0
+	}
 }
 
 // release gives a stream's connection slot back, keeping its session
