@@ -1,8 +1,10 @@
 // Package clamd talks to ClamAV's scanning daemon: it streams data to be
 // scanned with the INSTREAM command (length-prefixed chunks, a zero-length
 // chunk at the end) and reads clamd's verdict. A Pool spreads streams over
-// several clamd servers, round-robin, leaves out a server that failed for a
-// while, and bounds the connections open to each.
+// several clamd servers, round-robin, passing over one whose connections
+// are all in use; it leaves out for a while a server that failed, timed
+// out or stopped answering PING (a hung clamd still accepts connections),
+// and bounds the connections open to each, idle ones included.
 package clamd
 
 import (
@@ -369,10 +371,8 @@ func (p *Pool) markDownLocked(s *server, why error) {
 	for _, sess := range s.idle {
 		sess.conn.Close()
 	}
-	if len(s.idle) > 0 {
-		s.idle = nil
-		p.wakeLocked()
-	}
+	s.idle = nil
+	p.wakeLocked() // a waiting stream may now go elsewhere
 }
 
 // probeLocked asks a server for a PING, in the background, unless one
@@ -395,6 +395,7 @@ func (p *Pool) probeLocked(s *server) {
 		}
 		if !s.downUntil.IsZero() {
 			s.downUntil = time.Time{}
+			p.wakeLocked()
 			if p.opts.Log != nil {
 				p.opts.Log.Info("clamd back", "clamd", s.addr.String())
 			}
