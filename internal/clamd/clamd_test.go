@@ -346,12 +346,19 @@ func TestSessionReuse(t *testing.T) {
 
 func testSessionReuse(t *testing.T, network string) {
 	var conns atomic.Int32
-	closeAfterOne := atomic.Bool{}
 	closed := make(chan struct{}, 1)
+	// The stand-in closes the session after a stream that says "bye"
+	// (decided by what it read, not by a flag its other connections'
+	// goroutines could read late).
 	addr := fakeClamdOn(t, network, func(c net.Conn) {
 		conns.Add(1)
-		for readStreamOK(c) {
-			if closeAfterOne.Load() {
+		for {
+			data, err := readStream(c, 1<<20)
+			if err != nil {
+				return
+			}
+			c.Write([]byte("1: stream: OK\x00"))
+			if data == "bye" {
 				c.Close()
 				closed <- struct{}{}
 				return
@@ -360,19 +367,20 @@ func testSessionReuse(t *testing.T, network string) {
 	})
 	now := time.Unix(1000, 0)
 	p := NewPool([]Address{addr}, PoolOptions{Now: func() time.Time { return now }})
-	scan := func(finish bool) {
+	scanData := func(finish bool, data string) {
 		st, err := p.Open(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		st.Write(ctx, []byte("data"))
+		st.Write(ctx, []byte(data))
 		if finish {
 			if _, err := st.Result(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
+	scan := func(finish bool) { scanData(finish, "data") }
 	scan(true)
 	scan(true)
 	if n := conns.Load(); n != 1 {
@@ -383,10 +391,8 @@ func testSessionReuse(t *testing.T, network string) {
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("%d connections: an abandoned stream's connection was reused", n)
 	}
-	closeAfterOne.Store(true)
-	scan(true) // clamd closes the session after this one
+	scanData(true, "bye") // clamd closes the session after this one
 	<-closed
-	closeAfterOne.Store(false)
 	// Its end of file reaches our side of the loopback a moment later.
 	p.mu.Lock()
 	sess := p.servers[0].idle[0]
