@@ -172,6 +172,14 @@ func TestEveryPathReleasesItsConnection(t *testing.T) {
 			return end(x)
 		}, verdict.Continue},
 		{"empty", func() verdict.Verdict { return end(begin()) }, verdict.Continue},
+		{"end of message twice", func() verdict.Verdict {
+			x := begin()
+			x.m.Header("Subject", "hi")
+			x.m.EndOfHeaders()
+			x.m.Body([]byte("hello\r\n"))
+			x.m.End()
+			return end(x) // the stream is over: on_error, no second stream
+		}, verdict.TempFail},
 	}
 	for _, path := range paths {
 		t.Run(path.name, func(t *testing.T) {
