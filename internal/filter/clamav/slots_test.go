@@ -28,9 +28,10 @@ import (
 
 const sobig = "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDyapmmaODQsIBgQs2y6QQgDAPhI7E3TNE3"
 
-// slotPipeline is the signature filter, then clamav on a pool of two
-// connections to the fake clamd at sock, each call bounded by 2 s: a
-// message that finds no free connection gets on_error (451) at once.
+// slotPipeline is the signature filter, then clamav (max_size 64K) on a
+// pool of two connections to the fake clamd at sock, each call bounded
+// by 2 s: a message that finds no free connection gets on_error (451)
+// at once.
 func slotPipeline(t *testing.T, sock string) (*pipeline.Pipeline, *clamd.Pool) {
 	t.Helper()
 	pool := clamd.NewPool([]clamd.Address{{Network: "unix", Addr: sock}}, clamd.PoolOptions{MaxConns: 2})
@@ -42,7 +43,7 @@ func slotPipeline(t *testing.T, sock string) (*pipeline.Pipeline, *clamd.Pool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf := clamav.New(clamav.Options{Pool: pool, MaxSize: 1 << 20, Log: logging.Discard()})
+	cf := clamav.New(clamav.Options{Pool: pool, MaxSize: 64 << 10, Log: logging.Discard()})
 	p := pipeline.New(pipeline.Env{Log: logging.Discard(), Stats: stats.NewCounter(), Now: time.Now},
 		pipeline.Member{Filter: vf}, pipeline.Member{Filter: cf, Timeout: 2 * time.Second})
 	return p, pool
@@ -172,6 +173,28 @@ func TestEveryPathReleasesItsConnection(t *testing.T) {
 			return end(x)
 		}, verdict.Continue},
 		{"empty", func() verdict.Verdict { return end(begin()) }, verdict.Continue},
+		// A message clamd drops gets 451: proof that it was streamed, not
+		// pushed past max_size by what was never sent (and accepted
+		// unscanned, on_oversize's default).
+		{"end of headers past max_size", func() verdict.Verdict {
+			x := begin()
+			x.m.Header("Subject", "hi")
+			for range 40 << 10 {
+				x.m.EndOfHeaders()
+			}
+			x.m.Body([]byte("DROP\r\n"))
+			return end(x)
+		}, verdict.TempFail},
+		{"header fields after the end of headers", func() verdict.Verdict {
+			x := begin()
+			x.m.Header("Subject", "hi")
+			x.m.EndOfHeaders()
+			for range 100 {
+				x.m.Header("X-Late", strings.Repeat("x", 1000))
+			}
+			x.m.Body([]byte("DROP\r\n"))
+			return end(x)
+		}, verdict.TempFail},
 		{"end of message twice", func() verdict.Verdict {
 			x := begin()
 			x.m.Header("Subject", "hi")
