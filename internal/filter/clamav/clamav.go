@@ -141,6 +141,7 @@ type check struct {
 	stream   *clamd.Stream
 	size     int64 // bytes of the message so far (or as SIZE= announced)
 	oversize bool
+	started  bool // the stream was opened: the header went, no second one
 	// theirs counts the X-Virus-* fields the message came with, by name
 	// (the MTA matches names without regard to case), in order of first
 	// appearance; removed says their deletions are asked for.
@@ -158,7 +159,7 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 	if c.f.opts.Headers == HeadersReplace && len(name) >= len(virusPrefix) && strings.EqualFold(name[:len(virusPrefix)], virusPrefix) {
 		c.countTheirs(name)
 	}
-	if !c.oversize {
+	if !c.oversize && !c.started { // a field after the header went cannot be streamed in place
 		before := len(c.header)
 		c.header = message.AppendField(c.header, name, value)
 		c.grow(len(c.header) - before)
@@ -212,7 +213,7 @@ func (c *check) removeTheirs(env *pipeline.Envelope) {
 
 func (c *check) EndOfHeaders(ctx context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
 	c.removeTheirs(env)
-	if c.oversize {
+	if c.oversize || c.started { // a repeated end of headers: the header went already
 		return verdict.Pass, nil
 	}
 	c.header = append(c.header, "\r\n"...)
@@ -222,7 +223,16 @@ func (c *check) EndOfHeaders(ctx context.Context, env *pipeline.Envelope) (verdi
 	return verdict.Pass, c.open(ctx)
 }
 
+// open starts the message's stream, once: the check never holds two, so
+// its Close gives back the one connection slot it took.
 func (c *check) open(ctx context.Context) error {
+	if c.started {
+		if c.stream == nil {
+			return errStreamEnded
+		}
+		return nil
+	}
+	c.started = true
 	st, err := c.f.opts.Pool.Open(ctx)
 	if err != nil {
 		return err
@@ -232,6 +242,9 @@ func (c *check) open(ctx context.Context) error {
 	c.header = nil
 	return c.streamErr(err)
 }
+
+// errStreamEnded is a stage after the message's stream failed or ended.
+var errStreamEnded = errors.New("clamav: the message's stream to clamd ended already")
 
 // streamErr turns clamd's refusal of a long stream into oversize.
 func (c *check) streamErr(err error) error {

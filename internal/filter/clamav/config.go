@@ -88,7 +88,7 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	addrs, _ := clamd.ParseAddresses(c.Address) // checked
-	pool := clamd.NewPool(addrs, clamd.PoolOptions{MaxConns: c.MaxConnections, DialTimeout: c.ConnectTimeout.Duration})
+	pool := clamd.NewPool(addrs, clamd.PoolOptions{MaxConns: c.MaxConnections, DialTimeout: c.ConnectTimeout.Duration, Log: b.Log})
 	c.checkClamdConfig(b, addrs)
 	// clamd may start after us (or be down for a while): a warning, and
 	// on_error for the messages until it answers.
