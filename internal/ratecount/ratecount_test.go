@@ -72,18 +72,37 @@ func checkWindow(t *testing.T, c Counter, clock *time.Time) {
 
 func checkHolders(t *testing.T, c Counter) {
 	t.Helper()
-	hold := []Op{{Key: "c", N: 1, Limit: 2}}
-	for i := 0; i < 2; i++ {
-		if over, _, err := c.Take(ctx, hold); over >= 0 || err != nil {
-			t.Fatalf("holder %d: %v %v", i+1, over, err)
+	hold := func(holder string) int {
+		over, _, err := c.Take(ctx, []Op{{Key: "c", N: 1, Limit: 2, Holder: holder}})
+		if err != nil {
+			t.Fatal(err)
 		}
+		return over
 	}
-	if over, _, _ := c.Take(ctx, hold); over != 0 {
+	if hold("s1") >= 0 || hold("s2") >= 0 {
+		t.Fatal("a holder refused under the limit")
+	}
+	if hold("s3") != 0 {
 		t.Fatal("third holder over a limit of 2")
 	}
-	c.Release(ctx, "c")
-	if over, _, _ := c.Take(ctx, hold); over >= 0 {
+	// A holder taking again is still one.
+	if hold("s2") >= 0 {
+		t.Fatal("a holder taking again was counted twice")
+	}
+	// Giving back twice, or what was never held, gives back nothing more.
+	for _, h := range []string{"s1", "s1", "s3"} {
+		if err := c.Release(ctx, "c", h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if hold("s4") >= 0 {
 		t.Fatal("not released")
+	}
+	if hold("s5") != 0 {
+		t.Fatal("a double release gave back another holder's count")
+	}
+	if _, _, err := c.Take(ctx, []Op{{Key: "c", N: 1, Limit: 2}}); err != ErrNoHolder {
+		t.Fatalf("a holder count without a holder: %v", err)
 	}
 }
 
@@ -123,6 +142,52 @@ func TestRedis(t *testing.T) {
 		if ttl := r.client.PTTL(ctx, k).Val(); ttl <= 0 {
 			t.Errorf("%s never expires (%s)", k, ttl)
 		}
+	}
+}
+
+// A holder count whose holder is gone (its host died, or its release was
+// lost) ends with its lease; one whose host renews it stays.
+func TestRedisLeases(t *testing.T) {
+	srv := testserver.StartRedis(t)
+	open := func() *Redis {
+		r, err := NewRedis(srv.URL(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.lease = 600 * time.Millisecond
+		return r
+	}
+	alive, dead := open(), open()
+	defer alive.Close()
+	op := func(holder string) []Op { return []Op{{Key: "k", N: 1, Limit: 3, Holder: holder}} }
+	if over, _, err := alive.Take(ctx, op("alive")); over >= 0 || err != nil {
+		t.Fatal(over, err)
+	}
+	if over, _, err := dead.Take(ctx, op("dead")); over >= 0 || err != nil {
+		t.Fatal(over, err)
+	}
+	dead.Close() // the host dies without giving its count back
+	if ttl := alive.client.PTTL(ctx, alive.holderKey("k")).Val(); ttl <= 0 || ttl > alive.lease {
+		t.Fatalf("a holder count's key lives %s, want at most the lease", ttl)
+	}
+	time.Sleep(4 * alive.lease)
+	over, count, err := alive.Take(ctx, []Op{{Key: "k", N: 0, Limit: 0, Holder: "look"}})
+	if err != nil || over != 0 || count != 1 {
+		t.Fatalf("after four leases: %d counted, want 1 (the renewed holder alone)", count)
+	}
+	// Released, a count stops being renewed: the key goes.
+	if err := alive.Release(ctx, "k", "alive"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * alive.lease)
+	if n := alive.client.Exists(ctx, alive.holderKey("k")).Val(); n != 0 {
+		t.Fatal("a released count's key stayed")
+	}
+	alive.mu.Lock()
+	running := alive.renewer
+	alive.mu.Unlock()
+	if running {
+		t.Fatal("the renewer runs with nothing held")
 	}
 }
 
