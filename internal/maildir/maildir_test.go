@@ -1,7 +1,9 @@
 package maildir
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -300,6 +303,31 @@ func FuzzParseMaildirsize(f *testing.F) {
 		}
 		if totals.Bytes < 0 || totals.Count < 0 || def.Bytes < 0 || def.Count < 0 {
 			t.Fatalf("negative result accepted: %+v %+v", def, totals)
+		}
+	})
+}
+
+// parseDirent reads what the kernel wrote, but the names in it are the
+// user's: whatever the bytes, it neither panics nor reads past them.
+func FuzzParseDirent(f *testing.F) {
+	rec := make([]byte, 24)
+	binary.NativeEndian.PutUint16(rec[16:], 24)
+	rec[18] = syscall.DT_REG
+	copy(rec[19:], "1,S=5\x00")
+	f.Add(rec)
+	f.Add([]byte{})
+	f.Add(make([]byte, 19))
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		for n := 0; len(buf) > 0 && n < 1000; n++ {
+			name, _, rest, ok := parseDirent(buf)
+			if !ok {
+				return
+			}
+			if len(rest) >= len(buf) || bytes.IndexByte(name, 0) >= 0 {
+				t.Fatalf("no progress, or a NUL in %q", name)
+			}
+			sizeFromName(name)
+			buf = rest
 		}
 	})
 }
