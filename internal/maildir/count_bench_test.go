@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/metrics"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,12 +75,17 @@ func peakHeap(f func()) uint64 {
 	return peak.Load()
 }
 
-// BenchmarkCount counts a Maildir of 100,000 messages, four at once as
-// the quota filter may: allocations per count, and the heap's peak; beside
+// BenchmarkCount counts a Maildir of 100,000 messages (MAILDIR_BENCH_FILES
+// to change), four at once as the quota filter may: allocations per count,
+// and the heap's peak; beside
 // the way it was counted before (each folder read whole with ReadDir),
 // run in turn in the same process for a fair ratio.
 func BenchmarkCount(b *testing.B) {
-	dir := bigMaildir(b, 100_000)
+	files := 100_000
+	if n, err := strconv.Atoi(os.Getenv("MAILDIR_BENCH_FILES")); err == nil && n > 0 {
+		files = n
+	}
+	dir := bigMaildir(b, files)
 	for _, c := range []struct {
 		name  string
 		count func(context.Context, string) (Totals, error)
@@ -92,7 +98,7 @@ func BenchmarkCount(b *testing.B) {
 					var wg sync.WaitGroup
 					for range 4 {
 						wg.Go(func() {
-							if t, err := c.count(context.Background(), dir); err != nil || t.Count != 100_000 {
+							if t, err := c.count(context.Background(), dir); err != nil || t.Count != int64(files) {
 								b.Errorf("%+v %v", t, err)
 							}
 						})
