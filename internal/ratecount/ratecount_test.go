@@ -191,6 +191,44 @@ func TestRedisLeases(t *testing.T) {
 	}
 }
 
+// A take whose caller gave up while Redis stalled runs when Redis resumes:
+// nobody holds that count, and it ends with its lease.
+func TestRedisLateTakeEnds(t *testing.T) {
+	srv := testserver.StartRedis(t)
+	r, err := NewRedis(srv.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.lease = 600 * time.Millisecond
+	op := func(holder string) []Op { return []Op{{Key: "late", N: 1, Limit: 1, Holder: holder}} }
+	// A first take loads the script, as a running daemon has.
+	if over, _, err := r.Take(ctx, op("warm")); over >= 0 || err != nil {
+		t.Fatal(over, err)
+	}
+	r.Release(ctx, "late", "warm")
+	srv.Pause()
+	gaveUp, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, _, err = r.Take(gaveUp, op("gone"))
+	cancel()
+	srv.Resume()
+	if err == nil {
+		t.Fatal("a take answered by a stalled Redis")
+	}
+	// It ran after all: the count is there, and nobody renews it.
+	deadline := time.Now().Add(time.Second)
+	for r.client.ZScore(ctx, r.holderKey("late"), "gone").Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the take never reached Redis")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2 * r.lease)
+	if over, count, err := r.Take(ctx, op("next")); over >= 0 || err != nil {
+		t.Fatalf("a count nobody holds still counted (%d) after two leases: %v", count, err)
+	}
+}
+
 func BenchmarkTake(b *testing.B) {
 	b.Run("memory", func(b *testing.B) {
 		m := NewMemory(nil)
