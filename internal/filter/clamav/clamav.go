@@ -15,10 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"mailguard/internal/clamd"
+	"mailguard/internal/mailfrom"
 	"mailguard/internal/message"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/stats"
@@ -109,21 +109,10 @@ func (f *Filter) Modifies() pipeline.Modification {
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
 	c := &check{f: f, env: env}
 	// The client announced a size over the limit: no need to connect.
-	if n := declaredSize(env.FromArgs); n > f.opts.MaxSize {
+	if n, _ := mailfrom.DeclaredSize(env.FromArgs); n > f.opts.MaxSize {
 		c.size, c.oversize = n, true
 	}
 	return c, nil
-}
-
-// declaredSize reads SIZE=N from the MAIL FROM parameters, or 0.
-func declaredSize(args string) int64 {
-	for _, a := range strings.Fields(args) {
-		if len(a) > 5 && strings.EqualFold(a[:5], "SIZE=") {
-			n, _ := strconv.ParseInt(a[5:], 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // Header names the filter adds, and the prefix of those it replaces.
