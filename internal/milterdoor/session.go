@@ -284,7 +284,7 @@ func (s *session) endOfMessage(data []byte) error {
 		return msg.End()
 	})
 	env := msg.Envelope()
-	removed, headers := env.Removed, env.Headers
+	removed, headers := env.Removed, env.Headers()
 	s.endMessage()
 	s.macros.clearFrom(int(milter.StageMail))
 	if v.Final() {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"mailguard/internal/addrpattern"
+	"mailguard/internal/oneline"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/verdict"
 )
@@ -210,7 +211,7 @@ func (c *check) EndOfMessage(_ context.Context, env *pipeline.Envelope) (verdict
 	c.start()
 	switch {
 	case c.done:
-	case env.Final.Final() && !c.f.opts.IncludeRejected:
+	case env.Final().Final() && !c.f.opts.IncludeRejected:
 		c.abandon()
 	default:
 		c.finish()
@@ -357,14 +358,7 @@ func (c *check) closeTmpDir() {
 }
 
 // clean keeps an envelope value on one header line.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-}
+func clean(s string) string { return oneline.Header(s, 0) }
 
 // switchFile reports whether the switch file exists, looking at most once
 // a second. An old filter and its successor share one (same path), so a

@@ -98,7 +98,7 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 		pool = shared.TakeOver(old.pool, key)
 	}
 	if pool == nil {
-		pool = shared.New(clamd.NewPool(addrs, clamd.PoolOptions{MaxConns: c.MaxConnections, DialTimeout: c.ConnectTimeout.Duration}), key, (*clamd.Pool).Close)
+		pool = shared.New(clamd.NewPool(addrs, clamd.PoolOptions{MaxConns: c.MaxConnections, DialTimeout: c.ConnectTimeout.Duration, Log: b.Log}), key, (*clamd.Pool).Close)
 	}
 	// clamd may start after us (or be down for a while): a warning, and
 	// on_error for the messages until it answers.

@@ -8,6 +8,7 @@ package ratelimit
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -249,6 +250,11 @@ func (f *Filter) refuse(r Rule, key string, count int64, how Refusal) verdict.Ve
 // a rule may count per. Byte rules only look: their bytes are counted at
 // the end of the message.
 func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value string, n int64) (verdict.Verdict, error) {
+	return f.takeAs(ctx, rules, client, value, n, "")
+}
+
+// takeAs is take with holder naming who holds the holder counts.
+func (f *Filter) takeAs(ctx context.Context, rules []int, client netip.Addr, value string, n int64, holder string) (verdict.Verdict, error) {
 	ops := make([]ratecount.Op, 0, len(rules))
 	idx := make([]int, 0, len(rules))
 	for _, i := range rules {
@@ -257,7 +263,7 @@ func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value
 		if !ok {
 			continue
 		}
-		op := ratecount.Op{Key: key, N: n, Limit: r.Limit, Window: r.Window}
+		op := ratecount.Op{Key: key, N: n, Limit: r.Limit, Window: r.Window, Holder: holder}
 		if r.Event == Byte {
 			op.N = 0
 		}
@@ -275,7 +281,13 @@ func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value
 }
 
 func (f *Filter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnState, error) {
-	return &connState{f: f}, nil
+	s := &connState{f: f}
+	if len(f.byStage[Concurrency]) > 0 {
+		// The holder name: unique across sessions and hosts, so a count
+		// is given back by the session that took it and by no other.
+		s.holder = rand.Text()
+	}
+	return s, nil
 }
 
 type connState struct {
@@ -283,7 +295,8 @@ type connState struct {
 	f                     *Filter
 	client                netip.Addr
 	exempt                bool
-	held                  []string // concurrency keys acquired
+	holder                string
+	held                  []string // concurrency keys acquired, or perhaps acquired
 }
 
 func clientAddr(c *pipeline.Conn) netip.Addr {
@@ -301,9 +314,10 @@ func (s *connState) Connect(ctx context.Context, c *pipeline.Conn) (verdict.Verd
 		return verdict.Pass, nil
 	}
 	rules := append(append([]int(nil), s.f.byStage[Concurrency]...), s.f.byStage[Connection]...)
-	v, err := s.f.take(ctx, rules, s.client, "", 1)
-	if err == nil && !v.Final() {
-		// Counted: the connection holds its concurrency counts until Close.
+	v, err := s.f.takeAs(ctx, rules, s.client, "", 1, s.holder)
+	if err != nil || !v.Final() {
+		// Counted, or perhaps counted (a take that failed may yet run in
+		// Redis): the connection gives its concurrency counts back at Close.
 		for _, i := range s.f.byStage[Concurrency] {
 			if key, ok := s.f.opts.Rules[i].counterKey(s.client, ""); ok {
 				s.held = append(s.held, key)
@@ -322,8 +336,8 @@ func (s *connState) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, key := range s.held {
-		if err := s.f.opts.Counter.Release(ctx, key); err != nil {
-			s.f.opts.Log.Warn("ratelimit: a concurrency count not given back (it expires within the hour)", "key", key, "error", err.Error())
+		if err := s.f.opts.Counter.Release(ctx, key, s.holder); err != nil {
+			s.f.opts.Log.Warn("ratelimit: a concurrency count not given back; it ends when its lease does", "key", key, "lease", ratecount.HolderLease.String(), "error", err.Error())
 		}
 	}
 	s.held = nil
