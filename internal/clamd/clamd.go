@@ -168,6 +168,7 @@ type Pool struct {
 	next    int           // the server to start at, in turn
 	freed   chan struct{} // closed (and replaced) when a connection frees
 	waiters int           // Opens waiting on freed
+	closed  bool          // Close ran: no session is kept idle
 }
 
 // server is one clamd; its fields but addr are guarded by Pool.mu.
@@ -344,7 +345,7 @@ func (p *Pool) release(s *server, sess *session) {
 	defer p.mu.Unlock()
 	s.busy--
 	if sess != nil {
-		if s.downUntil.IsZero() {
+		if s.downUntil.IsZero() && !p.closed {
 			sess.since = p.opts.Now()
 			s.idle = append(s.idle, sess)
 		} else {
@@ -352,6 +353,23 @@ func (p *Pool) release(s *server, sess *session) {
 		}
 	}
 	p.wakeLocked()
+}
+
+// Close closes the idle sessions, and those of streams still open when
+// they end: a closed pool keeps none for the next message. Streams may
+// still be opened (each on a connection of its own), so a message in
+// flight on a replaced filter is not failed by its close.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, s := range p.servers {
+		for _, sess := range s.idle {
+			sess.conn.Close()
+		}
+		s.idle = nil
+	}
+	return nil
 }
 
 // markDown leaves a server out for RetryAfter, and closes its idle

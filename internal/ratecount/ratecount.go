@@ -108,7 +108,9 @@ func (m *Memory) get(key string, window time.Duration, now time.Time) (*windowCo
 		}
 	}
 	w := m.windows[key]
-	if w == nil {
+	if w == nil || w.window != window {
+		// A rule whose window changed (a reload) starts its count again:
+		// counts per window of another length do not add up.
 		w = &windowCount{index: index, window: window}
 		m.windows[key] = w
 	}

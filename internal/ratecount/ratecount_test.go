@@ -247,3 +247,29 @@ func BenchmarkTake(b *testing.B) {
 		}
 	})
 }
+
+// A key counted with a new window (a rule's window changed on reload,
+// the counter kept) starts again rather than keep a count that never
+// rolls over: from 1m to 1h the old minute's index lies far ahead of
+// every hour's.
+func TestMemoryWindowChanged(t *testing.T) {
+	clock := time.Unix(1_700_000_000, 0)
+	m := NewMemory(func() time.Time { return clock })
+	op := Op{Key: "k", N: 1, Limit: 2, Window: time.Minute}
+	m.Take(ctx, []Op{op})
+	m.Take(ctx, []Op{op})
+	op.Window = time.Hour
+	op.Limit = 3
+	for i := range 3 {
+		if over, _, _ := m.Take(ctx, []Op{op}); over != -1 {
+			t.Fatalf("take %d in the new window refused", i+1)
+		}
+		clock = clock.Add(2 * time.Minute)
+	}
+	clock = clock.Add(3 * time.Hour)
+	for i := range 3 {
+		if over, _, _ := m.Take(ctx, []Op{op}); over != -1 {
+			t.Fatalf("three hours on, take %d refused: the count never rolled over", i+1)
+		}
+	}
+}

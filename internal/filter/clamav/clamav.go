@@ -21,6 +21,7 @@ import (
 	"mailguard/internal/mailfrom"
 	"mailguard/internal/message"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/shared"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -56,7 +57,8 @@ const (
 
 // Options configure the filter.
 type Options struct {
-	Pool *clamd.Pool
+	Pool       *clamd.Pool
+	SharedPool *shared.Ref[*clamd.Pool]
 	// MaxSize is the longest message streamed to clamd; it must not be
 	// more than clamd's StreamMaxLength.
 	MaxSize  int64
@@ -68,16 +70,30 @@ type Options struct {
 	Stats   *stats.Counter
 }
 
-// Filter is immutable; a reload builds a new one.
-type Filter struct{ opts Options }
+// Filter is immutable; a reload builds a new one, which takes over the
+// pool when clamd's addresses and connection settings did not change.
+type Filter struct {
+	opts Options
+	pool *shared.Ref[*clamd.Pool]
+}
 
-// New builds the filter.
+// New builds the filter. SharedPool, when set, is the pool held with a
+// predecessor, and Pool is ignored.
 func New(opts Options) *Filter {
 	if opts.Reply == "" {
 		opts.Reply = "VIRUS FOUND: %v"
 	}
-	return &Filter{opts: opts}
+	f := &Filter{opts: opts, pool: opts.SharedPool}
+	if f.pool == nil {
+		f.pool = shared.New(opts.Pool, "", (*clamd.Pool).Close)
+	}
+	f.opts.Pool = f.pool.Value()
+	return f
 }
+
+// Close lets go of the pool; its last holder closes the idle sessions to
+// clamd.
+func (f *Filter) Close() error { return f.pool.Release() }
 
 func (f *Filter) Name() string { return Name }
 

@@ -19,6 +19,7 @@ import (
 	"mailguard/internal/clientrule"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/ratecount"
+	"mailguard/internal/shared"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -69,24 +70,32 @@ type Rule struct {
 
 // Options configure the filter.
 type Options struct {
-	Rules   []Rule
-	Counter ratecount.Counter
-	Backend string // for the start-up line
-	Exempt  clientrule.List
+	Rules []Rule
+	// Counter is where counts live. SharedCounter, when set, is used
+	// instead: a counter held with the predecessor a reload replaced.
+	Counter       ratecount.Counter
+	SharedCounter *shared.Ref[ratecount.Counter]
+	Backend       string // for the start-up line
+	Exempt        clientrule.List
 	// ExemptAuth exempts logged-in clients from message, recipient and
 	// byte rules (connection rules apply before a client can log in).
 	ExemptAuth bool
 	// MaxTarpitted bounds the sessions held at once; past it, a rule's
-	// refusal comes without its delay.
+	// refusal comes without its delay. SharedTarpit, when set, holds the
+	// slots shared with a predecessor.
 	MaxTarpitted int
+	SharedTarpit *shared.Ref[chan struct{}]
 	Log          *slog.Logger
 	Stats        *stats.Counter
 }
 
-// Filter is immutable but for its tarpit slots; a reload builds a new one.
+// Filter is immutable but for its tarpit slots and counts; a reload
+// builds a new one, which takes over both (see build).
 type Filter struct {
 	opts    Options
-	tarpit  chan struct{}
+	counter *shared.Ref[ratecount.Counter]
+	tarpit  *shared.Ref[chan struct{}]
+	slots   chan struct{} // tarpit's value
 	byStage map[Event][]int
 	// The rules taken together at MAIL (message and byte rules), and at
 	// RCPT: those counting per recipient, and the others.
@@ -98,7 +107,15 @@ func New(opts Options) *Filter {
 	if opts.MaxTarpitted <= 0 {
 		opts.MaxTarpitted = 100
 	}
-	f := &Filter{opts: opts, tarpit: make(chan struct{}, opts.MaxTarpitted), byStage: map[Event][]int{}}
+	f := &Filter{opts: opts, counter: opts.SharedCounter, tarpit: opts.SharedTarpit, byStage: map[Event][]int{}}
+	if f.counter == nil {
+		f.counter = shared.New(opts.Counter, "", closeCounter)
+	}
+	f.opts.Counter = f.counter.Value()
+	if f.tarpit == nil {
+		f.tarpit = shared.New(make(chan struct{}, opts.MaxTarpitted), tarpitKey(opts.MaxTarpitted), nil)
+	}
+	f.slots = f.tarpit.Value()
 	for i, r := range opts.Rules {
 		f.byStage[r.Event] = append(f.byStage[r.Event], i)
 		switch {
@@ -114,6 +131,22 @@ func New(opts Options) *Filter {
 }
 
 func (f *Filter) Name() string { return Name }
+
+// Close lets go of the counter and the tarpit slots; the last filter
+// holding a Redis client closes it.
+func (f *Filter) Close() error {
+	f.tarpit.Release()
+	return f.counter.Release()
+}
+
+func closeCounter(c ratecount.Counter) error {
+	if cl, ok := c.(interface{ Close() error }); ok {
+		return cl.Close()
+	}
+	return nil
+}
+
+func tarpitKey(n int) string { return strconv.Itoa(n) }
 
 // Summary is what the start-up and reload log lines say of the filter.
 func (f *Filter) Summary() string {
@@ -174,17 +207,17 @@ func (f *Filter) count(rule, what string) {
 func (f *Filter) over(ctx context.Context, r Rule, key string, count int64) (verdict.Verdict, error) {
 	if r.Delay > 0 {
 		select {
-		case f.tarpit <- struct{}{}:
+		case f.slots <- struct{}{}:
 			f.count(r.Name, "delayed")
 			t := time.NewTimer(r.Delay)
 			select {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				<-f.tarpit
+				<-f.slots
 				return verdict.Pass, ctx.Err()
 			}
-			<-f.tarpit
+			<-f.slots
 		default:
 			// Every slot is taken: a flood cannot hold the daemon.
 			f.count(r.Name, "tarpit full")
