@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"math"
 	"path"
 	"strings"
 
@@ -90,7 +89,8 @@ type walker struct {
 	head    []byte
 	tail    *ring
 	b64     *base64Reader // reused from part to part
-	guard   *headerGuard  // the first reader of the stream
+	stream  *streamGuard  // the first reader of the stream
+	stopped error         // a limit a sections reader hit
 	hashes  []hash.Hash
 	sha256  hash.Hash
 	sha1    hash.Hash
@@ -128,29 +128,39 @@ func Walk(r io.Reader, opts Options, fn func(*Part) error) error {
 		w.md5 = md5.New()
 		w.hashes = append(w.hashes, w.md5)
 	}
-	w.guard = newHeaderGuard(r)
-	err := w.message(w.guard, 0)
-	if w.guard.err != nil {
+	w.stream = &streamGuard{r: r}
+	err := w.message(w.stream, 0)
+	if stop := w.stop(); stop != nil {
 		// A limit, or the stream's own failure: the parser may have
 		// wrapped it, or taken it for a broken part.
-		return w.guard.err
+		return stop
 	}
 	return err
 }
 
-// maxHeaderBytes bounds the header section of a message (the top one, or
-// one inside a message/rfc822 part, which the guard does not see as one).
-const maxHeaderBytes = maxSectionBytes
+// stop is what ended the walk whatever the parser made of it: a limit a
+// sections reader hit, or the stream's failure.
+func (w *walker) stop() error {
+	if w.stopped != nil {
+		return w.stopped
+	}
+	return w.stream.err
+}
 
-// message walks a message: its header, then its raw body.
+func (w *walker) setStop(err error) {
+	if w.stopped == nil {
+		w.stopped = err
+	}
+}
+
+// message walks a message: its header (bounded, see sections), then its
+// raw body.
 func (w *walker) message(r io.Reader, depth int) error {
-	lr := &io.LimitedReader{R: r, N: maxHeaderBytes}
-	br := bufio.NewReader(lr)
+	br := bufio.NewReader(newSections(r, nil, w.setStop))
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
 		return &MalformedError{err}
 	}
-	lr.N = math.MaxInt64
 	return w.entity(message.Header{Header: h}, br, depth)
 }
 
@@ -161,8 +171,9 @@ func (w *walker) entity(h message.Header, raw io.Reader, depth int) error {
 	}
 	mediaType, params, _ := h.ContentType()
 	switch {
-	case strings.HasPrefix(mediaType, "multipart/"):
-		body := &eofReader{r: raw}
+	case strings.HasPrefix(mediaType, "multipart/") && params["boundary"] != "":
+		// (Without a boundary, a mail client shows the content as it is.)
+		body := &eofReader{r: newSections(raw, []byte("--"+params["boundary"]), w.setStop)}
 		mr := textproto.NewMultipartReader(body, params["boundary"])
 		for {
 			p, err := mr.NextPart()
@@ -251,8 +262,8 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 		if err != nil {
 			// A broken encoding (bad base64) ends the part's content:
 			// what was decoded is hashed, as a mail client would save it.
-			if w.guard.err != nil {
-				return w.guard.err // the stream itself failed, or a limit
+			if stop := w.stop(); stop != nil {
+				return stop // the stream itself failed, or a limit
 			}
 			break
 		}

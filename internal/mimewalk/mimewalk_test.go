@@ -100,13 +100,41 @@ func TestWalk(t *testing.T) {
 	}
 }
 
+// A part header the parser could not take (a line without a colon, a
+// name with a blank in it, a blank first line, the next boundary before
+// its end) does not end the walk: its other fields count, and every
+// later part is walked, as a mail client reads them.
+func TestBrokenPartHeaderKeepsWalking(t *testing.T) {
+	exe := "Content-Type: application/octet-stream; name=\"evil.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(payload)
+	for _, broken := range []string{
+		"Content-Type: text/plain\r\nbroken line without colon\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nbody\r\n",
+		"Content-Type: text/plain\r\nX Bad: name\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nbody\r\n",
+		" Content-Type: text/plain\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nbody\r\n",
+		"Content-Type: text/plain\r\nX-\x01: y\r\nContent-Disposition: attachment;\r\n filename=\"a.txt\"\r\n",
+	} {
+		msg := top(`multipart/mixed; boundary="b"`, "preamble "+strings.Repeat("x", 10000)+"\r\n"+multipart("b", broken, exe))
+		parts, err := walk(t, msg, Options{})
+		if err != nil {
+			t.Fatalf("%q: %v", broken, err)
+		}
+		var names []string
+		for _, p := range parts {
+			names = append(names, p.Name)
+		}
+		if fmt.Sprint(names) != "[a.txt evil.exe]" || parts[1].Sums.SHA256 != sha256.Sum256(payload) {
+			t.Fatalf("%q: parts %q", broken, names)
+		}
+	}
+}
+
+// A structure the parser cannot follow (a boundary line with text after
+// it) is malformed; the parts before it were walked.
 func TestBrokenBoundaryIsMalformed(t *testing.T) {
-	// A part header that never ends: the parser gives up.
-	msg := top(`multipart/mixed; boundary="b"`, "--b\r\nContent-Type: text/plain\r\n"+strings.Repeat("X-Long: "+strings.Repeat("a", 70)+"\r\n", 3)+"broken line without colon\r\n\r\nbody\r\n--b--\r\n")
-	_, err := walk(t, msg, Options{})
+	msg := top(`multipart/mixed; boundary="b"`, "--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n--b trailing words\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n")
+	parts, err := walk(t, msg, Options{})
 	var m *MalformedError
-	if !errors.As(err, &m) {
-		t.Fatalf("got %v", err)
+	if !errors.As(err, &m) || len(parts) != 1 {
+		t.Fatalf("got %v, %d parts", err, len(parts))
 	}
 }
 
