@@ -77,8 +77,8 @@ type sections struct {
 	// boundary in a part's content only after its line end).
 	nl   []byte
 	crlf bool
-	last byte // the last byte passed
-	err   error  // the source's end or failure, or a limit hit
+	last byte  // the last byte passed
+	err  error // the source's end or failure, or a limit hit
 	// The current line.
 	line     []byte // its start, held while undecided
 	pass     bool   // its fate is known: the rest of it passes (or is dropped)
