@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"path"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -32,6 +31,8 @@ type Part struct {
 	Index int    // 1 for the first leaf
 	Depth int    // 0 for a message that is not multipart
 	Name  string // file name, decoded (RFC 2231, encoded words), base name only; "" if none
+	// Names are every name the part carries (see fileNames), Name first.
+	Names []string
 	Type  string // declared media type, lower case ("application/pdf")
 	// Kind is what the first bytes say the content is (see Sniff).
 	Kind string
@@ -227,7 +228,10 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 	if w.parts > w.opts.MaxParts {
 		return &LimitError{"max_parts", int64(w.opts.MaxParts)}
 	}
-	p := &Part{Index: w.parts, Depth: depth, Type: mediaType, Name: fileName(h)}
+	p := &Part{Index: w.parts, Depth: depth, Type: mediaType, Names: fileNames(h)}
+	if len(p.Names) > 0 {
+		p.Name = p.Names[0]
+	}
 	body, _ := w.decode(h, raw)
 	for _, hs := range w.hashes {
 		hs.Reset()
@@ -304,22 +308,6 @@ func (w *walker) ring() *ring {
 	}
 	w.tail.reset()
 	return w.tail
-}
-
-// fileName is the part's file name: Content-Disposition's filename, else
-// Content-Type's name, decoded, without any directory a sender put in it.
-func fileName(h message.Header) string {
-	_, params, _ := h.ContentDisposition()
-	name := params["filename"]
-	if name == "" {
-		_, params, _ = h.ContentType()
-		name = params["name"]
-	}
-	if name == "" {
-		return ""
-	}
-	name = strings.ReplaceAll(name, "\\", "/")
-	return clip(path.Base(strings.TrimRight(name, "/")))
 }
 
 // maxName bounds a file name as reported: a name is a sender's choice,
