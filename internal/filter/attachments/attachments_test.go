@@ -121,7 +121,8 @@ func TestLimitsAndMalformed(t *testing.T) {
 		bomb.WriteString("--b\r\n\r\nx\r\n")
 	}
 	bomb.WriteString("--b--\r\n")
-	malformed := "Subject: x\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nno colon in this header line\r\n\r\nx\r\n--b--\r\n"
+	// A boundary line with words after it: the parser cannot go on.
+	malformed := "Subject: x\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\r\nx\r\n--b and words\r\n\r\ny\r\n--b--\r\n"
 
 	p, counter := build(t, "block_names = [\"*.exe\"]\nmax_parts = 100\n", nil)
 	if v := run(t, p, bomb.String()); v.Code != 554 || v.Enhanced != "5.6.0" || v.Key != "limit" {
