@@ -97,4 +97,3 @@ func (r *ring) kept() ([]byte, int64) {
 	out = append(out, r.buf[:r.start]...)
 	return out, r.n - size
 }
-
