@@ -262,13 +262,83 @@ func FuzzWalk(f *testing.F) {
 	f.Add(top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: text/plain\r\n\r\nhi\r\n", "Content-Type: application/zip; name=a.zip\r\nContent-Transfer-Encoding: base64\r\n\r\nUEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==\r\n")))
 	f.Add(top("message/rfc822", top(`multipart/alternative; boundary=x`, "--x\r\n\r\n--x--")))
 	f.Add("Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n\x00")
+	f.Add(top(`multipart/mixed; boundary="b"`, "pre\r\n--b\r\n:x\r\nX-A :b\r\nno colon\r\n\r\nx\r\n--b\r\n Content-Disposition: a; filename=\"a.txt\"; filename=\"b.exe\"; =x\r\n--b\r\nContent-Type: a/b; name*0*=utf-8''%41; name*1=.exe\r\nContent-Transfer-Encoding: base64\r\n\r\nTV!q*Q=A\r\n--b--\r\n"))
 	f.Fuzz(func(t *testing.T, msg string) {
 		Walk(strings.NewReader(msg), Options{SHA256: true, MD5: true, Archives: true, MaxParts: 50, MaxDepth: 8}, func(p *Part) error {
-			if p.Sums.Size < 0 || strings.ContainsAny(p.Name, "/\\") {
+			if p.Sums.Size < 0 || strings.ContainsAny(p.Name, "/\\") || len(p.Names) > maxNames || len(p.Names) > 0 && p.Name != p.Names[0] {
 				t.Fatalf("part %+v", p)
+			}
+			for _, n := range p.Names {
+				if n == "" || len(n) > maxName || strings.ContainsAny(n, "/\\") {
+					t.Fatalf("name %q", n)
+				}
 			}
 			return nil
 		})
+	})
+}
+
+// Whatever a part header holds, and whatever bytes a part's content
+// has (but its boundary), the content reaches the hash unchanged: the
+// reader that bounds and mends headers never touches content.
+func FuzzContentUnchanged(f *testing.F) {
+	f.Add("Content-Type: text/plain\r\nno colon\r\n:x\r\n", []byte("line\r\n-- \r\nX: y\r\n\r\n--bb\r\n"), false)
+	f.Add(" X-A :b\n\x00", []byte("\n-\n--\r"), true)
+	f.Fuzz(func(t *testing.T, header string, content []byte, lf bool) {
+		var h strings.Builder
+		for _, line := range strings.Split(header, "\n") {
+			line = strings.TrimRight(line, "\r")
+			low := strings.ToLower(line)
+			if strings.TrimLeft(line, " \t") == "" || strings.Contains(low, "content-") || strings.Contains(line, "\r") || strings.HasPrefix(line, "--") {
+				continue
+			}
+			h.WriteString(line + "\r\n")
+		}
+		if bytes.Contains(content, []byte("--b")) || bytes.Contains(content, []byte("\r")) && lf {
+			return
+		}
+		nl := "\r\n"
+		if lf {
+			nl = "\n"
+		}
+		hdr := strings.ReplaceAll(h.String(), "\r\n", nl)
+		msg := "Content-Type: multipart/mixed; boundary=b" + nl + nl + "--b" + nl + hdr + nl + string(content) + nl + "--b--" + nl
+		var got []*Part
+		err := Walk(strings.NewReader(msg), Options{SHA256: true}, func(p *Part) error {
+			got = append(got, p)
+			return nil
+		})
+		if err != nil {
+			if errors.As(err, new(*LimitError)) {
+				return
+			}
+			t.Fatalf("%q: %v", msg, err)
+		}
+		if len(got) != 1 || got[0].Sums.SHA256 != sha256.Sum256(content) {
+			t.Fatalf("%q: %d parts, content changed", msg, len(got))
+		}
+	})
+}
+
+// The zip lister takes any end of an archive.
+func FuzzZipNames(f *testing.F) {
+	for _, names := range [][]string{{"a.txt"}, {"evil.exe\x00.txt", "b"}, nil} {
+		var b bytes.Buffer
+		zw := zip.NewWriter(&b)
+		for _, n := range names {
+			zw.Create(n)
+		}
+		zw.Close()
+		f.Add(b.Bytes(), uint16(0))
+		f.Add(b.Bytes(), uint16(30))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, keep uint16) {
+		r := &ring{buf: make([]byte, int(keep)+1)}
+		r.Write(data)
+		names, _ := zipNames(r, int64(len(data)))
+		if len(names) > maxArchiveNames {
+			t.Fatalf("%d names", len(names))
+		}
 	})
 }
 
