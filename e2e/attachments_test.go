@@ -57,7 +57,7 @@ func TestPostfixPartHeaderBomb(t *testing.T) {
 		os.WriteFile(file, []byte(partHeaderBomb(first, size)), 0o644)
 		out := p.swaks(t, "sender@example.org", "user@example.edu", file)
 		if !strings.Contains(out, "<** 554 5.6.0 Message structure too complex to check") {
-			t.Fatalf("%q: not refused past the header limit:\n%s", first, tail(out))
+			t.Errorf("%q: not refused past the header limit:\n%s", first, tail(out))
 		}
 	}
 	peak := peakMemory(t, d.cmd.Process.Pid)
@@ -132,6 +132,8 @@ hashes = ["bad.hsb"]
 		return p.swaks(t, "sender@example.org", "user@example.edu", file)
 	}
 	octet := "application/octet-stream"
+	// (The hash list alone knows the program when it is named .com: a
+	// program's name, so not disguised, and no *.exe.)
 	doc := b64Lines([]byte("%PDF-1.7\n" + strings.Repeat("a harmless document\n", 100)))
 	prog := b64Lines(program)
 	lines := strings.SplitAfter(prog, "\r\n")
@@ -168,9 +170,9 @@ hashes = ["bad.hsb"]
 		{"a duplicate filename", tricked(attached(`filename="invoice.txt"; filename="evil.exe"`, octet, doc)), "550 5.7.0 Attachment refused: evil.exe"},
 		{"an invalid parameter", tricked(attached(`filename="evil.exe"; =x`, octet, doc)), "550 5.7.0 Attachment refused: evil.exe"},
 		{"a second name with a trailing blank", tricked(attached(`filename="invoice.txt"; filename="evil.exe "`, octet, doc)), "550 5.7.0 Attachment refused: evil.exe"},
-		{"base64 with '!' and '*'", tricked(attached(`filename="tool.bin"`, octet, lines[0][:9]+"!"+lines[0][9:]+"*\r\n"+strings.Join(lines[1:], ""))), "550 5.7.0 Attachment refused: tool.bin"},
-		{"base64 with a stray '='", tricked(attached(`filename="tool.bin"`, octet, lines[0]+lines[1][:21]+"="+lines[1][21:]+strings.Join(lines[2:], ""))), "550 5.7.0 Attachment refused: tool.bin"},
-		{"base64 with a junk first line", tricked(attached(`filename="tool.bin"`, octet, "!!! -- ** --\r\n"+prog)), "550 5.7.0 Attachment refused: tool.bin"},
+		{"base64 with '!' and '*'", tricked(attached(`filename="tool.com"`, octet, lines[0][:9]+"!"+lines[0][9:]+"*\r\n"+strings.Join(lines[1:], ""))), "550 5.7.0 Attachment refused: tool.com"},
+		{"base64 with a stray '='", tricked(attached(`filename="tool.com"`, octet, lines[0]+lines[1][:21]+"="+lines[1][21:]+strings.Join(lines[2:], ""))), "550 5.7.0 Attachment refused: tool.com"},
+		{"base64 with a junk first line", tricked(attached(`filename="tool.com"`, octet, "!!! -- ** --\r\n"+prog)), "550 5.7.0 Attachment refused: tool.com"},
 		{"a zip claiming 65535 entries", tricked(attached(`filename="files.zip"`, "application/zip", b64Lines(zipWith(claim65535, "a.txt", "evil.exe")))), "550 5.7.0 Attachment refused: files.zip"},
 		{"a zip64 claiming 2^32 entries", tricked(attached(`filename="files.zip"`, "application/zip", b64Lines(zipWith(zip64, "a.txt", "evil.exe")))), "550 5.7.0 Attachment refused: files.zip"},
 		{"a NUL in a zipped name", tricked(attached(`filename="files.zip"`, "application/zip", b64Lines(zipWith(nil, "a.txt", "evil.exe\x00.txt")))), "550 5.7.0 Attachment refused: files.zip"},
