@@ -3,8 +3,11 @@
 // and quoted-printable. For each leaf part (an attachment, an inline
 // text) it reports the decoded file name, the declared type, the kind its
 // first bytes say it is, the names inside a zip archive, and its hashes,
-// without holding the part in memory. Limits on depth, part count and
-// decoded size keep a MIME bomb from costing more than a plain message.
+// without holding the part in memory. Limits on depth, part count,
+// decoded size and each header section keep a MIME bomb from costing more
+// than a plain message. It reads what a mail client reads: broken part
+// header lines are skipped, every name a part carries is reported, base64
+// junk is skipped, and a zip's names come from its directory's records.
 package mimewalk
 
 import (
