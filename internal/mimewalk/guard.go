@@ -82,6 +82,8 @@ type sections struct {
 	// The current line.
 	line     []byte // its start, held while undecided
 	pass     bool   // its fate is known: the rest of it passes (or is dropped)
+	prefix   int    // whether it starts a boundary line (maybe, no, yes)
+	broken   int    // it is a boundary with words after it: 1 a delimiter, 2 the final one
 	firstHdr bool   // the next line is a header section's first
 	fields   int
 	bytes    int
@@ -126,7 +128,7 @@ func (s *sections) fill() {
 			if s.state == inHeader && s.count(end) {
 				return
 			}
-			if s.state != inPreamble {
+			if s.state != inPreamble && s.broken == 0 {
 				s.out = append(s.out, data[:end]...)
 			}
 			if i >= 0 {
@@ -150,8 +152,12 @@ func (s *sections) fill() {
 		s.decidePart(c)
 	}
 	if err != nil && s.err == nil {
-		// The end: a line cut short goes as it is (the parser ends there).
-		if s.state != inPreamble {
+		// The end: a line cut short goes as it is (the parser ends
+		// there); in a header, as one the parser skips.
+		if s.state == inHeader && len(s.line) > 0 && s.broken == 0 {
+			s.out = append(s.out, ':')
+		}
+		if s.state != inPreamble && s.broken == 0 {
 			s.out = append(s.out, s.line...)
 		}
 		s.line = s.line[:0]
@@ -171,7 +177,7 @@ func (s *sections) passing(data []byte) (end, i int) {
 			return len(data), -1
 		}
 		k += j
-		if s.state != inHeader && k+1 < len(data) && data[k+1] != '-' {
+		if s.state != inHeader && s.broken == 0 && k+1 < len(data) && data[k+1] != '-' {
 			j = k + 1
 			continue
 		}
@@ -199,31 +205,94 @@ func (s *sections) limit(err error) {
 // decidePart looks at a line being held, its last byte c, before its end:
 // is it still maybe a boundary line, or (in a header) a field name?
 func (s *sections) decidePart(c byte) {
-	switch s.state {
-	case inHeader:
-		if len(s.line) == 1 && (c == ' ' || c == '\t') {
-			if s.firstHdr {
-				// The parser refuses a header starting with a blank.
-				s.release(true)
-			} else {
-				s.release(false) // a continuation line
-			}
-			return
-		}
-		if c == ':' {
-			s.release(!validKey(s.line[:len(s.line)-1]))
-			return
-		}
-		if len(s.line) > maxKey {
-			s.release(true)
-		}
-	case inRest:
+	if s.state == inRest {
 		s.release(false)
-	default:
-		if !s.maybeBoundary() {
-			s.release(false)
+		return
+	}
+	switch s.boundaryPrefix(c) {
+	case maybe:
+		return
+	case yes:
+		n, d := len(s.line), len(s.dash)
+		dash := c == '-' && (n == d+1 || n == d+2 && s.line[d] == '-')
+		if n > d+66 || !dash && c != ' ' && c != '\t' && c != '\r' {
+			// Words after a boundary: the parser ends the part there and
+			// then stops; a mail client takes the line for the boundary.
+			s.broken = s.brokenKind(s.line)
+			s.line = s.line[:0]
+			s.pass = true
+		}
+		return
+	}
+	if s.state != inHeader {
+		s.release(false)
+		return
+	}
+	if len(s.line) == 1 && (c == ' ' || c == '\t') {
+		// A continuation line; the parser refuses one that starts a
+		// header.
+		s.release(s.firstHdr)
+		return
+	}
+	if c == ':' || s.prefix == no && len(s.line) <= len(s.dash)+2 {
+		// (Just found no boundary: a boundary may hold a colon.)
+		if i := bytes.IndexByte(s.line, ':'); i >= 0 {
+			s.release(!validKey(s.line[:i]))
+			return
 		}
 	}
+	if len(s.line) > maxKey {
+		s.release(true)
+	}
+}
+
+// What boundaryPrefix says of a line's start.
+const (
+	maybe = iota // not yet known
+	no
+	yes // the parser's multipart reader takes it for a boundary
+)
+
+// boundaryPrefix says, from the line held so far and its last byte c,
+// whether the line starts a boundary line, as go-message's multipart
+// reader finds them in a part: "--boundary" then a blank, a line end, or
+// a "-". Before the first part, the reader takes only a line that is
+// nothing else. It looks at each byte once.
+func (s *sections) boundaryPrefix(c byte) int {
+	if s.prefix != maybe {
+		return s.prefix
+	}
+	n, d := len(s.line), len(s.dash)
+	switch {
+	case s.dash == nil || s.state == inBody && string(s.nl) == "\r\n" && !s.crlf:
+		s.prefix = no // (in a part, a boundary only after a "\r\n")
+	case n <= d:
+		if c != s.dash[n-1] {
+			s.prefix = no
+		}
+	case s.state == inPreamble:
+		dash := c == '-' && (n == d+1 || n == d+2 && s.line[d] == '-')
+		if n > d+66 || !dash && c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			s.prefix = no
+		}
+	default: // n == d+1
+		switch c {
+		case ' ', '\t', '\r', '\n', '-':
+			s.prefix = yes
+		default:
+			s.prefix = no
+		}
+	}
+	return s.prefix
+}
+
+// brokenKind is what a boundary line with words after it is taken for:
+// the final boundary if "--" follows the boundary, else a delimiter.
+func (s *sections) brokenKind(line []byte) int {
+	if bytes.HasPrefix(line[len(s.dash):], []byte("--")) {
+		return 2
+	}
+	return 1
 }
 
 // release passes the line held so far, made one the parser skips if
@@ -245,7 +314,17 @@ func (s *sections) release(skip bool) {
 // decideLine handles a line held whole, to its end.
 func (s *sections) decideLine() {
 	line := s.line
+	prefix := s.boundaryPrefix('\n')
+	s.line, s.prefix = s.line[:0], maybe
 	final, delimiter := s.boundary(line)
+	if !final && !delimiter && prefix == yes {
+		// A boundary the parser would stop at ("--b\n" among "\r\n"
+		// lines, a "\r" among its blanks): taken as a client takes it.
+		s.crlf = bytes.HasSuffix(line, []byte("\r\n"))
+		s.broken = s.brokenKind(line)
+		s.boundaryLine()
+		return
+	}
 	if s.nl == nil && delimiter {
 		s.nl = nl(line)
 	}
@@ -258,15 +337,12 @@ func (s *sections) decideLine() {
 			s.out = append(s.out, nl(line)...)
 		}
 		s.out = append(s.out, line...)
-		if final {
-			s.state = inRest
-		} else {
-			s.state, s.fields, s.bytes, s.firstHdr = inHeader, 0, 0, true
-		}
+		s.next(final)
 	case s.state == inHeader && (len(line) == 1 || len(line) == 2 && line[0] == '\r'):
-		// The blank line ending the header.
+		// The blank line ending the header. (The parser takes a
+		// boundary first in a part's content whatever the line end.)
 		s.out = append(s.out, line...)
-		s.state = inBody
+		s.state, s.crlf = inBody, true
 		if s.dash == nil {
 			s.state = inRest
 		}
@@ -277,12 +353,48 @@ func (s *sections) decideLine() {
 	case s.state != inPreamble:
 		s.out = append(s.out, line...)
 	}
-	s.line = s.line[:0]
+}
+
+// boundaryLine ends a broken boundary line: what the parser gets is the
+// boundary alone.
+func (s *sections) boundaryLine() {
+	end := s.nl
+	if end == nil {
+		end = []byte("\n")
+		if s.crlf {
+			end = []byte("\r\n")
+		}
+	}
+	if s.state == inHeader {
+		s.out = append(s.out, end...)
+	}
+	s.out = append(s.out, s.dash...)
+	if s.broken == 2 {
+		s.out = append(s.out, "--"...)
+	}
+	s.out = append(s.out, end...)
+	s.last = '\n'
+	s.next(s.broken == 2)
+	s.broken = 0
+}
+
+// next starts what follows a boundary line: a part's header, or (after
+// the final one) the rest.
+func (s *sections) next(final bool) {
+	if final {
+		s.state = inRest
+		return
+	}
+	s.state, s.fields, s.bytes, s.firstHdr = inHeader, 0, 0, true
 }
 
 // endLine ends a line that passed.
 func (s *sections) endLine() {
-	s.pass = false
+	s.pass, s.prefix = false, maybe
+	if s.broken != 0 {
+		s.boundaryLine()
+		return
+	}
 	if s.state == inHeader {
 		s.field()
 	}
@@ -294,26 +406,6 @@ func (s *sections) field() {
 	if s.fields > maxHeaderFields {
 		s.limit(&LimitError{"max_header", maxHeaderFields})
 	}
-}
-
-// maybeBoundary: the line held so far may still be a boundary line.
-func (s *sections) maybeBoundary() bool {
-	if s.dash == nil {
-		return false
-	}
-	line := s.line
-	if len(line) <= len(s.dash) {
-		return bytes.HasPrefix(s.dash, line)
-	}
-	if !bytes.HasPrefix(line, s.dash) || len(line) > len(s.dash)+64 {
-		return false
-	}
-	for _, c := range line[len(s.dash):] {
-		if c != ' ' && c != '\t' && c != '-' && c != '\r' {
-			return false
-		}
-	}
-	return true
 }
 
 // boundary says whether a whole line is the final boundary or a

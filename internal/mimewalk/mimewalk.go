@@ -299,8 +299,8 @@ type eofReader struct {
 
 func (e *eofReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
-	if errors.Is(err, io.EOF) {
-		e.eof = true
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		e.eof = true // (unexpected: the multipart around it was cut short too)
 	}
 	return n, err
 }
