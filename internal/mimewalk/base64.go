@@ -76,13 +76,18 @@ func (r *base64Reader) fill() {
 		r.lineStart = true
 		data = data[i+1:]
 	}
+	if len(r.run)-r.complete > maxLine {
+		// A line without end: what it holds so far is decoded too (only
+		// the blanks at a line's end are dropped), not kept.
+		r.complete = len(trimEnd(r.run))
+	}
 	k := r.complete / 4 * 4
 	if err != nil {
 		r.run = trimEnd(r.run)
 		k = len(r.run) // the end: a cut quantum is decided below
 	}
 	if need := len(r.run)/4*3 + 3; cap(r.buf) < need {
-		r.buf = make([]byte, need)
+		r.buf = make([]byte, max(need, len(r.in)/4*3+64))
 	}
 	m, derr := base64.StdEncoding.Decode(r.buf[:cap(r.buf)], r.run[:k])
 	if derr != nil || m < k/4*3 && err == nil {
@@ -126,6 +131,9 @@ func (r *base64Reader) lenient(end bool) (int, int) {
 	r.complete = len(kept) - k
 	return m, 0
 }
+
+// maxLine bounds the characters of a line kept before decoding them.
+const maxLine = 64 << 10
 
 var isBase64 = func() (t [256]bool) {
 	for _, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" {

@@ -92,7 +92,9 @@ type sections struct {
 // newSections reads a message (dash nil: a header, then the body as it
 // is) or a multipart's body (dash "--boundary"). stop records a limit hit.
 func newSections(src io.Reader, dash []byte, stop func(error)) *sections {
-	s := &sections{src: src, dash: dash, stop: stop, in: make([]byte, 16<<10), state: inPreamble, firstHdr: true}
+	// The parser reads through a bufio.Reader of 4 KiB: more at once
+	// would only cost memory.
+	s := &sections{src: src, dash: dash, stop: stop, in: make([]byte, 4<<10), buf: make([]byte, 0, 4<<10+64), state: inPreamble, firstHdr: true}
 	if dash == nil {
 		s.state = inHeader
 	}
@@ -100,6 +102,9 @@ func newSections(src io.Reader, dash []byte, stop func(error)) *sections {
 }
 
 func (s *sections) Read(p []byte) (int, error) {
+	if len(s.out) == 0 && s.err == nil && s.state == inRest && len(s.line) == 0 {
+		return s.src.Read(p) // nothing more to look at
+	}
 	for len(s.out) == 0 {
 		if s.err != nil {
 			return 0, s.err
@@ -112,12 +117,6 @@ func (s *sections) Read(p []byte) (int, error) {
 }
 
 func (s *sections) fill() {
-	if s.state == inRest && len(s.line) == 0 {
-		// Nothing more to look at: straight through.
-		n, err := s.src.Read(s.in)
-		s.out, s.err = s.in[:n], err
-		return
-	}
 	n, err := s.src.Read(s.in)
 	s.out = s.buf[:0]
 	defer func() { s.buf = s.out[:0] }()

@@ -4,8 +4,10 @@ import (
 	"archive/zip"
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -176,5 +178,22 @@ func TestZipTricks(t *testing.T) {
 	parts, _ = walk(t, zipPart(z[:len(z)/2]), Options{Archives: true})
 	if p := parts[0]; p.ArchiveErr == "" {
 		t.Errorf("cut zip: no error")
+	}
+}
+
+// A base64 body of one endless line is decoded as it streams, not kept.
+func TestBase64OneLine(t *testing.T) {
+	data := bytes.Repeat(payload, 4<<20/len(payload))
+	msg := top("application/octet-stream; name=a.bin\r\nContent-Transfer-Encoding: base64", base64.StdEncoding.EncodeToString(data)+"\r\n")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	parts, err := walk(t, msg, Options{})
+	runtime.ReadMemStats(&after)
+	if err != nil || parts[0].Sums.SHA256 != sha256.Sum256(data) {
+		t.Fatalf("%v: not the file's hash", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 2<<20 {
+		t.Errorf("allocated %d KiB for a line of %d MiB", grew>>10, len(msg)>>20)
 	}
 }
