@@ -60,6 +60,10 @@ const (
 //     later part are read, as a mail client reads them;
 //   - ends a part header at a boundary line, as a mail client does, not
 //     taking the next part's fields as its own;
+//   - passes a boundary line the parser would stop at (words after the
+//     boundary, another line end than the first boundary's) as the
+//     boundary alone, as a mail client takes it, so the parts after it
+//     are read;
 //   - drops a multipart's preamble, which no one reads and whose long
 //     lines the parser cannot take.
 //
