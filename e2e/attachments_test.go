@@ -45,13 +45,16 @@ func partHeaderBomb(first string, size int) string {
 }
 
 // A part header of nine MiB, its count broken by a ":x" line, passes
-// Postfix unchanged; mailguard refuses it without holding it.
+// Postfix unchanged; mailguard refuses it without holding it (it held
+// 576 MiB before).
 func TestPostfixPartHeaderBomb(t *testing.T) {
 	d := startMailguard(t, "listen = \"LISTEN\"\nfilters = [\"attachments\"]\n[attachments]\nblock_names = [\"*.exe\"]\n", nil)
 	p := startPostfix(t, fmt.Sprintf("inet:127.0.0.1:%d", milterPort(t, d.port, "postfix")), "user@example.edu")
 	before := peakMemory(t, d.cmd.Process.Pid)
-	// (Postfix stores the second's lines as header records, with more
-	// overhead: 8 MiB of them already exceed its 10 MB limit.)
+	// Postfix passes ":x" unchanged, and rewrites "X-A :b" to "X-A:b" (a
+	// field the old count took too: that form is the unit tests'); it
+	// stores such lines as header records, with more overhead, so 8 MiB
+	// of them already exceed its 10 MB limit.
 	for first, size := range map[string]int{":x\r\n": 9 << 20, "X-A :b\r\n": 4 << 20} {
 		file := filepath.Join(t.TempDir(), "msg")
 		os.WriteFile(file, []byte(partHeaderBomb(first, size)), 0o644)
