@@ -18,6 +18,7 @@ import (
 	"github.com/d--j/go-milter"
 
 	"mailguard/internal/config"
+	"mailguard/internal/dovecotpolicy"
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
 	"mailguard/internal/listen"
@@ -66,6 +67,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	policy, err := dovecotpolicy.Start(cfg, env)
+	if err != nil {
+		return err
+	}
+	defer closePolicy(policy, log, cfg.DrainTimeout)
 	ln, err := listen.Listen(cfg.Listen, listen.Socket{Mode: cfg.SocketMode, Owner: cfg.SocketOwner, Group: cfg.SocketGroup})
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -118,7 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 		reloading = true
 		old := cfg
 		go func() {
-			c, err := reload(opts.ConfigFile, old, env, door, log)
+			c, err := reload(opts.ConfigFile, old, env, door, policy, log)
 			reloaded <- outcome{c, err}
 		}()
 	}
@@ -164,12 +170,20 @@ func Run(ctx context.Context, opts Options) error {
 // reload builds a new pipeline from the files as they are now. A broken
 // file keeps the old pipeline running. The listener is not reopened: a new
 // listen address needs a restart, and the log says so.
-func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.Door, log *slog.Logger) (*config.Config, error) {
+func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.Door, policy *dovecotpolicy.Service, log *slog.Logger) (*config.Config, error) {
 	cfg, err := loadConfig(file)
 	if err == nil {
 		var p *pipeline.Pipeline
+		var next *dovecotpolicy.Next
 		if p, err = filters.Build(cfg, env); err == nil {
+			next, err = policy.Prepare(cfg) // last: nothing to undo after it
+		}
+		if err == nil {
 			door.SetPipeline(p)
+			policy.Commit(next)
+			if policy == nil && dovecotpolicy.Section(cfg).Listen != "" {
+				log.Warn("reload: the [dovecot_policy] door opens after a restart")
+			}
 			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.SocketOwner != old.SocketOwner || cfg.SocketGroup != old.SocketGroup || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout || cfg.MaxConnections != old.MaxConnections {
 				log.Warn("reload: changes to listen, socket_mode, idle_timeout, max_connections and [log] take effect after a restart", "listen", old.Listen.String())
 			}
@@ -182,6 +196,16 @@ func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.
 	}
 	log.Error("reload failed; still running the previous configuration", "error", err.Error())
 	return old, err
+}
+
+// closePolicy closes the Dovecot policy door (nil: none) after the
+// milter door has drained.
+func closePolicy(policy *dovecotpolicy.Service, log *slog.Logger, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := policy.Close(ctx); err != nil {
+		log.Warn("dovecot policy door: closing", "error", err.Error())
+	}
 }
 
 // drain stops the door, then the summaries (whose last line counts the
