@@ -223,21 +223,45 @@ func successKey(login, hash string) (string, bool) {
 
 // Allow answers command=allow. An error is the backend's; the decision
 // then follows on_error.
+//
+// A user and password hash that logged in within RememberSuccess skip
+// the rules counted per user: a botnet guessing at an account elsewhere
+// does not lock its owner out. Rules per client and network still apply,
+// since those count what this client itself did.
 func (p *Policy) Allow(ctx context.Context, req *Request) (Decision, error) {
 	client, login := parseRemote(req.Remote), normalizeLogin(req.Login)
 	if p.exempt(client) {
 		return Decision{Reason: "exempt network"}, nil
 	}
-	ops := make([]ratecount.Op, 0, len(p.thresholds)+1)
-	known := -1
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	var known []ratecount.Op
 	if k, ok := successKey(login, req.PasswordHash); ok && p.opts.RememberSuccess > 0 {
 		// Looked at first: over its limit of 0 means "seen".
-		known = 0
-		ops = append(ops, ratecount.Op{Key: k, Limit: 0, Window: p.opts.RememberSuccess})
+		known = []ratecount.Op{{Key: k, Limit: 0, Window: p.opts.RememberSuccess}}
 	}
+	d, over, err := p.check(ctx, known, client, login, false)
+	if err != nil || over != 0 || known == nil {
+		return d, err
+	}
+	d, _, err = p.check(ctx, nil, client, login, true)
+	if err == nil && d.Action == Allow {
+		d.Reason = "known password"
+	}
+	return d, err
+}
+
+// check looks at every threshold that applies, after the ops in first,
+// in one round trip. over is the index of the first op past its limit
+// among first (-1: none of them).
+func (p *Policy) check(ctx context.Context, first []ratecount.Op, client netip.Addr, login string, skipUser bool) (Decision, int, error) {
+	ops := append(make([]ratecount.Op, 0, len(first)+len(p.thresholds)), first...)
 	checked := make([]threshold, 0, len(p.thresholds))
 	for _, t := range p.thresholds {
 		r := p.opts.Rules[t.rule]
+		if skipUser && r.Key == KeyUser {
+			continue
+		}
 		k, ok := p.key(r, client, login)
 		if !ok {
 			continue
@@ -248,29 +272,24 @@ func (p *Policy) Allow(ctx context.Context, req *Request) (Decision, error) {
 		checked = append(checked, t)
 	}
 	if len(ops) == 0 {
-		return Decision{}, nil
+		return Decision{}, -1, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
 	over, count, err := p.opts.Counter.Take(ctx, ops)
 	switch {
 	case err != nil:
-		return Decision{}, err
+		return Decision{}, -1, err
 	case over < 0:
-		return Decision{}, nil
-	case over == known:
-		return Decision{Reason: "known password"}, nil
+		return Decision{}, -1, nil
+	case over < len(first):
+		return Decision{}, over, nil
 	}
-	if known == 0 {
-		over--
-	}
-	t := checked[over]
+	t := checked[over-len(first)]
 	r := p.opts.Rules[t.rule]
 	d := Decision{Action: t.action, Rule: r.Name, Count: count, Limit: t.limit}
 	if t.action == Delay {
 		d.Delay = r.Delay
 	}
-	return d, nil
+	return d, -1, nil
 }
 
 // Report counts command=report: every attempt for login rules, failed

@@ -75,6 +75,49 @@ type Handler struct {
 	// quietEvery: a flood must not flood the log.
 	bad, failure quietLog
 	bodyPool     sync.Pool
+	sessions     sessionSeen
+}
+
+// sessionSeen remembers the sessions asked about lately. Dovecot asks
+// twice about a login whose password was right (before and after
+// checking it), with the same attributes; the second answer repeats the
+// first, and is not logged or counted again.
+type sessionSeen struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+// sessionMemory outlasts a login's password check; maxSessions bounds
+// the map under a flood.
+const (
+	sessionMemory = time.Minute
+	maxSessions   = 100000
+)
+
+// again records the session and reports whether it was seen within
+// sessionMemory.
+func (s *sessionSeen) again(id string, now time.Time) bool {
+	if len(id) > 1024 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]time.Time{}
+	}
+	if len(s.seen) >= maxSessions {
+		for k, t := range s.seen {
+			if now.Sub(t) > sessionMemory {
+				delete(s.seen, k)
+			}
+		}
+		if len(s.seen) >= maxSessions/2 {
+			clear(s.seen)
+		}
+	}
+	t, ok := s.seen[id]
+	s.seen[id] = now
+	return ok && now.Sub(t) <= sessionMemory
 }
 
 const quietEvery = 10 * time.Second
@@ -163,6 +206,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(w, answer{})
 		return
 	}
+	// A new password in the same session (POP3 allows several PASS) is a
+	// new attempt.
+	repeated := req.SessionID != "" && h.sessions.again(req.SessionID+"\x00"+req.Login+"\x00"+req.PasswordHash, time.Now())
 	d, err := st.policy.Allow(r.Context(), req)
 	if err != nil {
 		h.failed("allow", err)
@@ -174,13 +220,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if d.Action == Allow {
-		if d.Reason != "" && h.stats != nil {
+		if d.Reason != "" && h.stats != nil && !repeated {
 			h.stats.Hit(Name, d.Reason)
 		}
 		reply(w, answer{})
 		return
 	}
-	st.policy.logDecision(req, d, st.monitor)
+	if !repeated {
+		st.policy.logDecision(req, d, st.monitor)
+	}
 	switch {
 	case st.monitor:
 		reply(w, answer{})
