@@ -156,7 +156,15 @@ func BenchmarkUserdbRcpt(b *testing.B) {
 		udb := &Userdb{Client: &dovecotauth.Client{Path: d.Socket}, Cache: cache, Maildir: "~/Maildir"}
 		f := New(Options{Userdb: udb, Usage: &maildir.UsageReader{}})
 		c, _ := f.NewCheck(context.Background(), &pipeline.Envelope{From: "x@example.org"})
-		b.Run(name, func(b *testing.B) {
+		b.Run("lookup/"+name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if _, _, err := udb.Lookup(context.Background(), fmt.Sprintf("u%d@example.edu", i%1000)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("rcpt/"+name, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				if _, err := c.Rcpt(context.Background(), nil, fmt.Sprintf("u%d@example.edu", i%1000), ""); err != nil {
