@@ -163,8 +163,17 @@ func TestKnownPasswordExempt(t *testing.T) {
 func TestExemptNetworkAndKeys(t *testing.T) {
 	c := defaults()
 	c.Exempt = []string{"10.0.0.0/8"}
-	c.Rules = []RuleConfig{{Name: "net", Event: "login", Key: "network", Limit: 2, Window: "1m", Action: "reject"}}
+	c.Rules = []RuleConfig{{Name: "net", Event: "login", Key: "network", Limit: 2, Window: "1m", Action: "reject"},
+		{Name: "acct", Event: "failure", Key: "user", Limit: 1, Window: "1m", Action: "reject"}}
 	d := newDoor(t, c, ratecount.NewMemory(newClock().Now))
+	// An account refused elsewhere is still served from the exempt network.
+	d.attempt(t, "x", "h", "198.51.100.1", false)
+	if s := d.attempt(t, "x", "h2", "198.51.100.2", false); s != -1 {
+		t.Fatalf("the account rule did not refuse: %d", s)
+	}
+	if s := d.attempt(t, "x", "h3", "10.9.9.9", true); s != 0 {
+		t.Fatalf("from the exempt network: %d", s)
+	}
 	for i := 0; i < 5; i++ {
 		if s := d.attempt(t, "u", "h", "10.1.2.3", true); s != 0 {
 			t.Fatalf("exempt network refused: %d", s)
@@ -175,11 +184,11 @@ func TestExemptNetworkAndKeys(t *testing.T) {
 	if s := d.attempt(t, "w", "h", "192.0.2.77", true); s != -1 {
 		t.Fatalf("the /24's third login: %d", s)
 	}
-	if s := d.attempt(t, "w", "h", "192.0.3.77", true); s != 0 {
+	if s := d.attempt(t, "y", "h", "192.0.3.77", true); s != 0 {
 		t.Fatalf("another /24: %d", s)
 	}
 	// No address: a network rule has nothing to count.
-	if s := d.attempt(t, "w", "h", "", true); s != 0 {
+	if s := d.attempt(t, "z", "h", "", true); s != 0 {
 		t.Fatalf("no address: %d", s)
 	}
 }
@@ -248,6 +257,55 @@ func TestParseExempt(t *testing.T) {
 	for _, bad := range []string{"mx.example.org", "192.0.2.1/24", "helo:x"} {
 		if _, err := parseExempt([]string{bad}); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// Dovecot asks twice about a login with the right password, the same
+// attributes both times: one decision line. A new password in the same
+// session is a new attempt.
+func TestSecondQuestionNotLoggedAgain(t *testing.T) {
+	d := newDoor(t, guessingConfig(), ratecount.NewMemory(newClock().Now))
+	for i := 0; i < 5; i++ {
+		d.attempt(t, "alice", "bad", "192.0.2.7", false)
+	}
+	req := map[string]any{"login": "alice", "pwhash": "abc", "remote": "192.0.2.7", "session_id": "S1"}
+	for i := 0; i < 2; i++ {
+		if s := d.ask(t, "allow", req); s != 3 {
+			t.Fatalf("question %d: %d", i+1, s)
+		}
+	}
+	req["pwhash"] = "abd"
+	d.ask(t, "allow", req)
+	if n := strings.Count(d.logs.String(), "msg=decision"); n != 2 {
+		t.Fatalf("%d decision lines, want 2:\n%s", n, d.logs)
+	}
+}
+
+func TestRuleConfigErrors(t *testing.T) {
+	good := RuleConfig{Event: "failure", Key: "client", Limit: 5, Window: "10m", Action: "delay:5s,reject"}
+	if r, err := good.parse(); err != nil || r.RejectLimit != 10 || r.Name != "failure-per-client" {
+		t.Fatalf("%+v %v", r, err)
+	}
+	for _, c := range []struct {
+		edit func(*RuleConfig)
+		says string
+	}{
+		{func(r *RuleConfig) { r.Event = "connect" }, "event"},
+		{func(r *RuleConfig) { r.Key = "sender" }, "key"},
+		{func(r *RuleConfig) { r.Limit = 0 }, "limit"},
+		{func(r *RuleConfig) { r.Window = "1ms" }, "window"},
+		{func(r *RuleConfig) { r.Action = "delay:500ms" }, "action"},
+		{func(r *RuleConfig) { r.Action = "delay:1h" }, "action"},
+		{func(r *RuleConfig) { r.Action = "tarpit:5s" }, "action"},
+		{func(r *RuleConfig) { r.Action = "reject,delay:5s" }, "action"},
+		{func(r *RuleConfig) { r.RejectLimit = 5 }, "reject_limit"},
+		{func(r *RuleConfig) { r.Action = "delay:5s"; r.RejectLimit = 9 }, "reject_limit"},
+	} {
+		rc := good
+		c.edit(&rc)
+		if _, err := rc.parse(); err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%+v: %v, want an error about %s", rc, err, c.says)
 		}
 	}
 }

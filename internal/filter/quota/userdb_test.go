@@ -90,6 +90,9 @@ func TestUserdbFromRealDovecot(t *testing.T) {
 	if u, _, _ := udb.Lookup(t.Context(), "bob@example.edu"); u == nil || u.Maildir != filepath.Join(root, "bob/Mail") || !u.Forward {
 		t.Fatalf("bob: %+v", u)
 	}
+	if u, ok, err := udb.Lookup(t.Context(), "carol@example.edu"); ok || err != nil {
+		t.Errorf("carol's mdbox taken for a Maildir: %+v %v", u, err)
+	}
 	for addr, why := range map[string]string{
 		"bob@example.edu":     "forwards",
 		"carol@example.edu":   "no Maildir",
