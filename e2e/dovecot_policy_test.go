@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -265,5 +267,54 @@ func TestDovecotPolicySharedRedis(t *testing.T) {
 	}
 	if got := daemons[0].lines("msg=decision"); len(got) != 0 {
 		t.Fatalf("the first mailguard decided: %v", got)
+	}
+}
+
+// policyAsk posts one command to the door as Dovecot does and returns
+// the status it answers.
+func policyAsk(t *testing.T, port int, command, body string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/?command=%s", port, command), strings.NewReader(body))
+	req.Header.Set("X-API-Key", "test-key")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var a struct{ Status int }
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&a) != nil {
+		t.Fatalf("%s: HTTP %d", command, resp.StatusCode)
+	}
+	return a.Status
+}
+
+// TestDovecotPolicyReload: SIGHUP changes the door's rules, the counts
+// in memory survive it, and a broken file keeps the running rules.
+func TestDovecotPolicyReload(t *testing.T) {
+	port := freePort(t)
+	cfg := policyConfig(port, "memory")
+	mg := startMailguard(t, cfg, nil)
+	waitForPort(t, port, "mailguard's policy door", mg.logs.String)
+	const attempt = `{"login":"alice","pwhash":"1a2","remote":"192.0.2.7","protocol":"imap","success":false}`
+	for i := 0; i < 3; i++ {
+		policyAsk(t, port, "allow", attempt)
+		policyAsk(t, port, "report", attempt)
+	}
+	if s := policyAsk(t, port, "allow", attempt); s != 0 {
+		t.Fatalf("3 failures of 5: %d", s)
+	}
+	file := filepath.Join(mg.dir, "mailguard.toml")
+	strict := strings.Replace(strings.Replace(cfg, "limit = 5", "limit = 2", 1), "reject_limit = 7", "reject_limit = 3", 1)
+	write(t, file, strings.ReplaceAll(strict, "LISTEN", fmt.Sprintf("inet:127.0.0.1:%d", mg.port)))
+	mg.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, mg, "dovecot policy door reloaded")
+	if s := policyAsk(t, port, "allow", attempt); s != -1 {
+		t.Fatalf("after the reload, 3 failures of reject_limit 3: %d", s)
+	}
+	write(t, file, strict+"\n[[dovecot_policy.rule]]\nevent = \"nonsense\"\n")
+	mg.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, mg, "reload failed")
+	if s := policyAsk(t, port, "allow", attempt); s != -1 {
+		t.Fatalf("after a failed reload: %d", s)
 	}
 }
