@@ -73,18 +73,24 @@ func Start(cfg *config.Config, env pipeline.Env) (*Service, error) {
 	s.addr = ln.Addr()
 	s.handler = NewHandler(next.policy, c, env.Log, env.Stats)
 	s.commit(next)
-	s.server = &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: readTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(env.Log.Handler(), slog.LevelDebug),
-	}
+	s.server = newServer(s.handler, env.Log, readTimeout)
 	go func() { s.served <- s.server.Serve(netutil.LimitListener(ln, MaxConnections)) }()
 	env.Log.Info("dovecot policy door open", "listen", c.Listen, "addr", s.addr.String(), "rules", len(next.policy.opts.Rules), "backend", next.backend)
 	return s, nil
+}
+
+// newServer bounds what a client may hold: the time to send a request
+// (read), headers, idle kept-alive connections.
+func newServer(h http.Handler, log *slog.Logger, read time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: read,
+		ReadTimeout:       read,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 }
 
 // Addr is where the door listens.
