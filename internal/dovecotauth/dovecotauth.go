@@ -49,6 +49,10 @@ const DefaultTimeout = 2 * time.Second
 // maxIdle connections are kept between lookups.
 const maxIdle = 8
 
+// DefaultIdleTime is how long a connection is kept unused (Dovecot's own
+// client keeps one 60 s).
+const DefaultIdleTime = time.Minute
+
 // Client looks users up. It keeps a few connections open between
 // lookups, one lookup at a time on each; it is safe for concurrent use.
 type Client struct {
@@ -59,15 +63,20 @@ type Client struct {
 	Service string
 	// Timeout bounds a lookup; 0 is DefaultTimeout.
 	Timeout time.Duration
+	// IdleTime closes a connection unused this long (0: DefaultIdleTime),
+	// so a Client a reload left behind lets its connections go by itself.
+	IdleTime time.Duration
 
-	mu   sync.Mutex
-	idle []*conn
-	id   uint32
+	mu    sync.Mutex
+	idle  []*conn
+	id    uint32
+	sweep *time.Timer
 }
 
 type conn struct {
-	c net.Conn
-	r *bufio.Reader
+	c    net.Conn
+	r    *bufio.Reader
+	used time.Time
 }
 
 // Close closes the idle connections.
@@ -78,6 +87,10 @@ func (c *Client) Close() error {
 		cn.c.Close()
 	}
 	c.idle = nil
+	if c.sweep != nil {
+		c.sweep.Stop()
+		c.sweep = nil
+	}
 	return nil
 }
 
@@ -140,6 +153,7 @@ func (c *Client) get(ctx context.Context, deadline time.Time) (*conn, bool, erro
 
 func (c *Client) put(cn *conn) {
 	cn.c.SetDeadline(time.Time{})
+	cn.used = time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.idle) >= maxIdle {
@@ -147,6 +161,37 @@ func (c *Client) put(cn *conn) {
 		return
 	}
 	c.idle = append(c.idle, cn)
+	if c.sweep == nil {
+		c.sweep = time.AfterFunc(c.idleTime(), c.closeIdle)
+	}
+}
+
+func (c *Client) idleTime() time.Duration {
+	if c.IdleTime > 0 {
+		return c.IdleTime
+	}
+	return DefaultIdleTime
+}
+
+// closeIdle closes the connections unused for IdleTime, and comes back
+// while some remain.
+func (c *Client) closeIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keep := c.idle[:0]
+	for _, cn := range c.idle {
+		if time.Since(cn.used) >= c.idleTime() {
+			cn.c.Close()
+		} else {
+			keep = append(keep, cn)
+		}
+	}
+	clear(c.idle[len(keep):])
+	c.idle = keep
+	c.sweep = nil
+	if len(c.idle) > 0 {
+		c.sweep = time.AfterFunc(c.idleTime(), c.closeIdle)
+	}
 }
 
 func (c *Client) nextID() uint32 {

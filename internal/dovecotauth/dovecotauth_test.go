@@ -30,6 +30,22 @@ func TestRealDovecot(t *testing.T) {
 	if len(c.idle) != 1 {
 		t.Errorf("%d idle connections", len(c.idle))
 	}
+	// Unused connections are let go.
+	idler := &Client{Path: d.Socket, IdleTime: 100 * time.Millisecond}
+	if _, err := idler.Lookup(t.Context(), "alice@example.edu"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		idler.mu.Lock()
+		left := len(idler.idle)
+		idler.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle connections kept 10 s past IdleTime", left)
+		}
+	}
 	rep, err := c.Lookup(t.Context(), "nobody@example.edu")
 	if err != nil || rep.Found {
 		t.Fatalf("unknown user: %+v %v", rep, err)
