@@ -268,6 +268,14 @@ func TestDovecotPolicySharedRedis(t *testing.T) {
 	if got := daemons[0].lines("msg=decision"); len(got) != 0 {
 		t.Fatalf("the first mailguard decided: %v", got)
 	}
+	// Redis gone: logins are allowed, and the failure is logged.
+	redis.Stop()
+	ok, took = doors[0].login(t, "127.0.0.7", "alice", "right-one")
+	if !ok {
+		t.Fatal("with Redis stopped the login failed")
+	}
+	t.Logf("with Redis stopped: in after %s", took)
+	waitForLog(t, daemons[0], "counting failed; answering by on_error", "command=allow")
 }
 
 // policyAsk posts one command to the door as Dovecot does and returns
