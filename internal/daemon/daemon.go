@@ -19,6 +19,7 @@ import (
 	"github.com/d--j/go-milter"
 
 	"mailguard/internal/config"
+	"mailguard/internal/dovecotpolicy"
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
 	"mailguard/internal/listen"
@@ -68,6 +69,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	policy, err := dovecotpolicy.Start(cfg, env)
+	if err != nil {
+		return err
+	}
+	defer closePolicy(policy, log, cfg.DrainTimeout)
 	ln, err := listen.Listen(cfg.Listen, listen.Socket{Mode: cfg.SocketMode, Owner: cfg.SocketOwner, Group: cfg.SocketGroup})
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -125,7 +131,7 @@ func Run(ctx context.Context, opts Options) error {
 		reloading = true
 		old := cfg
 		go func() {
-			c, pending, err := reload(opts.ConfigFile, old, started, env, door, level, log)
+			c, pending, err := reload(opts.ConfigFile, old, started, env, door, policy, level, log)
 			reloaded <- outcome{c, pending, err}
 		}()
 	}
@@ -173,18 +179,29 @@ func Run(ctx context.Context, opts Options) error {
 
 // reload builds a new pipeline from the files as they are now, its
 // filters taking over what their predecessors hold (counters, caches,
-// pools) where their settings did not change. A broken file keeps the old
-// pipeline running. The old pipeline serves its open connections to their
-// end and is then closed. The listener, the door's limits and the log's
-// target were set up at start (started) and are not reopened: changes to
-// them are returned, to be told to the postmaster, and wait for a
-// restart. The log level changes at once.
-func reload(file string, old, started *config.Config, env pipeline.Env, door *milterdoor.Door, level *slog.LevelVar, log *slog.Logger) (*config.Config, []string, error) {
+// pools) where their settings did not change, and the Dovecot policy
+// door's new rules. A broken file keeps the old pipeline and rules
+// running. The old pipeline serves its open connections to their end and
+// is then closed. The listener, the door's limits and the log's target
+// were set up at start (started) and are not reopened: changes to them
+// are returned, to be told to the postmaster, and wait for a restart. The
+// log level changes at once.
+func reload(file string, old, started *config.Config, env pipeline.Env, door *milterdoor.Door, policy *dovecotpolicy.Service, level *slog.LevelVar, log *slog.Logger) (*config.Config, []string, error) {
 	cfg, err := loadConfig(file)
 	if err == nil {
 		var p *pipeline.Pipeline
+		var next *dovecotpolicy.Next
 		if p, err = filters.BuildWith(cfg, env, filters.BuildOptions{Predecessor: door.Pipeline()}); err == nil {
+			if next, err = policy.Prepare(cfg); err != nil {
+				p.Close() // never served: what it took over stays with the running one
+			}
+		}
+		if err == nil {
 			door.SetPipeline(p).Retire()
+			policy.Commit(next)
+			if policy == nil && dovecotpolicy.Section(cfg).Listen != "" {
+				log.Warn("reload: the [dovecot_policy] door opens after a restart")
+			}
 			if l, err := logging.ParseLevel(cfg.Log.Level); err == nil && l != level.Level() {
 				level.Set(l)
 				log.Info("reload: log level changed", "level", cfg.Log.Level)
@@ -229,6 +246,16 @@ func restartNeeded(started, cfg *config.Config) []string {
 }
 
 func quoted(s string) string { return fmt.Sprintf("%q", s) }
+
+// closePolicy closes the Dovecot policy door (nil: none) after the
+// milter door has drained.
+func closePolicy(policy *dovecotpolicy.Service, log *slog.Logger, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := policy.Close(ctx); err != nil {
+		log.Warn("dovecot policy door: closing", "error", err.Error())
+	}
+}
 
 // drain stops the door, then the summaries (whose last line counts the
 // messages that finished during the drain), and says it stopped.

@@ -52,6 +52,18 @@ func Register[S config.Section](name string, defaults func() S, build func(S, *E
 	}
 }
 
+// RegisterService adds a section that configures something other than a
+// filter (a front door such as the Dovecot policy server): it is read,
+// checked and documented like a filter's, but never built into the
+// pipeline. Its Validate gets enabled = false; the service decides from
+// its own keys whether it runs.
+func RegisterService[S config.Section](name string, defaults func() S, example string) {
+	if _, dup := registry[name]; dup {
+		panic("filters: " + name + " registered twice")
+	}
+	registry[name] = Spec{Name: name, NewSection: func() config.Section { return defaults() }, Example: example}
+}
+
 // Lookup returns a registered filter's spec.
 func Lookup(name string) (Spec, bool) {
 	s, ok := registry[name]
@@ -188,6 +200,10 @@ func build(c *config.Config, env pipeline.Env, checkOnly bool, opts BuildOptions
 		sec := c.Sections[name]
 		if !ok || sec == nil {
 			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("unknown filter %q", name)})
+			continue
+		}
+		if spec.New == nil {
+			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("%q is not a filter: its section [%s] configures it", name, name)})
 			continue
 		}
 		f, err := spec.New(sec, &Env{Env: env, cfg: c, name: name, checkOnly: checkOnly, opts: opts})
