@@ -63,6 +63,15 @@ type Filter struct {
 	unreadable map[string]time.Time // Maildir -> when last logged
 }
 
+// Close closes the connections kept to Dovecot's userdb, if any: a
+// reload's new filter opens its own.
+func (f *Filter) Close() error {
+	if f.opts.Userdb == nil || f.opts.Userdb.Client == nil {
+		return nil
+	}
+	return f.opts.Userdb.Client.Close()
+}
+
 // New returns the filter.
 func New(opts Options) *Filter {
 	if opts.Reply == "" {
