@@ -79,6 +79,10 @@ type Door struct {
 	// refusals rate-limits the log lines about refused connections.
 	refusals, acceptErrors, protocolErrors logLimiter
 
+	// beforeWatchSelect, when a test sets it, runs in a watch before it
+	// waits for the stage's end or the MTA (see runWatch).
+	beforeWatchSelect func(quit <-chan struct{}, gone <-chan error)
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}

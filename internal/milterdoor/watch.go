@@ -128,6 +128,9 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 		s.w.conn.SetWriteDeadline(time.Now().Add(s.w.idle))
 	}
 	for {
+		if s.door.beforeWatchSelect != nil {
+			s.door.beforeWatchSelect(quit, gone)
+		}
 		select {
 		case <-quit:
 			if gone != nil {
@@ -136,6 +139,16 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 			return
 		case err := <-gone:
 			gone = nil
+			// The stage may have ended meanwhile: guarded closes quit, then
+			// wakes the read with a deadline, so a read error that comes
+			// with quit closed is ours, and select picks among ready cases
+			// at random. Only a read that ended with the stage still
+			// running says anything about the MTA.
+			select {
+			case <-quit:
+				return
+			default:
+			}
 			// A hang-up ends the connection's calls; a command before our
 			// answer (an abort) ends the message's, and the connection's
 			// next messages still get theirs.
