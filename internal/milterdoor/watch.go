@@ -43,17 +43,21 @@ type watch struct {
 	epoch atomic.Int64
 	mu    sync.Mutex
 	eom   bool
-	cn    *pipeline.Connection
-	msg   *pipeline.Message // the message of the stage, if any
-	quit  chan struct{}     // non-nil while a watch runs; closed to end it
-	wg    sync.WaitGroup
+	// noReply marks a stage the MTA does not wait for (negotiated without
+	// a reply): it goes on sending, so bytes say nothing, and the watch
+	// looks only for a hang-up (peerHungUp), without reading.
+	noReply, hungUp bool
+	cn              *pipeline.Connection
+	msg             *pipeline.Message // the message of the stage, if any
+	quit            chan struct{}     // non-nil while a watch runs; closed to end it
+	wg              sync.WaitGroup
 }
 
 // guarded runs stage under the watch.
 func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdict {
 	w := &s.watch
 	w.mu.Lock()
-	w.eom, w.cn, w.msg = eom, s.cn, s.msg
+	w.eom, w.noReply, w.hungUp, w.cn, w.msg = eom, false, false, s.cn, s.msg
 	w.mu.Unlock()
 	w.epoch.Store(s.door.epoch.Load())
 	v := stage()
@@ -71,6 +75,19 @@ func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdic
 		s.w.deadlineSet = time.Time{} // the next read sets the idle deadline again
 	}
 	return v
+}
+
+// unanswered runs a stage the MTA does not wait for under the watch: a
+// filter waiting there (for a clamd slot, say) learns of the MTA hanging
+// up, rather than holding the connection until its own timeout.
+func (s *session) unanswered(stage func() verdict.Verdict) {
+	w := &s.watch
+	w.mu.Lock()
+	w.eom, w.noReply, w.hungUp, w.cn, w.msg = false, true, false, s.cn, s.msg
+	w.mu.Unlock()
+	w.epoch.Store(s.door.epoch.Load())
+	stage()
+	w.epoch.Store(0)
 }
 
 // watcher scans the sessions until the door closes.
@@ -101,6 +118,18 @@ func (s *session) startWatch() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.quit != nil || w.epoch.Load() == 0 {
+		return
+	}
+	if w.noReply {
+		if !w.hungUp && peerHungUp(s.w.conn) {
+			w.hungUp = true
+			if w.cn != nil {
+				w.cn.Cancel()
+			} else if w.msg != nil {
+				w.msg.Cancel()
+			}
+			s.door.log.Info("MTA hung up; filter calls cancelled", "client", pipeline.LogField(s.conn.Addr))
+		}
 		return
 	}
 	w.quit = make(chan struct{})
