@@ -8,6 +8,7 @@ require (
 	github.com/miekg/dns v1.1.73
 	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/redis/go-redis/v9 v9.23.0
+	golang.org/x/sync v0.22.0
 	golang.org/x/sys v0.48.0
 )
 

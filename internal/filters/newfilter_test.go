@@ -109,7 +109,7 @@ func TestNewFilterIsOneFolderAndOneLine(t *testing.T) {
 	}
 	m, _ := cn.Begin(pipeline.AllStages, pipeline.AllModifications, "a@example.org", "")
 	m.End()
-	if hits := m.Envelope().Monitored; len(hits) != 1 || hits[0].Filter != "helocheck" {
+	if hits := m.Envelope().Monitored(); len(hits) != 1 || hits[0].Filter != "helocheck" {
 		t.Fatalf("monitor record %+v", hits)
 	}
 	m.Close()

@@ -60,7 +60,7 @@ type Options struct {
 const DefaultMaxConnections = 1000
 
 // Door serves milter connections. Its pipeline can be swapped at any time
-// (a reload); a message keeps the pipeline it started with.
+// (a reload); an SMTP session keeps the pipeline it started with.
 type Door struct {
 	current atomic.Pointer[pipeline.Pipeline]
 	log     *slog.Logger
@@ -122,8 +122,23 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	return d
 }
 
-// SetPipeline makes p the pipeline for messages that start from now on.
-func (d *Door) SetPipeline(p *pipeline.Pipeline) { d.current.Store(p) }
+// SetPipeline makes p the pipeline for connections that open from now on
+// (one already open stays on its own) and returns the one it replaces,
+// for the caller to retire.
+func (d *Door) SetPipeline(p *pipeline.Pipeline) *pipeline.Pipeline { return d.current.Swap(p) }
+
+// Pipeline is the pipeline new connections get.
+func (d *Door) Pipeline() *pipeline.Pipeline { return d.current.Load() }
+
+// holdCurrent holds the current pipeline. A pipeline replaced and closed
+// between the load and the hold cannot be held: the newer one can.
+func (d *Door) holdCurrent() *pipeline.Pipeline {
+	for {
+		if p := d.current.Load(); p.Hold() {
+			return p
+		}
+	}
+}
 
 // Active is the number of milter connections open now.
 func (d *Door) Active() int64 { return d.active.Load() }

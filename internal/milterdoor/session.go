@@ -29,7 +29,7 @@ type session struct {
 	actions   milter.OptAction
 	macroReq  map[milter.MacroStage]string // the macro lists negotiated; nil: the MTA's defaults
 	delivered pipeline.Stage
-	pipe      *pipeline.Pipeline   // the pipeline negotiated for
+	pipe      *pipeline.Pipeline   // the pipeline negotiated for, or the newest since; held
 	cn        *pipeline.Connection // the pipeline's connection state, from connect on
 	conn      pipeline.Conn
 	macros    macroStore
@@ -47,6 +47,9 @@ func (s *session) serve() {
 		}
 		s.endMessage()
 		s.closeConnection()
+		if s.pipe != nil {
+			s.pipe.Release()
+		}
 		s.w.conn.Close()
 		s.w.release()
 	}()
@@ -102,7 +105,7 @@ func (s *session) negotiate() error {
 		return fmt.Errorf("MTA speaks milter protocol version %d; at least 2 is needed", version)
 	}
 	version = min(version, 6)
-	s.pipe = s.door.current.Load()
+	s.pipe = s.door.holdCurrent()
 	// Ask only for flags the MTA offers; where it cannot spare us a reply,
 	// we send one.
 	s.proto = wantedProtocol(s.pipe.Stages()) & mtaProto
@@ -129,12 +132,13 @@ func (s *session) negotiate() error {
 	return s.w.writePacket(cmdOptNeg, out)
 }
 
-// openConnection starts the pipeline's connection state, on the newest
-// pipeline this connection can serve: one whose stages, changes and
-// macros the negotiation covers. A connection keeps an older pipeline
-// when a reload needs more than it negotiated.
+// openConnection starts the pipeline's connection state (an SMTP
+// session), on the newest pipeline this connection can serve: one whose
+// stages, changes and macros the negotiation covers. A connection keeps
+// an older pipeline when a reload needs more than it negotiated.
 func (s *session) openConnection() {
-	if p := s.door.current.Load(); p != s.pipe && s.canServe(p) {
+	if p := s.door.current.Load(); p != s.pipe && s.canServe(p) && p.Hold() {
+		s.pipe.Release()
 		s.pipe = p
 	}
 	s.cn = s.pipe.Open(s.door.ctx, &s.conn)
@@ -153,14 +157,12 @@ func (s *session) closeConnection() {
 }
 
 // connection returns the connection state for a new message. A reload
-// since the connection opened moves it to the new pipeline here, between
-// messages: the filters' connection state is closed and opened anew (the
-// connect and HELO stages are not repeated).
+// does not move an SMTP session to the new pipeline: what its filters
+// learnt at connect and HELO (the client's address, a concurrency slot,
+// the MTA listener that took it) stays with it until it ends, and the
+// old pipeline is closed after its last session.
 func (s *session) connection() *pipeline.Connection {
 	if s.cn == nil {
-		s.openConnection()
-	} else if p := s.door.current.Load(); p != s.cn.Pipeline() && s.canServe(p) {
-		s.closeConnection()
 		s.openConnection()
 	}
 	return s.cn
@@ -336,7 +338,7 @@ func (s *session) endOfMessage(data []byte) error {
 		return msg.End()
 	})
 	env := msg.Envelope()
-	removed, headers := env.Removed, env.Headers
+	removed, headers := env.Removed, env.Headers()
 	s.endMessage()
 	s.macros.clearFrom(int(milter.StageMail))
 	if v.Final() {

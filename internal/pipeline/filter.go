@@ -7,9 +7,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
+	"mailguard/internal/oneline"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -87,18 +89,36 @@ type Envelope struct {
 	Delivered Stage
 	// Allowed is the set of changes the MTA lets us make to this message.
 	Allowed Modification
-	// Final is the message's verdict once a filter has decided it.
-	Final verdict.Verdict
-	// Removed lists recipients a filter took off the message.
+	// Removed lists recipients a filter took off the message (with
+	// RemoveRcpt; read-only for filters).
 	Removed []Removal
-	// Headers lists the header changes filters asked for, in order.
-	Headers []HeaderChange
-	// Monitored lists what filters in monitor mode would have done.
-	Monitored []MonitorHit
+
+	// What the filters decided, changed and would have done, written only
+	// through the pipeline (decisions, the header methods), which applies
+	// monitor mode and the bounds; read with the methods of the same
+	// names.
+	final     verdict.Verdict
+	headers   []HeaderChange
+	monitored []MonitorHit
 
 	caller *Member     // the filter being called, for RemoveRcpt and header changes
 	conn   *Connection // for ConnState
+	// headerFields counts the fields the message came with; deletions
+	// and additions the header changes recorded; dropped those dropped.
+	headerFields, deletions, additions int
+	dropped, monitorDropped            []droppedChange
 }
+
+// Final is the message's verdict once a filter has decided it.
+func (e *Envelope) Final() verdict.Verdict { return e.final }
+
+// Headers lists the header changes filters asked for, in order: the
+// changes to make to a delivered message, X-Mailguard records of
+// monitor-mode filters among them once the message has ended.
+func (e *Envelope) Headers() []HeaderChange { return slices.Clone(e.headers) }
+
+// Monitored lists what filters in monitor mode would have done.
+func (e *Envelope) Monitored() []MonitorHit { return slices.Clone(e.monitored) }
 
 // Macro returns one of the MTA's macros, or "".
 func (e *Envelope) Macro(name string) string { return e.Conn.Macro(name) }
@@ -156,12 +176,17 @@ type HeaderChange struct {
 	Filter string
 }
 
-// maxHeaderChanges bounds the header changes of one message, and
-// maxHeaderValue the length of one value: a filter's bug or a hostile
-// input must not grow a message without bound.
+// maxHeaderAdditions bounds the fields one message gains (added,
+// inserted, or replaced with a new value), and maxHeaderValue the length
+// of one value: a filter's bug or a hostile input must not grow a message
+// without bound. Deletions have no budget of their own: a message loses
+// at most the fields it came with, a count the MTA's header limits and
+// ours already bound, so a sender cannot spend the budget with fields for
+// mailguard to delete (70 forged X-Virus-Status fields once left six of
+// them and no room for mailguard's own).
 const (
-	maxHeaderChanges = 64
-	maxHeaderValue   = 2048
+	maxHeaderAdditions = 64
+	maxHeaderValue     = 2048
 )
 
 // AddHeader appends a header field when the message is delivered.
@@ -173,16 +198,60 @@ func (e *Envelope) InsertHeader(index int, name, value string) {
 }
 
 // ChangeHeader replaces the index-th (from 1) field called name with value,
-// or deletes it if value is "".
+// or deletes it if value is "". Delete the fields of a name last first, so
+// the indexes of the others hold.
 func (e *Envelope) ChangeHeader(name string, index int, value string) {
 	e.headerChange(HeaderReplace, name, value, index)
 }
 
+// headerChange records a change, or drops it (logged and counted at the
+// end of a delivered message) when it is invalid or over its bound.
 func (e *Envelope) headerChange(op HeaderOp, name, value string, index int) {
-	if !validHeaderName(name) || len(e.Headers) >= maxHeaderChanges || index < 0 {
+	filter := e.callerName()
+	deletion := op == HeaderReplace && value == ""
+	switch {
+	case !validHeaderName(name):
+		e.dropChange(filter, name, "invalid header name")
+		return
+	case index < 0 || op == HeaderReplace && index < 1:
+		e.dropChange(filter, name, "invalid header index")
+		return
+	case deletion && e.deletions >= e.headerFields:
+		e.dropChange(filter, name, fmt.Sprintf("more deletions than the %d header fields the message came with", e.headerFields))
+		return
+	case !deletion && e.additions >= maxHeaderAdditions:
+		e.dropChange(filter, name, fmt.Sprintf("over %d header fields added", maxHeaderAdditions))
 		return
 	}
-	e.Headers = append(e.Headers, HeaderChange{Op: op, Name: name, Value: cleanHeaderValue(value), Index: index, Filter: e.callerName()})
+	if deletion {
+		e.deletions++
+	} else {
+		e.additions++
+	}
+	e.headers = append(e.headers, HeaderChange{Op: op, Name: name, Value: cleanHeaderValue(value), Index: index, Filter: filter})
+}
+
+// droppedChange counts the changes of one filter dropped for one reason.
+type droppedChange struct {
+	Filter, Reason string
+	Header         string // the first dropped change's field name
+	Count          int
+}
+
+func (e *Envelope) dropChange(filter, header, reason string) {
+	addDrop(&e.dropped, filter, header, reason)
+}
+
+// addDrop counts a dropped change; one entry per filter and reason keeps
+// the record small however many are dropped.
+func addDrop(list *[]droppedChange, filter, header, reason string) {
+	for i := range *list {
+		if d := &(*list)[i]; d.Filter == filter && d.Reason == reason {
+			d.Count++
+			return
+		}
+	}
+	*list = append(*list, droppedChange{Filter: filter, Reason: reason, Header: header, Count: 1})
 }
 
 // validHeaderName: printable ASCII without ":" or blanks (RFC 5322 §2.2).
@@ -198,20 +267,8 @@ func validHeaderName(name string) bool {
 	return true
 }
 
-// cleanHeaderValue keeps a value on one line of bounded length: control
-// characters (CR, LF, NUL among them) become blanks.
-func cleanHeaderValue(v string) string {
-	if len(v) > maxHeaderValue {
-		v = v[:maxHeaderValue]
-	}
-	b := []byte(v) // bytes, not runes: 8-bit text passes unchanged
-	for i, c := range b {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			b[i] = ' '
-		}
-	}
-	return string(b)
-}
+// cleanHeaderValue keeps a value on one line of bounded length.
+func cleanHeaderValue(v string) string { return oneline.Header(v, maxHeaderValue) }
 
 // MonitorHit is what a filter in monitor mode would have done.
 type MonitorHit struct {
@@ -228,16 +285,19 @@ type MonitorHit struct {
 const maxMonitorHits = 16
 
 func (e *Envelope) monitor(h MonitorHit) {
-	if len(e.Monitored) < maxMonitorHits {
-		e.Monitored = append(e.Monitored, h)
+	if len(e.monitored) < maxMonitorHits {
+		e.monitored = append(e.monitored, h)
+		return
 	}
+	addDrop(&e.monitorDropped, h.Filter, MonitorHeader, fmt.Sprintf("over %d monitor records", maxMonitorHits))
 }
 
 // AllStages is every stage, as an offline front door delivers them.
 const AllStages = StageConnect | StageHelo | StageMail | StageRcpt | StageHeader | StageEndOfHeaders | StageBody | StageEndOfMessage
 
 // Filter is one configured filter. It is immutable and shared by all
-// sessions; per-message state lives in the Check it creates.
+// sessions; per-message state lives in the Check it creates. A filter
+// that holds something beyond one message implements Closer.
 //
 // Every call gets a context that ends when the MTA aborts the message or
 // hangs up, when the daemon's drain timeout runs out, or when the
@@ -306,8 +366,9 @@ type Modifier interface {
 // called for a filter that names them in its reads or decides.
 type Connector interface {
 	// NewConnState starts the filter's state for one connection. Its
-	// Close always runs: at disconnect, at shutdown, and when a reload
-	// moves the connection to a new pipeline between messages.
+	// Close always runs, at disconnect or shutdown. A reload does not
+	// touch it: the connection stays on the pipeline that opened it, so
+	// what Connect and Helo learnt holds for all its messages.
 	NewConnState(ctx context.Context, c *Conn) (ConnState, error)
 }
 

@@ -45,12 +45,12 @@ func (cn *Connection) Begin(delivered Stage, allowed Modification, from, args st
 	p := cn.p
 	m := &Message{p: p, ctx: newLazyCtx(cn.ctx, time.Time{}), checks: make([]Check, len(p.members)),
 		env: Envelope{Conn: cn.conn, From: from, FromArgs: args, Delivered: delivered, Allowed: allowed, conn: cn}}
-	m.env.Monitored = append(m.env.Monitored, cn.hits...)
+	m.env.monitored = append(m.env.monitored, cn.hits...)
 	if p.env.Stats != nil {
 		p.env.Stats.Message()
 	}
 	if cn.final.Final() { // logged at its stage
-		m.final, m.env.Final, m.logged = cn.final, cn.final, true
+		m.final, m.env.final, m.logged = cn.final, cn.final, true
 	}
 	if len(from) > MaxPathLength {
 		v := verdict.Rejectf(verdict.CodePathTooLong, verdict.EnhBadSenderSyntax, "Sender address too long")
@@ -94,7 +94,10 @@ func (m *Message) Cancel() { m.ctx.cancel(context.Canceled) }
 func (m *Message) Decided() (verdict.Verdict, bool) { return m.final, m.final.Final() }
 
 // decide takes member i's verdict at a stage. An observer's is ignored; a
-// monitor-mode filter's is recorded as what it would have done. It
+// monitor-mode filter's is recorded as what it would have done, and the
+// filter is done with the message, as it would be if it enforced: a
+// filter that decided during the body answers the same at every later
+// chunk and at the end, and each answer would be another record. It
 // reports whether the message is now decided. The log line waits for the
 // end of the message, when the MTA has told us its queue id.
 func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
@@ -103,10 +106,11 @@ func (m *Message) decide(i int, v verdict.Verdict, stage string) bool {
 		return m.final.Final()
 	case m.p.members[i].Mode == Monitor:
 		m.env.monitor(MonitorHit{Filter: m.p.members[i].Filter.Name(), Action: v.String(), Reason: v.Reason, Stage: stage})
+		m.dropCheck(i)
 		return false
 	}
 	m.final = v
-	m.env.Final = v
+	m.env.final = v
 	return true
 }
 
@@ -120,12 +124,14 @@ func (m *Message) logFinal() {
 		m.logged = true
 		m.p.logDecision(&m.env, m.final, "")
 	}
-	for i := range m.env.Monitored {
-		if h := &m.env.Monitored[i]; !h.logged {
+	for i := range m.env.monitored {
+		if h := &m.env.monitored[i]; !h.logged {
 			h.logged = true
 			m.p.logMonitor(&m.env, *h)
 		}
 	}
+	m.p.logDropped(&m.env, m.env.monitorDropped, "monitor records dropped", "monitor record dropped")
+	m.env.monitorDropped = nil
 }
 
 // countOutcome counts what became of the message for the summary, once:
@@ -262,12 +268,13 @@ func (m *Message) rcptLimits(rcpt string) (verdict.Verdict, bool) {
 // decideLimit makes a limit's refusal the message's verdict.
 func (m *Message) decideLimit(v verdict.Verdict) {
 	if !m.final.Final() {
-		m.final, m.env.Final = v, v
+		m.final, m.env.final = v, v
 	}
 }
 
 // Header runs the header stage for one header field.
 func (m *Message) Header(name, value string) verdict.Verdict {
+	m.env.headerFields++
 	return m.run(StageHeader, "header", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.Header(ctx, name, value) })
 }
 
@@ -289,8 +296,8 @@ func (m *Message) Body(chunk []byte) verdict.Verdict {
 func (m *Message) End() verdict.Verdict {
 	v := m.run(StageEndOfMessage, "eom", func(ctx context.Context, c Check) (verdict.Verdict, error) { return c.EndOfMessage(ctx, &m.env) })
 	if !v.Final() {
-		for _, h := range m.env.Monitored {
-			m.env.Headers = append(m.env.Headers, HeaderChange{Op: HeaderAdd, Name: MonitorHeader, Value: h.headerValue(), Filter: h.Filter})
+		for _, h := range m.env.monitored {
+			m.env.headers = append(m.env.headers, HeaderChange{Op: HeaderAdd, Name: MonitorHeader, Value: h.headerValue(), Filter: h.Filter})
 		}
 	}
 	m.logFinal()

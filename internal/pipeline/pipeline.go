@@ -22,7 +22,10 @@ type Member struct {
 }
 
 // Pipeline is an immutable, ordered set of filters. A reload builds a new
-// Pipeline; connections move to it between messages.
+// Pipeline for the connections that open from then on; a connection stays
+// on the pipeline that opened it (an MTA opens one milter connection per
+// SMTP session), and the old pipeline is closed when its last connection
+// has ended (see Retire).
 type Pipeline struct {
 	members   []Member
 	observer  []bool
@@ -30,6 +33,7 @@ type Pipeline struct {
 	modifies  Modification
 	macros    map[Stage][]string
 	env       Env
+	life      lifecycle
 }
 
 // New builds a pipeline. Filters run in the order given.
@@ -239,9 +243,22 @@ func (p *Pipeline) logMonitor(env *Envelope, h MonitorHit) {
 	p.count(h.Filter, "would "+strings.Fields(h.Action)[0])
 }
 
-// logChanges logs a delivered message's recipient removals, and the
-// changes the MTA does not allow (so they were not made).
+// logDropped logs, one line per filter and reason, the changes a bound
+// dropped, and counts each under key.
+func (p *Pipeline) logDropped(env *Envelope, dropped []droppedChange, msg, key string) {
+	for _, d := range dropped {
+		p.env.Log.Warn(msg, "filter", d.Filter, "reason", d.Reason, "count", d.Count, "header", d.Header, envAttrs(env))
+		for range d.Count {
+			p.count(d.Filter, key)
+		}
+	}
+}
+
+// logChanges logs a delivered message's recipient removals, the header
+// changes dropped, and the changes the MTA does not allow (so they were
+// not made).
 func (p *Pipeline) logChanges(env *Envelope) {
+	p.logDropped(env, env.dropped, "header changes dropped", "header change dropped")
 	for _, r := range env.Removed {
 		if env.Allowed&ModRemoveRcpt == 0 {
 			p.env.Log.Warn("recipient not removed: the MTA does not allow milters to remove recipients",
@@ -252,7 +269,7 @@ func (p *Pipeline) logChanges(env *Envelope) {
 		p.env.Log.Info("decision", "filter", r.Filter, "verdict", "remove recipient", "reason", r.Reason, "rcpt", r.Rcpt, envAttrs(env))
 		p.count(r.Filter, "remove recipient")
 	}
-	for _, h := range env.Headers {
+	for _, h := range env.headers {
 		need := ModAddHeader
 		if h.Op == HeaderReplace {
 			need = ModChangeHeader

@@ -24,7 +24,9 @@ type fakeFilter struct {
 	newErr        error
 	body          func(chunk []byte) (verdict.Verdict, error)
 	rcpt          func(rcpt string) (verdict.Verdict, error)
+	eom           func(env *Envelope) (verdict.Verdict, error)
 	bodyCalls     int
+	eomCalls      int
 }
 
 func (f *fakeFilter) Name() string                   { return f.name }
@@ -55,6 +57,14 @@ func (c *fakeCheck) Rcpt(_ context.Context, _ *Envelope, rcpt, _ string) (verdic
 		return verdict.Pass, nil
 	}
 	return c.f.rcpt(rcpt)
+}
+
+func (c *fakeCheck) EndOfMessage(_ context.Context, env *Envelope) (verdict.Verdict, error) {
+	c.f.eomCalls++
+	if c.f.eom == nil {
+		return verdict.Pass, nil
+	}
+	return c.f.eom(env)
 }
 
 func (c *fakeCheck) Close() { c.f.open.Add(-1) }
@@ -239,7 +249,7 @@ func TestMonitorMode(t *testing.T) {
 	env2 := m.Envelope()
 	m.Close()
 	var headers []string
-	for _, h := range env2.Headers {
+	for _, h := range env2.Headers() {
 		headers = append(headers, h.Name+": "+h.Value)
 	}
 	want := []string{
@@ -263,6 +273,59 @@ func TestMonitorMode(t *testing.T) {
 		t.Fatalf("enforce: %v", v)
 	}
 	m.Close()
+}
+
+// A monitor-mode filter that decides during the body keeps answering the
+// same at every later chunk and at the end of the message (the attachment
+// filter does): it is recorded once, with or without a filter beside it,
+// and not called again, as it would not be if it enforced.
+func TestMonitorRecordsOnce(t *testing.T) {
+	for _, withOther := range []bool{false, true} {
+		t.Run(fmt.Sprintf("other filter %v", withOther), func(t *testing.T) {
+			var open atomic.Int64
+			env, logs := testEnv()
+			refuse := func() (verdict.Verdict, error) {
+				v := verdict.Rejectf(550, verdict.EnhSecurity, "Attachment refused: setup.exe")
+				v.Reason = "name matches *.exe"
+				return v, nil
+			}
+			f := newFake("attachments", &open)
+			f.body = func([]byte) (verdict.Verdict, error) { return refuse() }
+			f.eom = func(*Envelope) (verdict.Verdict, error) { return refuse() }
+			var members []Member
+			if withOther {
+				members = append(members, Member{Filter: newFake("senders", &open)})
+			}
+			p := New(env, append(members, Member{Filter: f, Mode: Monitor})...)
+			m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+			m.Rcpt("u@example.edu", "")
+			for _, chunk := range []string{"part 1", "part 2", "part 3"} {
+				if v := m.Body([]byte(chunk)); v.Final() {
+					t.Fatalf("monitor mode refused at the body: %v", v)
+				}
+			}
+			if v := m.End(); v.Final() {
+				t.Fatalf("monitor mode refused the message: %v", v)
+			}
+			headers := m.Envelope().Headers()
+			m.Close()
+			if len(headers) != 1 || headers[0].Name != MonitorHeader {
+				t.Errorf("header changes %+v, want one X-Mailguard", headers)
+			}
+			if n := strings.Count(logs.String(), "mode=monitor"); n != 1 {
+				t.Errorf("%d monitor decision lines, want 1:\n%s", n, logs)
+			}
+			if hits := env.Stats.Take().Hits; hits["attachments:would reject"] != 1 {
+				t.Errorf("counted %d times, want once: %v", hits["attachments:would reject"], hits)
+			}
+			if f.bodyCalls != 1 || f.eomCalls != 0 {
+				t.Errorf("called after its decision: %d body calls, %d at the end", f.bodyCalls, f.eomCalls)
+			}
+			if open.Load() != 0 {
+				t.Errorf("%d checks not closed", open.Load())
+			}
+		})
+	}
 }
 
 // connFilter keeps state per connection and judges HELO.
@@ -473,5 +536,162 @@ func TestDebugLogsAccepted(t *testing.T) {
 		if logged != (level == slog.LevelDebug) {
 			t.Errorf("level %v: accepted message logged %v:\n%s", level, logged, logs.String())
 		}
+	}
+}
+
+// changeFilter asks for header changes at the end of the message.
+func changeFilter(open *atomic.Int64, change func(env *Envelope)) *fakeFilter {
+	f := newFake("changer", open)
+	f.reads = StageHeader | StageEndOfMessage
+	f.eom = func(env *Envelope) (verdict.Verdict, error) {
+		change(env)
+		return verdict.Pass, nil
+	}
+	return f
+}
+
+// deliver runs a message with header fields through p and returns its
+// envelope once delivered.
+func deliver(t *testing.T, p *Pipeline, fields int) *Envelope {
+	t.Helper()
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+	defer m.Close()
+	m.Rcpt("u@example.edu", "")
+	for range fields {
+		m.Header("X-Virus-Status", "Clean")
+	}
+	m.EndOfHeaders()
+	if v := m.End(); v.Final() {
+		t.Fatalf("refused: %v", v)
+	}
+	return m.Envelope()
+}
+
+func countOps(env *Envelope) (deletions, others int) {
+	for _, h := range env.Headers() {
+		if h.Op == HeaderReplace && h.Value == "" {
+			deletions++
+		} else {
+			others++
+		}
+	}
+	return deletions, others
+}
+
+// A message gains at most maxHeaderAdditions fields; the rest are
+// dropped, logged and counted.
+func TestHeaderAdditionsBounded(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		for i := range 70 {
+			env.AddHeader("X-Added", fmt.Sprint(i))
+		}
+	})})
+	if _, added := countOps(deliver(t, p, 0)); added != maxHeaderAdditions {
+		t.Errorf("%d fields added, want %d", added, maxHeaderAdditions)
+	}
+	if !strings.Contains(logs.String(), `level=WARN msg="header changes dropped" filter=changer reason="over 64 header fields added" count=6 header=X-Added`) {
+		t.Errorf("no warning for the dropped changes:\n%s", logs)
+	}
+	if n := env.Stats.Take().Hits["changer:header change dropped"]; n != 6 {
+		t.Errorf("counted %d dropped changes, want 6", n)
+	}
+}
+
+// Deleting every field a message came with is not bounded by the
+// additions' budget (70 forged fields to remove, then a status of our
+// own), only by the message's own field count.
+func TestHeaderDeletionsBoundedByTheMessage(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		for i := 71; i >= 1; i-- { // one more than the message has
+			env.ChangeHeader("X-Virus-Status", i, "")
+		}
+		env.AddHeader("X-Virus-Status", "Clean")
+	})})
+	deleted, added := countOps(deliver(t, p, 70))
+	if deleted != 70 || added != 1 {
+		t.Errorf("%d deletions and %d additions, want 70 and 1", deleted, added)
+	}
+	if !strings.Contains(logs.String(), `msg="header changes dropped" filter=changer reason="more deletions than the 70 header fields the message came with" count=1`) {
+		t.Errorf("no warning for the dropped deletion:\n%s", logs)
+	}
+	if n := env.Stats.Take().Hits["changer:header change dropped"]; n != 1 {
+		t.Errorf("counted %d dropped changes, want 1", n)
+	}
+}
+
+// A header value is one line of at most maxHeaderValue bytes; an invalid
+// name or index is dropped and said.
+func TestHeaderValuesBounded(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		env.AddHeader("X-Long", strings.Repeat("v", 5000))
+		env.AddHeader("X-Lines", "a\r\nX-Injected: yes\x00")
+		env.AddHeader("Bad Name", "x")
+		env.ChangeHeader("Subject", 0, "x")
+	})})
+	e := deliver(t, p, 1)
+	if len(e.Headers()) != 2 {
+		t.Fatalf("%d changes, want 2", len(e.Headers()))
+	}
+	if n := len(e.Headers()[0].Value); n != maxHeaderValue {
+		t.Errorf("a value of %d bytes, want %d", n, maxHeaderValue)
+	}
+	if v := e.Headers()[1].Value; v != "a  X-Injected: yes " {
+		t.Errorf("value %q kept its line breaks", v)
+	}
+	for _, want := range []string{`reason="invalid header name" count=1 header="Bad Name"`, `reason="invalid header index" count=1 header=Subject`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+}
+
+// A message keeps at most maxMonitorHits monitor records (and
+// X-Mailguard headers); the rest are logged and counted as dropped.
+func TestMonitorRecordsBounded(t *testing.T) {
+	var open atomic.Int64
+	env, logs := testEnv()
+	f := newFake("quota", &open)
+	f.reads, f.decide = StageRcpt, StageRcpt
+	f.rcpt = func(string) (verdict.Verdict, error) {
+		return verdict.Rejectf(552, verdict.EnhMailboxFull, "Mailbox full"), nil
+	}
+	p := New(env, Member{Filter: f, Mode: Monitor})
+	m, _ := p.Begin(conn, AllStages, "a@example.org", "")
+	for i := range 20 {
+		m.Rcpt(fmt.Sprintf("u%d@example.edu", i), "")
+	}
+	if v := m.End(); v.Final() {
+		t.Fatalf("refused: %v", v)
+	}
+	e := m.Envelope()
+	m.Close()
+	if len(e.Monitored()) != maxMonitorHits || len(e.Headers()) != maxMonitorHits {
+		t.Errorf("%d records and %d headers, want %d", len(e.Monitored()), len(e.Headers()), maxMonitorHits)
+	}
+	if !strings.Contains(logs.String(), `msg="monitor records dropped" filter=quota reason="over 16 monitor records" count=4`) {
+		t.Errorf("no warning for the dropped records:\n%s", logs)
+	}
+	if hits := env.Stats.Take().Hits; hits["quota:monitor record dropped"] != 4 || hits["quota:would reject"] != 16 {
+		t.Errorf("counters %v", hits)
+	}
+}
+
+// What a caller reads of the envelope's changes is a copy: writing to it
+// cannot slip a value past the sanitizer into what the MTA is sent.
+func TestHeadersReadOnly(t *testing.T) {
+	var open atomic.Int64
+	env, _ := testEnv()
+	p := New(env, Member{Filter: changeFilter(&open, func(env *Envelope) {
+		env.AddHeader("X-Scanned", "yes")
+		env.Headers()[0].Value = "yes\r\nX-Injected: 1"
+	})})
+	if got := deliver(t, p, 0).Headers(); len(got) != 1 || got[0].Value != "yes" {
+		t.Fatalf("changes %+v", got)
 	}
 }

@@ -276,9 +276,9 @@ func Message(p *pipeline.Pipeline, r io.Reader) (Outcome, error) {
 	out := Outcome{}
 	finish := func(v verdict.Verdict) Outcome {
 		env := msg.Envelope()
-		out.Verdict, out.Monitored = v, env.Monitored
+		out.Verdict, out.Monitored = v, env.Monitored()
 		if !v.Final() {
-			out.Removed, out.Headers = env.Removed, env.Headers
+			out.Removed, out.Headers = env.Removed, env.Headers()
 		}
 		return out
 	}

@@ -4,7 +4,11 @@
 // the text the client sees.
 package verdict
 
-import "fmt"
+import (
+	"fmt"
+
+	"mailguard/internal/oneline"
+)
 
 // Action is what should happen to the message (or, at RCPT, the recipient).
 type Action uint8
@@ -157,17 +161,11 @@ func (v Verdict) Reply() (code int, enhanced, text string) {
 
 // sanitize keeps a reply text on one line of printable ASCII, so no
 // configured or computed text can break the SMTP dialogue.
-func sanitize(s string) string {
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s) && len(b) < 400; i++ {
-		c := s[i]
-		if c < 0x20 || c > 0x7e {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	return string(b)
-}
+func sanitize(s string) string { return oneline.ASCII(s, maxReplyText, ' ') }
+
+// maxReplyText bounds a reply's text, well under RFC 5321's 512-octet
+// reply line (§4.5.3.1.5).
+const maxReplyText = 400
 
 // String is the verdict as a log or report line, e.g.
 // "reject 550 5.7.0 VIRUS FOUND".

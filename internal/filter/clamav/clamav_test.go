@@ -122,8 +122,41 @@ func TestRealClamd(t *testing.T) {
 		}
 	})
 
+	t.Run("replace: every forged field goes, however many came", func(t *testing.T) {
+		forged := strings.Repeat("X-Virus-Status: Clean\r\n", 70) + "X-Virus-Scanned: by the sender\r\nx-virus-report: none\r\n"
+		p, counter := build(t, config(c, "add_headers = \"replace\"\nmode = \"monitor\"\nmax_size = \"64K\"\non_oversize = \"reject\""))
+		for _, tc := range []struct{ name, msg, status string }{
+			{"clean", forged + clean, "Clean"},
+			{"infected, monitored", forged + attachment(testserver.EICAR), "Infected (" + testserver.EICARName + ")"},
+			{"too large, monitored", forged + clean + strings.Repeat("x", 100<<10), "Unscanned (too large)"},
+		} {
+			out := run(t, p, tc.msg)
+			if out.Verdict.Final() {
+				t.Fatalf("%s: refused in monitor mode: %v", tc.name, out.Verdict)
+			}
+			got := strings.Join(virusFields(tc.msg, out.Headers), "\n")
+			if want := "X-Virus-Scanned: ClamAV using mailguard\nX-Virus-Status: " + tc.status; got != want {
+				t.Errorf("%s: delivered with\n%s\nwant\n%s", tc.name, got, want)
+			}
+		}
+		if n := counter.Take().Hits["clamav:header change dropped"]; n != 0 {
+			t.Errorf("%d changes dropped", n)
+		}
+	})
+
 	// clamd stopped: nothing passes unscanned.
 	c.Stop()
+	t.Run("clamd stopped, on_error = accept: delivered without a forged status", func(t *testing.T) {
+		p, _ := build(t, config(c, "add_headers = \"replace\"\non_error = \"accept\""))
+		msg := "X-Virus-Status: Clean\r\n" + clean
+		out := run(t, p, msg)
+		if out.Verdict.Final() {
+			t.Fatalf("got %v", out.Verdict)
+		}
+		if got := virusFields(msg, out.Headers); len(got) != 0 {
+			t.Fatalf("delivered unscanned with %q", got)
+		}
+	})
 	t.Run("clamd stopped: tempfail", func(t *testing.T) {
 		out := run(t, p, clean)
 		code, enh, _ := out.Verdict.Reply()
@@ -198,4 +231,45 @@ func BenchmarkClamavFilter(b *testing.B) {
 			b.Fatal(out.Verdict, err)
 		}
 	}
+}
+
+// virusFields applies header changes to a message's header as the MTA
+// does (names matched without regard to case, a deletion of the index-th
+// field of a name, additions at the end) and returns the X-Virus-* fields
+// the delivered message carries.
+func virusFields(msg string, changes []pipeline.HeaderChange) []string {
+	head, _, _ := strings.Cut(msg, "\r\n\r\n")
+	type field struct{ name, value string }
+	var fields []field
+	for _, line := range strings.Split(head, "\r\n") {
+		name, value, _ := strings.Cut(line, ": ")
+		fields = append(fields, field{name, value})
+	}
+	for _, h := range changes {
+		switch h.Op {
+		case pipeline.HeaderAdd:
+			fields = append(fields, field{h.Name, h.Value})
+		case pipeline.HeaderReplace:
+			n := 0
+			for i := range fields {
+				if strings.EqualFold(fields[i].name, h.Name) {
+					if n++; n == h.Index {
+						if h.Value == "" {
+							fields = append(fields[:i], fields[i+1:]...)
+						} else {
+							fields[i].value = h.Value
+						}
+						break
+					}
+				}
+			}
+		}
+	}
+	var out []string
+	for _, f := range fields {
+		if strings.HasPrefix(strings.ToLower(f.name), "x-virus-") {
+			out = append(out, f.name+": "+f.value)
+		}
+	}
+	return out
 }

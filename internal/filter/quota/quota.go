@@ -9,13 +9,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"mailguard/internal/addrpattern"
 	"mailguard/internal/maildir"
+	"mailguard/internal/mailfrom"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/stats"
 	"mailguard/internal/userdir"
@@ -91,7 +90,8 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 }
 
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
-	return &check{f: f, exempt: f.exempt.Match(env.From), size: declaredSize(env.FromArgs)}, nil
+	size, _ := mailfrom.DeclaredSize(env.FromArgs)
+	return &check{f: f, exempt: f.exempt.Match(env.From), size: size}, nil
 }
 
 type check struct {
@@ -162,16 +162,4 @@ func (f *Filter) cannotRead(dir string, err error) {
 	f.mu.Unlock()
 	f.opts.Log.Warn("quota: cannot read a Maildir; its recipients are not checked (mailguard's user must be able to read every Maildir in the user directory)",
 		"maildir", dir, "error", err.Error())
-}
-
-// declaredSize reads SIZE= from the MAIL FROM parameters (RFC 1870).
-func declaredSize(args string) int64 {
-	for _, a := range strings.Fields(args) {
-		if len(a) > 5 && strings.EqualFold(a[:5], "SIZE=") {
-			if n, err := strconv.ParseInt(a[5:], 10, 64); err == nil && n > 0 {
-				return n
-			}
-		}
-	}
-	return 0
 }
