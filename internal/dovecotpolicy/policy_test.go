@@ -199,7 +199,7 @@ func (failing) Take(context.Context, []ratecount.Op) (int, int64, error) {
 	return -1, 0, fmt.Errorf("redis 127.0.0.1:1: connection refused")
 }
 func (failing) Add(context.Context, string, int64, time.Duration) error { return nil }
-func (failing) Release(context.Context, string) error                   { return nil }
+func (failing) Release(context.Context, string, string) error           { return nil }
 
 func TestBackendFailureAllowsAndIsCounted(t *testing.T) {
 	d := newDoor(t, guessingConfig(), failing{})

@@ -43,8 +43,9 @@ type Options struct {
 	// NegotiationTimeout bounds the wait for the MTA's first packet; 0
 	// means 10 seconds.
 	NegotiationTimeout time.Duration
-	// LargePacketBudget bounds the bytes held at once, by all connections,
-	// in packets larger than one read buffer; 0 means 32 MiB.
+	// LargePacketBudget bounds the bytes received and held at once, by
+	// all connections, in packets larger than one read buffer (charged as
+	// they arrive, not as announced); 0 means 32 MiB.
 	LargePacketBudget int64
 	// WatchDelay and ProgressInterval time the watch beside a slow stage
 	// (see watch); 0 means watchDelay and progressInterval. Tests shorten
@@ -78,6 +79,10 @@ type Door struct {
 	budget *largeBudget
 	// refusals rate-limits the log lines about refused connections.
 	refusals, acceptErrors, protocolErrors logLimiter
+
+	// beforeWatchSelect, when a test sets it, runs in a watch before it
+	// waits for the stage's end or the MTA (see runWatch).
+	beforeWatchSelect func(quit <-chan struct{}, gone <-chan error)
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}

@@ -34,6 +34,7 @@ type session struct {
 	conn      pipeline.Conn
 	macros    macroStore
 	msg       *pipeline.Message
+	phase     phase // how far the message has come
 	inMessage atomic.Bool
 	watch     watch
 }
@@ -172,7 +173,44 @@ func (s *session) endMessage() {
 		s.msg.Close()
 		s.msg = nil
 	}
+	s.phase = phaseNone
 	s.inMessage.Store(false)
+}
+
+// phase is how far a message has come. An MTA sends a message's commands
+// in one order (the envelope, DATA, the header fields, their end, the
+// body), each stage once.
+type phase uint8
+
+const (
+	phaseNone     phase = iota // no message
+	phaseEnvelope              // MAIL and RCPT
+	phaseData                  // DATA
+	phaseHeaders               // header fields
+	phaseBody                  // after the end of the headers: the body
+)
+
+var phaseNames = [...]string{"", "envelope", "DATA", "header fields", "body"}
+
+// advance moves the message to phase p, or says why the command cannot
+// come now: a command of an earlier phase, or the end of the headers
+// twice. A peer that sends either is no MTA (Postfix and Sendmail never
+// do) but a broken or hostile local process; running the stage again
+// would call the filters twice for one message (a second clamd stream,
+// a slot never given back), and guessing what it meant would let it
+// steer the filters, so the connection is closed: the message is
+// released at once, and a real MTA applies its milter_default_action.
+// Without a message (no MAIL yet, or after its end) there is nothing to
+// protect and the command gets its usual answer.
+func (s *session) advance(cmd byte, p phase) error {
+	if s.phase == phaseNone {
+		return nil
+	}
+	if s.phase > p || cmd == cmdEOH && s.phase == phaseBody {
+		return fmt.Errorf("command %q after the message's %s", cmd, phaseNames[s.phase])
+	}
+	s.phase = p
+	return nil
 }
 
 // dispatch handles one command. done reports the end of the connection.
@@ -200,6 +238,7 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return false, errors.New("MAIL without a sender")
 		}
 		s.inMessage.Store(true)
+		s.phase = phaseEnvelope
 		cn := s.connection()
 		return false, s.guardedReply(cmdMail, func() verdict.Verdict {
 			var v verdict.Verdict
@@ -208,6 +247,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return v
 		})
 	case cmdRcpt:
+		if err := s.advance(cmd, phaseEnvelope); err != nil {
+			return false, err
+		}
 		args := cStrings(data)
 		if s.msg == nil || len(args) == 0 {
 			return false, s.reply(cmdRcpt, verdict.Pass)
@@ -217,6 +259,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return s.msg.Rcpt(trimAngles(args[0]), strings.Join(args[1:], " "))
 		})
 	case cmdData:
+		if err := s.advance(cmd, phaseData); err != nil {
+			return false, err
+		}
 		// Postfix assigns the queue id once a recipient is accepted and
 		// sends it with the DATA macros: the headers (and a capture copy's
 		// X-Envelope-Queue-ID) should have it.
@@ -225,6 +270,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		}
 		return false, s.reply(cmdData, verdict.Pass)
 	case cmdHeader:
+		if err := s.advance(cmd, phaseHeaders); err != nil {
+			return false, err
+		}
 		name, rest := cString(data)
 		value, _ := cString(rest)
 		if s.msg == nil {
@@ -235,11 +283,17 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		}
 		return false, s.guardedReply(cmdHeader, func() verdict.Verdict { return s.msg.Header(name, value) })
 	case cmdEOH:
+		if err := s.advance(cmd, phaseBody); err != nil {
+			return false, err
+		}
 		if s.msg == nil {
 			return false, s.reply(cmdEOH, verdict.Pass)
 		}
 		return false, s.guardedReply(cmdEOH, s.msg.EndOfHeaders)
 	case cmdBody:
+		if err := s.advance(cmd, phaseBody); err != nil {
+			return false, err
+		}
 		if s.msg == nil {
 			return false, s.reply(cmdBody, verdict.Pass)
 		}
@@ -337,7 +391,7 @@ func headerPacket(h pipeline.HeaderChange, actions milter.OptAction) (byte, []by
 // answer, the call is watched (see guarded).
 func (s *session) guardedReply(cmd byte, stage func() verdict.Verdict) error {
 	if s.proto&noReplyFlag(cmd) != 0 {
-		stage() // the verdict, if any, is held for a later stage
+		s.unanswered(stage) // the verdict, if any, is held for a later stage
 		return nil
 	}
 	return s.reply(cmd, s.guarded(false, stage))
