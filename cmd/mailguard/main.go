@@ -183,6 +183,14 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	cfg, err := filters.Load(*cfgFile)
 	if cfg != nil {
 		err = errors.Join(err, filters.Check(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now}))
+		// Where the logs go is checked now, not when serve starts.
+		warning, logErr := logging.Check(context.Background(), cfg.Log)
+		if logErr != nil {
+			err = errors.Join(err, &config.Error{File: *cfgFile, Line: cfg.Line("log.target"), Msg: logErr.Error()})
+		}
+		if warning != "" {
+			cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s:%d: %s", *cfgFile, cfg.Line("log.remote"), warning))
+		}
 	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

@@ -107,6 +107,12 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatalf("good config: exit %d\n%s%s", code, out, errOut)
 	}
 
+	// Logging to a syslog daemon that is not there is found now.
+	writeFile(t, filepath.Join(dir, "nosyslog.toml"), "[virus]\nsignatures = \"sigs\"\n[log]\ntarget = \"syslog\"\nsyslog_socket = \""+filepath.Join(dir, "log")+"\"\n")
+	if code, _, errOut := runCLI("check-config", "--config", filepath.Join(dir, "nosyslog.toml")); code != 1 || !strings.Contains(errOut, "nosyslog.toml:4: log.target = \"syslog\": dial unixgram "+filepath.Join(dir, "log")) {
+		t.Fatalf("no syslog daemon: exit %d\n%s", code, errOut)
+	}
+
 	writeFile(t, filepath.Join(dir, "badsigs"), "ORPHAN_NAME =\n\nX = short\n")
 	writeFile(t, filepath.Join(dir, "badsigs.toml"), "[virus]\nsignatures = \"badsigs\"\n")
 	code, _, errOut := runCLI("check-config", "--config", filepath.Join(dir, "badsigs.toml"))
