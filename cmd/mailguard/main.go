@@ -44,7 +44,7 @@ type command struct {
 }
 
 var commands = []command{
-	{"serve", "[--config FILE]", "run the milter daemon (built-in defaults without --config)", runServe},
+	{"serve", "[--config FILE] [--allow-root]", "run the milter daemon (built-in defaults without --config)", runServe},
 	{"scan", "[--config FILE] PATH...", "run stored messages (files, directories, Maildirs) through the filters", runScan},
 	{"reload", "--config FILE", "make the daemon that config's pid_file names reread its files; say whether it worked", runReload},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
@@ -111,6 +111,7 @@ func parse(fs *flag.FlagSet, args []string) int {
 func runServe(args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("serve", "[--config FILE]", "Run the milter daemon. SIGHUP reloads the configuration and\nsignatures; SIGTERM or SIGINT stops accepting and drains sessions.", stderr)
 	cfg := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
+	allowRoot := fs.Bool("allow-root", false, "run as root (refused otherwise once a configuration file is given; as allow_root = true)")
 	if rc := parse(fs, args); rc >= 0 {
 		return rc
 	}
@@ -118,7 +119,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailguard serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr}); err != nil {
+	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr, AllowRoot: *allowRoot}); err != nil {
 		fmt.Fprintf(stderr, "mailguard serve: %v\n", err)
 		return 1
 	}

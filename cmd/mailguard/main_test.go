@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"mailguard/internal/loadgen"
 	"mailguard/internal/testserver"
@@ -221,5 +222,35 @@ func TestScanClamavAndAttachments(t *testing.T) {
 	}
 	if code != 1 || t.Failed() {
 		t.Fatalf("exit %d\n%s", code, out)
+	}
+}
+
+// As root, serve with a configuration file refuses to start unless told
+// to, and says how to run unprivileged; the built-in defaults (a trial on
+// loopback) start.
+func TestServeRefusesRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "m.toml"), "listen = \"unix:"+filepath.Join(dir, "s")+"\"\n")
+	type result struct {
+		code   int
+		errOut string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, _, errOut := runCLI("serve", "--config", filepath.Join(dir, "m.toml"))
+		done <- result{code, errOut}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve with a configuration file runs as root")
+	}
+	code, errOut := r.code, r.errOut
+	if code != 1 || !strings.Contains(errOut, "refusing to run as root") || !strings.Contains(errOut, "runuser -u mailguard") || !strings.Contains(errOut, "--allow-root") {
+		t.Fatalf("serve as root: exit %d\n%s", code, errOut)
 	}
 }
