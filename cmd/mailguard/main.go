@@ -35,8 +35,10 @@ import (
 	"mailguard/internal/stats"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=...", and
+// revision, the source's commit, with "-X main.revision=..." where the
+// build records none itself (a build outside a checkout, -buildvcs=false).
+var version, revision = "dev", ""
 
 type command struct {
 	name, args, summary string
@@ -405,7 +407,7 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 func versionString() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return version
+		info = &debug.BuildInfo{}
 	}
 	v := version
 	if v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
@@ -414,6 +416,9 @@ func versionString() string {
 	settings := map[string]string{}
 	for _, s := range info.Settings {
 		settings[s.Key] = s.Value
+	}
+	if settings["vcs.revision"] == "" && revision != "" {
+		settings["vcs.revision"] = revision
 	}
 	if rev := settings["vcs.revision"]; rev != "" {
 		v += " (" + rev[:min(12, len(rev))]
@@ -424,6 +429,9 @@ func versionString() string {
 			v += ", modified"
 		}
 		v += ")"
+	}
+	if info.GoVersion == "" {
+		return v
 	}
 	return v + ", " + info.GoVersion
 }
