@@ -76,6 +76,12 @@ func TestDebianPackage(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// The integrity rules read well in Debian's own AIDE configuration.
+	if _, err := exec.LookPath("aide"); err == nil {
+		if b, err := exec.Command("aide", "--config", "/etc/aide/aide.conf", "--config-check").CombinedOutput(); err != nil {
+			t.Errorf("aide --config-check with the installed rules: %v\n%s", err, b)
+		}
+	}
 	if fi, err := os.Stat("/var/lib/mailguard"); err != nil || fi.Sys().(*syscall.Stat_t).Uid == 0 {
 		t.Errorf("/var/lib/mailguard not the mailguard user's: %v", err)
 	}
