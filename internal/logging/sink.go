@@ -72,8 +72,7 @@ func newLocalSink(path string, facility int, tag string, notice func(string, ...
 		dst = fmt.Appendf(dst, "<%d>%s %s[%s]: %s", facility*8+e.severity, e.time.Format(time.Stamp), tag, pid, e.text)
 		return append(dst, '\n')
 	}
-	_, stream := conn.(*net.UnixConn)
-	stream = stream && conn.LocalAddr().Network() == "unix"
+	stream := conn.RemoteAddr() != nil && conn.RemoteAddr().Network() == "unix"
 	s := newSink("syslog socket "+path, localQueue, func(context.Context) (net.Conn, error) { return dialLocal(path) }, frame, stream, notice)
 	go s.run(conn)
 	return s, nil

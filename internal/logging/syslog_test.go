@@ -1,8 +1,10 @@
 package logging
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -117,5 +119,31 @@ func TestRemoteSyslogOutage(t *testing.T) {
 	local := stderr.String()
 	if n := strings.Count(local, "unreachable"); n != 1 || !strings.Contains(local, `reachable again" dropped=`+m[1]) {
 		t.Errorf("local log about the outage (%d unreachable lines):\n%s", n, local)
+	}
+}
+
+// A syslog daemon that offers a stream socket (syslog-ng can) gets
+// newline-ended lines.
+func TestLocalSyslogStreamSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	log, closer, err := New(config.Log{Target: "syslog", SyslogSocket: path, SyslogFacility: "daemon", SyslogTag: "mg"}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	log.Error("broken", "k", 1)
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if want := "<27>"; err != nil || !strings.HasPrefix(line, want) || !strings.HasSuffix(line, " mg["+strconv.Itoa(os.Getpid())+"]: msg=broken k=1\n") {
+		t.Errorf("line %q (%v), want daemon.err (<27>) and the tag", line, err)
 	}
 }
