@@ -31,7 +31,7 @@ func TestExampleConfigIsTheDefaults(t *testing.T) {
 		c.File = ""
 		if !reflect.DeepEqual(c.Sections, want.Sections) || c.Listen != want.Listen || c.Log != want.Log ||
 			c.SocketMode != want.SocketMode || c.DrainTimeout != want.DrainTimeout || c.IdleTimeout != want.IdleTimeout ||
-			!reflect.DeepEqual(c.Filters, want.Filters) {
+			c.AllowRoot != want.AllowRoot || !reflect.DeepEqual(c.Filters, want.Filters) {
 			t.Errorf("%s differs from the defaults:\n got %+v\nwant %+v", name, c, want)
 		}
 	}
