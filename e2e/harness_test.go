@@ -138,7 +138,7 @@ func startMailguardListen(t *testing.T, listen, config string, files map[string]
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(filepath.Join(binDir, "mailguard"), "serve", "--config", cfgFile)
+	d.cmd = exec.Command(filepath.Join(binDir, "mailguard"), "serve", "--config", cfgFile, "--allow-root")
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -27,9 +27,16 @@ func TestReadmeInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	section := string(readme)[strings.Index(string(readme), "## Install and hook into the MTA"):]
+	section = section[strings.Index(section, "By hand"):]
 	block := section[strings.Index(section, "```sh\n")+6:]
 	block = block[:strings.Index(block, "```")]
 	fresh := t.TempDir()
+	// The daemon runs as the mailguard user, which reads what root wrote.
+	os.Chmod(fresh, 0o755)
+	os.Chmod(filepath.Dir(fresh), 0o755)
+	if exec.Command("id", "mailguard").Run() != nil {
+		t.Cleanup(func() { exec.Command("userdel", "mailguard").Run() })
+	}
 	bin, etc := filepath.Join(fresh, "sbin"), filepath.Join(fresh, "etc", "mailguard")
 	os.MkdirAll(bin, 0o755)
 	os.MkdirAll(filepath.Join(fresh, "run"), 0o755)
@@ -40,7 +47,7 @@ func TestReadmeInstall(t *testing.T) {
 	var serve string
 	var lines []string
 	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
-		if strings.HasPrefix(line, "mailguard serve") {
+		if strings.Contains(line, "mailguard serve") {
 			serve = line
 			continue
 		}
@@ -64,9 +71,22 @@ func TestReadmeInstall(t *testing.T) {
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { d.Process.Kill(); d.Wait() }()
+	pidFile := filepath.Join(fresh, "run", "mailguard", "mailguard.pid")
+	defer func() {
+		// runuser waits for the daemon; stop the daemon itself.
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM)
+			}
+		}
+		d.Wait()
+	}()
 	sock := filepath.Join(spool, "mailguard", "milter.sock")
 	waitForFile(t, sock)
+	pid, _ := os.ReadFile(pidFile)
+	if b, err := exec.Command("ps", "-o", "user=", "-p", strings.TrimSpace(string(pid))).Output(); err != nil || strings.TrimSpace(string(b)) != "mailguard" {
+		t.Errorf("the daemon does not run as the mailguard user: ps says %q (%v)", b, err)
+	}
 	time.Sleep(100 * time.Millisecond)
 	group, err := user.LookupGroup("postfix")
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"mailguard/internal/testserver"
 )
 
 // sendmailRoot unpacks Debian's Sendmail into a folder of the test's own:
@@ -58,9 +60,35 @@ func sendmailRoot(t *testing.T) string {
 }
 
 func TestSendmailVirus(t *testing.T) {
-	root := sendmailRoot(t)
 	d := startMailguard(t, "listen = \"LISTEN\"\n[virus]\nsignatures = \"signatures\"\n", map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
+	port := startSendmail(t, milterPort(t, d.port, "sendmail"), "")
 
+	smtp := &postfix{port: port} // swaks needs only the port
+	for _, c := range virusCases() {
+		t.Run(c.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "msg")
+			write(t, file, c.data)
+			checkVirusReply(t, c, smtp.swaks(t, "sender@example.org", "user@example.edu", file))
+		})
+	}
+	// Sendmail's queue id, sent with the MAIL macros, is in every decision line.
+	lines := d.lines("msg=decision", "reason=WORM_SOBIG.B")
+	if len(lines) != 4 {
+		t.Fatalf("%d decision lines, want 4:\n%s", len(lines), d.logs)
+	}
+	for _, l := range lines {
+		if !strings.Contains(l, "mail.queue_id=") {
+			t.Errorf("no queue id: %s", l)
+		}
+	}
+}
+
+// startSendmail runs Debian's Sendmail on a free loopback port with
+// mailguard on milterPort as its filter, and returns the port. extraMc
+// goes into its .mc file before the mailers.
+func startSendmail(t *testing.T, milterPort int, extraMc string) int {
+	t.Helper()
+	root := sendmailRoot(t)
 	dir, err := os.MkdirTemp("/tmp", "mailguard-sendmail-")
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +105,7 @@ func TestSendmailVirus(t *testing.T) {
 		"define(`ALIAS_FILE', `%[2]s/aliases')\ndefine(`confDONT_PROBE_INTERFACES', `True')\ndefine(`confDOMAIN_NAME', `mx.test.example')\n"+
 		"DAEMON_OPTIONS(`Port=%[3]d, Addr=127.0.0.1, Name=MTA')\n"+
 		"INPUT_MAIL_FILTER(`mailguard', `S=inet:%[4]d@127.0.0.1, F=T, T=S:30s;R:30s;E:5m')\n"+
-		"FEATURE(`no_default_msa')\nFEATURE(`accept_unresolvable_domains')\nMAILER(`local')\nMAILER(`smtp')\n", cf, dir, port, milterPort(t, d.port, "sendmail")))
+		"FEATURE(`no_default_msa')\nFEATURE(`accept_unresolvable_domains')\n%[5]sMAILER(`local')\nMAILER(`smtp')\n", cf, dir, port, milterPort, extraMc))
 	m4 := exec.Command("m4", "-D_CF_DIR_="+cf, filepath.Join(dir, "x.mc"))
 	cfText, err := m4.Output()
 	if err != nil {
@@ -118,22 +146,90 @@ func TestSendmailVirus(t *testing.T) {
 		return string(out)
 	})
 
-	smtp := &postfix{port: port} // swaks needs only the port
-	for _, c := range virusCases() {
-		t.Run(c.name, func(t *testing.T) {
-			file := filepath.Join(t.TempDir(), "msg")
-			write(t, file, c.data)
-			checkVirusReply(t, c, smtp.swaks(t, "sender@example.org", "user@example.edu", file))
-		})
-	}
-	// Sendmail's queue id, sent with the MAIL macros, is in every decision line.
-	lines := d.lines("msg=decision", "reason=WORM_SOBIG.B")
-	if len(lines) != 4 {
-		t.Fatalf("%d decision lines, want 4:\n%s", len(lines), d.logs)
-	}
-	for _, l := range lines {
-		if !strings.Contains(l, "mail.queue_id=") {
-			t.Errorf("no queue id: %s", l)
+	return port
+}
+
+// TestSendmailDeliveryFilters: every filter that changes delivery works
+// through Sendmail as through Postfix. Sendmail relays what it accepts to
+// a private Postfix (no milter) that delivers into Maildirs, so the test
+// sees who got the message: the quota filter's refusal at RCPT, the
+// senders filter's removal of one recipient at the end of the message,
+// and the clamav filter's refusal.
+func TestSendmailDeliveryFilters(t *testing.T) {
+	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
+	relay := startPostfixConf(t, false, "myhostname = relay.test.example\n", "",
+		"alice@example.edu", "bob@example.edu", "full@example.edu", "normal@example.edu")
+	quotaDir := t.TempDir()
+	for user, ms := range map[string]string{"full": "100000S,1000C\n99000 40\n", "normal": "100000S,1000C\n1000 1\n"} {
+		for _, sub := range []string{"cur", "new", "tmp"} {
+			os.MkdirAll(filepath.Join(quotaDir, user, sub), 0o700)
 		}
+		write(t, filepath.Join(quotaDir, user, "maildirsize"), ms)
+	}
+	d := startMailguard(t, `listen = "LISTEN"
+filters = ["quota", "senders", "clamav"]
+[quota]
+users = "users"
+[senders]
+blocklist = "blocklist"
+[clamav]
+address = "`+clamd.Address()+`"
+clamd_config = "`+clamd.Conf+`"
+`, map[string]string{
+		"users":     fmt.Sprintf("full@example.edu %[1]s/full\nnormal@example.edu %[1]s/normal\n", quotaDir),
+		"blocklist": "alice@example.edu @pest.example\n",
+	})
+	// Sendmail relays everything for example.edu to the Postfix above.
+	port := startSendmail(t, milterPort(t, d.port, "sendmail"),
+		"define(`SMART_HOST', `esmtp:[127.0.0.1]')\ndefine(`ESMTP_MAILER_ARGS', `TCP $h "+fmt.Sprint(relay.port)+"')\n")
+
+	// quota: the full mailbox refused at RCPT, the other one delivered.
+	msg := "From: <sender@example.org>\r\nTo: <full@example.edu>, <normal@example.edu>\r\nSubject: quota\r\n\r\nhello\r\n"
+	res := smtpSend(t, port, "sender@example.org", 0, msg, "full@example.edu", "normal@example.edu")
+	if code(res.Rcpts[0]) != 552 || !strings.Contains(res.Rcpts[0][1].(string), "5.2.2 Mailbox full") || code(res.Rcpts[1]) != 250 || code(res.Data) != 250 {
+		t.Fatalf("quota through Sendmail: %+v", res)
+	}
+
+	// senders: alice blocks the header From:'s domain, bob does not: the
+	// message reaches bob alone.
+	msg = "From: \"Pest\" <news@pest.example>\r\nTo: alice@example.edu, bob@example.edu\r\nSubject: senders\r\n\r\nhello\r\n"
+	res = smtpSend(t, port, "bulk@mailer.example", 0, msg, "alice@example.edu", "bob@example.edu")
+	if code(res.Rcpts[0]) != 250 || code(res.Rcpts[1]) != 250 || code(res.Data) != 250 {
+		t.Fatalf("senders through Sendmail: %+v", res)
+	}
+
+	// clamav: EICAR refused with its name.
+	file := filepath.Join(t.TempDir(), "eicar")
+	write(t, file, eicarMessage())
+	if out := (&postfix{port: port}).swaks(t, "sender@example.org", "normal@example.edu", file); !strings.Contains(out, "<** 550 5.7.0 VIRUS FOUND: "+testserver.EICARName) {
+		t.Fatalf("EICAR through Sendmail not refused with its name:\n%s", tail(out))
+	}
+
+	if got := relay.delivered(t, "normal", 1); len(got) != 1 || !strings.Contains(got[0], "Subject: quota") {
+		t.Errorf("normal's mailbox: %d messages, want the quota test's", len(got))
+	}
+	if got := relay.delivered(t, "bob", 1); len(got) != 1 || !strings.Contains(got[0], "Subject: senders") {
+		t.Errorf("bob's mailbox: %d messages, want the senders test's", len(got))
+	}
+	// Everything the relay got is done once its queue files are removed.
+	for i := 0; ; i++ {
+		log, _ := os.ReadFile(filepath.Join(relay.dir, "maillog"))
+		if got := strings.Count(string(log), ": removed"); got >= 2 {
+			break
+		} else if i == 300 {
+			t.Fatalf("the relay finished %d of 2 messages:\n%s", got, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, user := range []string{"full", "alice"} {
+		if got := relay.delivered(t, user, 0); len(got) != 0 {
+			t.Errorf("%s received %d messages through Sendmail, want none", user, len(got))
+		}
+	}
+	if got := d.lines("msg=decision", "filter=senders", `verdict="remove recipient"`, "rcpt=alice@example.edu"); len(got) != 1 {
+		t.Errorf("no decision line for the removed recipient:\n%s", d.logs)
+	}
+	if got := d.lines("msg=decision", "filter=clamav", testserver.EICARName, "mail.queue_id="); len(got) != 1 {
+		t.Errorf("no decision line with Sendmail's queue id for the EICAR message:\n%s", d.logs)
 	}
 }

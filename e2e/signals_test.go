@@ -26,7 +26,7 @@ func TestSIGHUPDuringStartUp(t *testing.T) {
 	cfg := filepath.Join(dir, "m.toml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("listen = \"inet:127.0.0.1:%d\"\n[virus]\nsignatures = \"sigs\"\n", port)), 0o644)
 	logs := &lockedBuffer{}
-	cmd := exec.Command(filepath.Join(binDir, "mailguard"), "serve", "--config", cfg)
+	cmd := exec.Command(filepath.Join(binDir, "mailguard"), "serve", "--config", cfg, "--allow-root")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -35,8 +35,10 @@ import (
 	"mailguard/internal/stats"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set at build time with -ldflags "-X main.version=...", and
+// revision, the source's commit, with "-X main.revision=..." where the
+// build records none itself (a build outside a checkout, -buildvcs=false).
+var version, revision = "dev", ""
 
 type command struct {
 	name, args, summary string
@@ -44,7 +46,7 @@ type command struct {
 }
 
 var commands = []command{
-	{"serve", "[--config FILE]", "run the milter daemon (built-in defaults without --config)", runServe},
+	{"serve", "[--config FILE] [--allow-root]", "run the milter daemon (built-in defaults without --config)", runServe},
 	{"scan", "[--config FILE] PATH...", "run stored messages (files, directories, Maildirs) through the filters", runScan},
 	{"reload", "--config FILE", "make the daemon that config's pid_file names reread its files; say whether it worked", runReload},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
@@ -111,6 +113,7 @@ func parse(fs *flag.FlagSet, args []string) int {
 func runServe(args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("serve", "[--config FILE]", "Run the milter daemon. SIGHUP reloads the configuration and\nsignatures; SIGTERM or SIGINT stops accepting and drains sessions.", stderr)
 	cfg := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
+	allowRoot := fs.Bool("allow-root", false, "run as root (refused otherwise once a configuration file is given; as allow_root = true)")
 	if rc := parse(fs, args); rc >= 0 {
 		return rc
 	}
@@ -118,7 +121,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailguard serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr}); err != nil {
+	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr, AllowRoot: *allowRoot}); err != nil {
 		fmt.Fprintf(stderr, "mailguard serve: %v\n", err)
 		return 1
 	}
@@ -189,6 +192,14 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	cfg, err := filters.Load(*cfgFile)
 	if cfg != nil {
 		err = errors.Join(err, filters.Check(cfg, pipeline.Env{Log: logging.Discard(), Now: time.Now}))
+		// Where the logs go is checked now, not when serve starts.
+		warning, logErr := logging.Check(context.Background(), cfg.Log)
+		if logErr != nil {
+			err = errors.Join(err, &config.Error{File: *cfgFile, Line: cfg.Line("log.target"), Msg: logErr.Error()})
+		}
+		if warning != "" {
+			cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s:%d: %s", *cfgFile, cfg.Line("log.remote"), warning))
+		}
 	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
@@ -406,7 +417,7 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 func versionString() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return version
+		info = &debug.BuildInfo{}
 	}
 	v := version
 	if v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
@@ -415,6 +426,9 @@ func versionString() string {
 	settings := map[string]string{}
 	for _, s := range info.Settings {
 		settings[s.Key] = s.Value
+	}
+	if settings["vcs.revision"] == "" && revision != "" {
+		settings["vcs.revision"] = revision
 	}
 	if rev := settings["vcs.revision"]; rev != "" {
 		v += " (" + rev[:min(12, len(rev))]
@@ -425,6 +439,9 @@ func versionString() string {
 			v += ", modified"
 		}
 		v += ")"
+	}
+	if info.GoVersion == "" {
+		return v
 	}
 	return v + ", " + info.GoVersion
 }

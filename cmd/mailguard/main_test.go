@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -108,6 +109,12 @@ func TestCheckConfig(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "good.toml"), "listen = \"inet:127.0.0.1:8897\"\n[virus]\nsignatures = \"sigs\"\n")
 	if code, out, errOut := runCLI("check-config", "--config", filepath.Join(dir, "good.toml")); code != 0 || !strings.Contains(out, "OK") {
 		t.Fatalf("good config: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// Logging to a syslog daemon that is not there is found now.
+	writeFile(t, filepath.Join(dir, "nosyslog.toml"), "[virus]\nsignatures = \"sigs\"\n[log]\ntarget = \"syslog\"\nsyslog_socket = \""+filepath.Join(dir, "log")+"\"\n")
+	if code, _, errOut := runCLI("check-config", "--config", filepath.Join(dir, "nosyslog.toml")); code != 1 || !strings.Contains(errOut, "nosyslog.toml:4: log.target = \"syslog\": dial unixgram "+filepath.Join(dir, "log")) {
+		t.Fatalf("no syslog daemon: exit %d\n%s", code, errOut)
 	}
 
 	writeFile(t, filepath.Join(dir, "badsigs"), "ORPHAN_NAME =\n\nX = short\n")
@@ -279,4 +286,34 @@ func redisKeys(t *testing.T, url string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// As root, serve with a configuration file refuses to start unless told
+// to, and says how to run unprivileged; the built-in defaults (a trial on
+// loopback) start.
+func TestServeRefusesRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "m.toml"), "listen = \"unix:"+filepath.Join(dir, "s")+"\"\n")
+	type result struct {
+		code   int
+		errOut string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, _, errOut := runCLI("serve", "--config", filepath.Join(dir, "m.toml"))
+		done <- result{code, errOut}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve with a configuration file runs as root")
+	}
+	code, errOut := r.code, r.errOut
+	if code != 1 || !strings.Contains(errOut, "refusing to run as root") || !strings.Contains(errOut, "runuser -u mailguard") || !strings.Contains(errOut, "--allow-root") {
+		t.Fatalf("serve as root: exit %d\n%s", code, errOut)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -39,6 +40,10 @@ const (
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultIdleTimeout     = 10 * time.Minute
 	DefaultSummaryInterval = 5 * time.Minute
+	DefaultSyslogSocket    = "/dev/log"
+	// DefaultRemoteQueue lines (about 300 bytes each) wait for a log host
+	// that is away: a few minutes of a busy MX's decisions.
+	DefaultRemoteQueue = 10000
 	// DefaultMaxConnections and DefaultMaxRecipients: see README.
 	DefaultMaxConnections = 1000
 	DefaultMaxRecipients  = 1000
@@ -68,7 +73,10 @@ type Config struct {
 	MaxConnections int
 	// MaxRecipients bounds one message's recipients.
 	MaxRecipients int
-	Log           Log
+	// AllowRoot lets the daemon run as root (it refuses otherwise, once
+	// it has a configuration file).
+	AllowRoot bool
+	Log       Log
 	// Warnings are problems that do not stop the configuration from
 	// running, each "FILE:LINE: what".
 	Warnings []string
@@ -88,7 +96,18 @@ type Log struct {
 	Level           string // "debug", "info", "warn", "error"
 	Format          string // "text" or "json" (stderr only)
 	SyslogTag       string
+	SyslogFacility  string // a name from SyslogFacilities
+	SyslogSocket    string // the local syslog daemon's socket
+	Remote          string // "HOST:PORT" of a log host over TCP, "" for none
+	RemoteQueue     int    // lines held while the log host is slow or away
 	SummaryInterval time.Duration
+}
+
+// SyslogFacilities returns the facility names log.syslog_facility takes
+// (RFC 5424 §6.2.1: 0 to 11, then local0 to local7, 16 to 23).
+func SyslogFacilities() []string {
+	return []string{"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+		"local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"}
 }
 
 // raw mirrors the file's global keys; pointers tell "absent" from "zero".
@@ -104,11 +123,16 @@ type raw struct {
 	PidFile        *string  `toml:"pid_file"`
 	MaxConnections *int     `toml:"max_connections"`
 	MaxRecipients  *int     `toml:"max_recipients"`
+	AllowRoot      *bool    `toml:"allow_root"`
 	Log            struct {
 		Target          *string `toml:"target"`
 		Level           *string `toml:"level"`
 		Format          *string `toml:"format"`
 		SyslogTag       *string `toml:"syslog_tag"`
+		SyslogFacility  *string `toml:"syslog_facility"`
+		SyslogSocket    *string `toml:"syslog_socket"`
+		Remote          *string `toml:"remote"`
+		RemoteQueue     *int    `toml:"remote_queue"`
 		SummaryInterval *string `toml:"summary_interval"`
 	} `toml:"log"`
 }
@@ -136,8 +160,9 @@ func Default(sections Sections) *Config {
 		MaxFileSize:    DefaultMaxFileSize,
 		MaxConnections: DefaultMaxConnections,
 		MaxRecipients:  DefaultMaxRecipients,
-		Log:            Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SummaryInterval: DefaultSummaryInterval},
-		Sections:       map[string]Section{},
+		Log: Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SyslogFacility: "mail", SyslogSocket: DefaultSyslogSocket,
+			RemoteQueue: DefaultRemoteQueue, SummaryInterval: DefaultSummaryInterval},
+		Sections: map[string]Section{},
 	}
 	for name, fresh := range sections {
 		c.Sections[name] = fresh()
@@ -213,7 +238,14 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	field(v, &c.Log.Target, r.Log.Target, "log.target", oneOf("stderr", "syslog"))
 	field(v, &c.Log.Level, r.Log.Level, "log.level", oneOf("debug", "info", "warn", "error"))
 	field(v, &c.Log.Format, r.Log.Format, "log.format", oneOf("text", "json"))
-	field(v, &c.Log.SyslogTag, r.Log.SyslogTag, "log.syslog_tag", nonEmpty)
+	field(v, &c.Log.SyslogTag, r.Log.SyslogTag, "log.syslog_tag", syslogTag)
+	field(v, &c.Log.SyslogFacility, r.Log.SyslogFacility, "log.syslog_facility", oneOf(SyslogFacilities()...))
+	field(v, &c.Log.SyslogSocket, r.Log.SyslogSocket, "log.syslog_socket", absPath)
+	field(v, &c.Log.Remote, r.Log.Remote, "log.remote", hostPort)
+	intField(v, &c.Log.RemoteQueue, r.Log.RemoteQueue, "log.remote_queue", 1, 1000000)
+	if r.AllowRoot != nil {
+		c.AllowRoot = *r.AllowRoot
+	}
 	field(v, &c.Log.SummaryInterval, r.Log.SummaryInterval, "log.summary_interval", parseDuration)
 	for _, name := range names {
 		v.checkSection(name, c.Sections[name], slices.Contains(c.Filters, name))
@@ -364,6 +396,35 @@ func oneOf(choices ...string) func(string) (string, error) {
 		}
 		return s, nil
 	}
+}
+
+// syslogTag is an RFC 5424 APP-NAME: 1 to 48 printable ASCII characters.
+func syslogTag(s string) (string, error) {
+	if s == "" || len(s) > 48 || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return "", fmt.Errorf("%q: want 1 to 48 printable ASCII characters without spaces", s)
+	}
+	return s, nil
+}
+
+func absPath(s string) (string, error) {
+	if !filepath.IsAbs(s) {
+		return "", fmt.Errorf("%q is not an absolute path", s)
+	}
+	return filepath.Clean(s), nil
+}
+
+func hostPort(s string) (string, error) {
+	if s == "" {
+		return "", nil // no log host
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return "", fmt.Errorf("%q: want HOST:PORT, such as \"loghost.example.edu:514\" or \"[2001:db8::1]:514\"", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("%q: port %q is not a number from 1 to 65535", s, port)
+	}
+	return s, nil
 }
 
 func nonEmpty(s string) (string, error) {

@@ -31,7 +31,7 @@ func TestExampleConfigIsTheDefaults(t *testing.T) {
 		c.File = ""
 		if !reflect.DeepEqual(c.Sections, want.Sections) || c.Listen != want.Listen || c.Log != want.Log ||
 			c.SocketMode != want.SocketMode || c.DrainTimeout != want.DrainTimeout || c.IdleTimeout != want.IdleTimeout ||
-			!reflect.DeepEqual(c.Filters, want.Filters) {
+			c.AllowRoot != want.AllowRoot || !reflect.DeepEqual(c.Filters, want.Filters) {
 			t.Errorf("%s differs from the defaults:\n got %+v\nwant %+v", name, c, want)
 		}
 	}
@@ -198,5 +198,25 @@ func TestSocketOwnerAndGroup(t *testing.T) {
 	_, err = Parse("m.toml", []byte("socket_group = \"no-such-group-here\"\n"))
 	if err == nil || !strings.Contains(err.Error(), `m.toml:1: socket_group: no group "no-such-group-here" on this system`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLogKeys(t *testing.T) {
+	c, err := Parse("m.toml", []byte("allow_root = true\n[log]\nsyslog_facility = \"local4\"\nsyslog_socket = \"/run/log.sock\"\nremote = \"[2001:db8::1]:6514\"\nremote_queue = 50\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.AllowRoot || c.Log.SyslogFacility != "local4" || c.Log.SyslogSocket != "/run/log.sock" || c.Log.Remote != "[2001:db8::1]:6514" || c.Log.RemoteQueue != 50 {
+		t.Errorf("values not taken: %+v", c.Log)
+	}
+	if d := filters.Default(); d.AllowRoot || d.Log.Remote != "" || d.Log.SyslogFacility != "mail" {
+		t.Errorf("defaults: allow_root %v, %+v", d.AllowRoot, d.Log)
+	}
+	_, err = Parse("m.toml", []byte("[log]\nsyslog_facility = \"mial\"\nsyslog_socket = \"dev/log\"\nremote = \"loghost\"\nremote_queue = 0\nsyslog_tag = \"mail guard\"\n"))
+	for _, want := range []string{`m.toml:2: log.syslog_facility: "mial": want one of`, `m.toml:3: log.syslog_socket: "dev/log" is not an absolute path`,
+		`m.toml:4: log.remote: "loghost": want HOST:PORT`, `m.toml:5: log.remote_queue`, `m.toml:6: log.syslog_tag: "mail guard"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
 	}
 }

@@ -38,6 +38,9 @@ type Options struct {
 	Stderr io.Writer
 	// Ready, if set, is called with the listening address once serving.
 	Ready func(addr string)
+	// AllowRoot lets the daemon run as root (serve --allow-root), as the
+	// configuration's allow_root does.
+	AllowRoot bool
 }
 
 // Run serves until ctx ends or SIGTERM/SIGINT arrives, then drains.
@@ -53,12 +56,19 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	asRoot, err := rootAllowed(os.Geteuid(), opts, cfg)
+	if err != nil {
+		return err
+	}
 	level := new(slog.LevelVar) // log.level changes on reload
 	log, closer, err := logging.NewLeveled(cfg.Log, opts.Stderr, level)
 	if err != nil {
 		return err
 	}
 	defer closer.Close()
+	if asRoot {
+		log.Warn("running as root", "why", describeRoot(opts, cfg))
+	}
 	milter.LogWarning = func(format string, v ...any) {
 		log.Warn(fmt.Sprintf("milter protocol: "+format, v...))
 	}
@@ -296,6 +306,38 @@ func summaries(ctx context.Context, log *slog.Logger, c *stats.Counter, every ti
 			last = now
 		}
 	}
+}
+
+// ErrRoot is serve's refusal to run as root.
+var ErrRoot = errors.New("refusing to run as root: a flaw in a filter that reads hostile mail would hand over the whole host.\n" +
+	"Run mailguard as a user of its own, a member of the group that owns the MTA's socket (socket_group):\n" +
+	"  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mailguard\n" +
+	"  runuser -u mailguard -- mailguard serve --config FILE\n" +
+	"The systemd unit (dist/mailguard.service) and the Debian package do this. To run as root anyway,\n" +
+	"set allow_root = true in the configuration or pass --allow-root")
+
+// rootAllowed refuses root unless the configuration or the command line
+// allows it. The built-in defaults (a loopback address, the bundled
+// signatures: a trial, such as the README's first command) run as root
+// too, with a warning. It tells whether the daemon runs as root.
+func rootAllowed(euid int, opts Options, cfg *config.Config) (bool, error) {
+	if euid != 0 {
+		return false, nil
+	}
+	if opts.AllowRoot || cfg.AllowRoot || opts.ConfigFile == "" {
+		return true, nil
+	}
+	return true, ErrRoot
+}
+
+func describeRoot(opts Options, cfg *config.Config) string {
+	switch {
+	case opts.AllowRoot:
+		return "--allow-root"
+	case cfg.AllowRoot:
+		return "allow_root = true"
+	}
+	return "built-in defaults on a loopback address; with a configuration file, root needs allow_root = true or --allow-root"
 }
 
 func loadConfig(file string) (*config.Config, error) {
