@@ -63,7 +63,7 @@ func start(t *testing.T, config string) *testDaemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{ConfigFile: d.conf, Stderr: d.logs, Ready: func(a string) { ready <- a }})
+		done <- Run(ctx, Options{ConfigFile: d.conf, AllowRoot: true, Stderr: d.logs, Ready: func(a string) { ready <- a }})
 	}()
 	select {
 	case d.addr = <-ready:
