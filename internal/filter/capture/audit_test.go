@@ -80,3 +80,24 @@ func TestSwitchIsAudited(t *testing.T) {
 		t.Fatalf("the switch on announced again:\n%s", log.b.String())
 	}
 }
+
+// A switch already on when the daemon starts is in the record as well:
+// the start line's look announces it, at warn, so that a log kept at
+// level warn still shows copying began before it shows it stopped.
+func TestSwitchOnAtStartIsAudited(t *testing.T) {
+	e := setup(t, Options{})
+	e.switchOn(t)
+	log := &lockedLog{}
+	f, err := New(Options{Dir: e.dir, Switch: e.sw, Now: e.f.opts.Now,
+		Log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := f.Summary(); !strings.HasPrefix(s, "ON:") {
+		t.Fatalf("start line: %q", s)
+	}
+	f.Stages()
+	if n := log.lines("level=WARN", "capture switched on", "dir="+e.dir); n != 1 {
+		t.Fatalf("%d lines for a switch on at start:\n%s", n, log.b.String())
+	}
+}

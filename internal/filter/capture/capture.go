@@ -369,7 +369,6 @@ type switchFile struct {
 	checkedAt atomic.Int64
 	exists    atomic.Bool
 	mu        sync.Mutex
-	known     bool // looked at before
 }
 
 // on reports whether the switch is on; changed reports that this call
@@ -390,8 +389,9 @@ func (s *switchFile) look() (on, changed bool) {
 	// place is not "capturing on".
 	fi, err := os.Lstat(s.path)
 	on = err == nil && fi.Mode().IsRegular()
-	changed = s.known && on != s.exists.Load()
-	s.known = true
+	// The first look that finds it on counts as turning it on: a switch
+	// left on across a start or a reload is in the record too.
+	changed = on != s.exists.Load()
 	s.exists.Store(on)
 	s.checkedAt.Store(s.now().UnixNano())
 	return on, changed
