@@ -174,6 +174,9 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 	if hits := res.Hits.HitsString(); hits != "" {
 		fmt.Fprintf(stdout, "hits: %s\n", hits)
 	}
+	if res.Messages == 0 && res.Errors == 0 {
+		fmt.Fprintf(stderr, "mailguard scan: no message found in %s: give message files or Maildirs (their cur/ and new/ are read)\n", strings.Join(fs.Args(), " "))
+	}
 	return res.ExitCode()
 }
 

@@ -317,3 +317,17 @@ func TestServeRefusesRoot(t *testing.T) {
 		t.Fatalf("serve as root: exit %d\n%s", code, errOut)
 	}
 }
+
+// A scan that finds no message (an empty or mistyped folder) fails: it
+// must not pass for a clean corpus that refuses nothing.
+func TestScanOfNothingFails(t *testing.T) {
+	empty := t.TempDir()
+	code, out, errOut := runCLI("scan", empty)
+	if code != 2 || !strings.Contains(errOut, "no message found in "+empty) || !strings.Contains(out, "scanned 0 messages") {
+		t.Fatalf("scan of nothing: exit %d\n%s%s", code, out, errOut)
+	}
+	os.MkdirAll(filepath.Join(empty, "new"), 0o755)
+	if code, out, errOut := runCLI("scan", empty); code != 2 {
+		t.Fatalf("scan of an empty Maildir: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -167,7 +167,7 @@ recipient_delimiter = "++"
 	c, err := Parse("/etc/mailguard/m.toml", []byte(`filters = ["capture"]
 [capture]
 switch = "capture.on"
-dir = "/var/spool/mailguard/capture"
+dir = "/var/lib/mailguard/capture"
 senders = ["@suspect.example"]
 include_rejected = true
 `))

@@ -85,7 +85,11 @@ func statusPath(pidPath string) string { return pidPath + ".reload" }
 func replace(path, content string) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".mailguard-*")
 	if err != nil {
-		return err
+		// Name the file the postmaster configured, not our temporary one.
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("cannot write %s: its folder %s does not exist", path, filepath.Dir(path))
+		}
+		return fmt.Errorf("cannot write %s: %w", path, errors.Unwrap(err))
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.WriteString(content); err != nil {

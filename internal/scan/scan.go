@@ -34,11 +34,12 @@ type Result struct {
 	Hits           stats.Summary
 }
 
-// ExitCode is the scan's exit status: 2 if anything could not be scanned,
-// else 1 if any message would be rejected, else 0.
+// ExitCode is the scan's exit status: 2 if anything could not be scanned
+// or there was no message at all (a mistyped folder must not pass for a
+// clean corpus), else 1 if any message would be rejected, else 0.
 func (r Result) ExitCode() int {
 	switch {
-	case r.Errors > 0:
+	case r.Errors > 0 || r.Messages == 0:
 		return 2
 	case r.Rejected > 0 || r.PartlyRejected > 0:
 		return 1
