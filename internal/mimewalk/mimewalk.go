@@ -59,6 +59,11 @@ type Options struct {
 	// for it (default 256 KiB).
 	Archives    bool
 	ArchiveTail int
+	// Content, when set, is called at each leaf's start (Index, Depth,
+	// Name and Type known) and may return a writer that is then given
+	// the leaf's decoded bytes as they are read, for a digest of its own
+	// (fingerprints); nil skips the leaf.
+	Content func(p *Part) io.Writer
 }
 
 // LimitError is a walk stopped by one of its limits.
@@ -218,6 +223,10 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 	}
 	p := &Part{Index: w.parts, Depth: depth, Type: mediaType, Name: fileName(h)}
 	body, _ := w.decode(h, raw)
+	var content io.Writer
+	if w.opts.Content != nil {
+		content = w.opts.Content(p)
+	}
 	for _, hs := range w.hashes {
 		hs.Reset()
 	}
@@ -234,6 +243,9 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 			p.Sums.Size += int64(n)
 			for _, hs := range w.hashes {
 				hs.Write(chunk)
+			}
+			if content != nil {
+				content.Write(chunk)
 			}
 			if len(w.head) < sniffLen {
 				w.head = append(w.head, chunk[:min(n, sniffLen-len(w.head))]...)
