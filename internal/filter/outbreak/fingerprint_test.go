@@ -133,6 +133,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add("list\n")
 	f.Add("release c0123456789abcdef\n")
 	f.Add("release s0123456789abcdef0123456789abcdef")
+	f.Add("release ../../etc/passwd\n")
 	f.Fuzz(func(t *testing.T, line string) {
 		req, err := ParseRequest(line)
 		if err != nil {

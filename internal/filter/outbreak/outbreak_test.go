@@ -249,3 +249,18 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("kept copies use %d bytes, budget 1 MiB", used)
 	}
 }
+
+// Documents made from one template (a sixth of their bytes the same
+// logo), each sent from its own network: the shared chunks are too few of
+// a sketch to match, so none is held however many networks send them.
+func TestSharedPartsAreNotOneFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	p, _, _ := build(t, dir, "")
+	logo := payload(7, 4000)
+	for i := 0; i < 40; i++ {
+		doc := append(append(append([]byte("PK\x03\x04"), payload(uint64(200+i), 8000)...), logo...), payload(uint64(300+i), 8000)...)
+		if v, _ := deliver(t, p, fmt.Sprintf("10.5.%d.1", i), fmt.Sprintf("p%d@x", i), false, attachmentMessage("letter.docx", doc)); v.Final() {
+			t.Fatalf("document %d held: %v", i, v)
+		}
+	}
+}
