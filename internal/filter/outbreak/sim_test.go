@@ -139,14 +139,17 @@ func send(t *testing.T, c *milter.Client, s simMsg) string {
 	macros := milter.NewMacroBag()
 	sess, err := c.Session(macros)
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return "error"
 	}
 	defer sess.Close()
 	if _, err := sess.Conn("client.example", milter.FamilyInet, 40000, s.addr); err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return "error"
 	}
 	if _, err := sess.Helo("client.example"); err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return "error"
 	}
 	steps := []func() (*milter.Action, error){
 		func() (*milter.Action, error) { return sess.Mail(s.from, "") },
@@ -165,7 +168,8 @@ func send(t *testing.T, c *milter.Client, s simMsg) string {
 	for _, step := range steps {
 		act, err := step()
 		if err != nil {
-			t.Fatal(err)
+			t.Error(err)
+			return "error"
 		}
 		switch act.Type {
 		case milter.ActionContinue, milter.ActionAccept:
