@@ -62,9 +62,16 @@ type Options struct {
 	// Content, when set, is called at each leaf's start (Index, Depth,
 	// Name and Type known) and may return a writer that is then given
 	// the leaf's decoded bytes as they are read, for a digest of its own
-	// (fingerprints); nil skips the leaf.
+	// (fingerprints); nil skips the leaf. A Write that returns
+	// ErrSkipContent wants no more: when the walk needs nothing else of
+	// the part (no hashes, no archive names), the rest is passed over
+	// undecoded, and Sums.Size counts only the bytes decoded until then.
 	Content func(p *Part) io.Writer
 }
+
+// ErrSkipContent is what an Options.Content writer returns when it needs
+// no more of a part.
+var ErrSkipContent = errors.New("mimewalk: content not needed")
 
 // LimitError is a walk stopped by one of its limits.
 type LimitError struct {
@@ -244,9 +251,6 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 			for _, hs := range w.hashes {
 				hs.Write(chunk)
 			}
-			if content != nil {
-				content.Write(chunk)
-			}
 			if len(w.head) < sniffLen {
 				w.head = append(w.head, chunk[:min(n, sniffLen-len(w.head))]...)
 				if tail == nil && w.opts.Archives && bytes.HasPrefix(w.head, zipMagic) {
@@ -255,6 +259,19 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 			}
 			if tail != nil {
 				tail.Write(chunk)
+			}
+			if content != nil {
+				if _, err := content.Write(chunk); err == ErrSkipContent {
+					content = nil
+					if len(w.hashes) == 0 && tail == nil && len(w.head) >= sniffLen {
+						// Nothing else wants the bytes: skip to the
+						// part's end without decoding.
+						if _, err := io.Copy(io.Discard, raw); err != nil && w.guard.err != nil {
+							return w.guard.err
+						}
+						break
+					}
+				}
 			}
 		}
 		if errors.Is(err, io.EOF) {
