@@ -181,15 +181,16 @@ func (f *fingerprinter) Write(b []byte) (int, error) {
 		}
 		f.decide()
 		if f.risk == "" {
-			return len(b), nil
+			return len(b), mimewalk.ErrSkipContent
 		}
 		f.consume(f.head)
 		f.consume(b[take:])
 		return len(b), nil
 	}
-	if f.risk != "" {
-		f.consume(b)
+	if f.risk == "" {
+		return len(b), mimewalk.ErrSkipContent
 	}
+	f.consume(b)
 	return len(b), nil
 }
 
