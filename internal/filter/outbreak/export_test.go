@@ -1,6 +1,12 @@
 package outbreak
 
-import "flag"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // Full runs the tests at the sizes (-args -outbreak.full).
 var Full = flag.Bool("outbreak.full", false, "run the simulation and the measurements at the issue's size: 300 worm copies from 300 networks, 1,000 clean messages, 1,000,000 fingerprints")
@@ -12,4 +18,18 @@ func SamplesUsed(dir string) int64 {
 	statesMu.Lock()
 	defer statesMu.Unlock()
 	return states[dir].samples.Used()
+}
+
+// Info returns Redis's used_memory, in bytes.
+func (r *Redis) Info(ctx context.Context) (int64, error) {
+	s, err := r.client.Info(ctx, "memory").Result()
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("redis %s: no used_memory in INFO", r.Addr())
 }

@@ -93,3 +93,43 @@ func TestTwoInstancesShareRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisMemoryPerFingerprint measures what one fingerprint seen once
+// costs in Redis (its network and sender HyperLogLogs of the current part
+// of the window), from Redis's own used_memory: 20,000 fingerprints, or
+// 1,000,000 with -outbreak.full.
+func TestRedisMemoryPerFingerprint(t *testing.T) {
+	rd := testserver.StartRedis(t)
+	n := 20000
+	if *outbreak.Full {
+		n = 1000000
+	}
+	store, err := outbreak.NewRedis(rd.URL(), outbreak.Settings{Window: 30 * time.Minute, MinNetworks: 10, Hold: time.Hour}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	used := func() int64 {
+		info, err := store.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info
+	}
+	before := used()
+	batch := make([]outbreak.Key, 7)
+	for i := 0; i < n; i += len(batch) {
+		for j := range batch {
+			batch[j] = outbreak.Key{byte(i + j), byte((i + j) >> 8), byte((i + j) >> 16), 1}
+		}
+		if _, err := store.Observe(ctx, batch, fmt.Sprintf("10.%d.%d.0/24", i>>16&255, i>>8&255), fmt.Sprintf("s%d@x", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	per := float64(used()-before) / float64(n)
+	t.Logf("Redis: %d fingerprints seen once: %.1f MB, %.0f bytes each", n, float64(used()-before)/1e6, per)
+	if per > 1000 {
+		t.Errorf("%.0f bytes per fingerprint in Redis", per)
+	}
+}
