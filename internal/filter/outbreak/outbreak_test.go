@@ -1,6 +1,7 @@
 package outbreak_test
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -239,6 +241,25 @@ func TestBadInput(t *testing.T) {
 		if v, _ := deliver(t, p, "10.3.0.1", "x@y", false, m); v.Final() {
 			t.Fatalf("%v for %.80q", v, m)
 		}
+	}
+	// An archive bomb: 200 MB of zeros in a 200 KB zip. The filter never
+	// inflates an archive: it costs what its compressed bytes cost.
+	var bomb bytes.Buffer
+	zw := zip.NewWriter(&bomb)
+	w, _ := zw.Create("zeros.bin")
+	zeros := make([]byte, 1<<20)
+	for i := 0; i < 200; i++ {
+		w.Write(zeros)
+	}
+	zw.Close()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if v, _ := deliver(t, p, "10.3.0.2", "x@y", false, attachmentMessage("bomb.zip", bomb.Bytes())); v.Final() {
+		t.Fatal(v)
+	}
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 16<<20 {
+		t.Fatalf("a %d-byte archive bomb cost %d bytes of allocations", bomb.Len(), grown)
 	}
 	// A flood of distinct attachments, each kept until the window ends:
 	// the kept copies stay within sample_memory.
