@@ -99,6 +99,8 @@ type check struct {
 	env    *pipeline.Envelope
 	skip   bool // exempt, logged in, or no attachment possible
 	header []byte
+	// The message's own type is text, and it has a Content-Disposition.
+	textBody, disposition bool
 	// The walk, in a goroutine of its own: the MIME parser pulls, the
 	// MTA pushes.
 	pw      *io.PipeWriter
@@ -121,18 +123,21 @@ func (c *check) MailFrom(_ context.Context, env *pipeline.Envelope) (verdict.Ver
 func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, error) {
 	if !c.skip && c.done == nil {
 		c.header = message.AppendField(c.header, name, value)
-		if strings.EqualFold(name, "Content-Type") && !mayCarryAttachment(value) {
-			c.skip = true
+		switch {
+		case strings.EqualFold(name, "Content-Type"):
+			c.textBody = c.textBody || isText(value)
+		case strings.EqualFold(name, "Content-Disposition"):
+			c.disposition = true
 		}
 	}
 	return verdict.Pass, nil
 }
 
-// mayCarryAttachment: a message whose own type is text (a plain or HTML
-// body, no parts) carries no attachment; anything else may.
-func mayCarryAttachment(contentType string) bool {
+// isText: a message whose own type is text (a plain or HTML body, no
+// parts) and that does not call itself a file carries no attachment.
+func isText(contentType string) bool {
 	t, _, err := mime.ParseMediaType(contentType)
-	return err != nil || !strings.HasPrefix(t, "text/")
+	return err == nil && strings.HasPrefix(t, "text/")
 }
 
 func (c *check) EndOfHeaders(context.Context, *pipeline.Envelope) (verdict.Verdict, error) {
@@ -147,7 +152,13 @@ func (c *check) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {
 }
 
 func (c *check) start() {
-	if c.skip || c.done != nil {
+	if c.done != nil {
+		return
+	}
+	if c.textBody && !c.disposition {
+		c.skip = true
+	}
+	if c.skip {
 		return
 	}
 	header := append(c.header, "\r\n"...)
@@ -227,10 +238,10 @@ func (c *check) Close() {
 }
 
 func (c *check) EndOfMessage(ctx context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
-	if c.skip && c.done == nil {
+	c.start()
+	if c.done == nil { // skipped
 		return verdict.Pass, nil
 	}
-	c.start()
 	c.pw.Close()
 	select {
 	case <-c.done:

@@ -141,8 +141,14 @@ func TestHeldAfterMinNetworks(t *testing.T) {
 		t.Fatalf("another attachment held: %v", v)
 	}
 	// Plain mail is not looked at.
-	if v, _ := deliver(t, p, "10.0.4.1", "x@y", false, []byte("Subject: x\r\n\r\nhello\r\n")); v.Final() {
+	if v, _ := deliver(t, p, "10.0.4.1", "x@y", false, []byte("Subject: x\r\nContent-Type: text/plain\r\n\r\nhello\r\n")); v.Final() {
 		t.Fatal(v)
+	}
+	// A message that is itself the file, whatever type it declares, is.
+	single := "Content-Type: text/plain\r\nContent-Disposition: attachment; filename=\"w.scr\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+		base64.StdEncoding.EncodeToString(payload(1, 8000)) + "\r\n"
+	if v, _ := deliver(t, p, "10.0.5.1", "x@y", false, []byte(single)); !v.Final() {
+		t.Fatal("a single-part copy of the worm was not held")
 	}
 	files, _ := filepath.Glob(filepath.Join(dir, "samples", "new", "*"))
 	if len(files) != 4 {
