@@ -109,7 +109,7 @@ type check struct {
 	atts    []*Attachment
 	walkErr error
 	// The raw message, kept for the samples while within the budget.
-	raw     []byte
+	raw     *rawCopy
 	keeping bool
 }
 
@@ -201,31 +201,22 @@ func (c *check) write(b []byte) {
 	c.pw.Write(b) // an error: the walk ended (a limit); the rest is not needed
 }
 
-// keep appends to the raw copy, growing it within the samples budget.
+// keep appends to the raw copy, within the samples budget.
 func (c *check) keep(b []byte) {
 	s := c.f.opts.samples
-	if need := len(c.raw) + len(b); need > cap(c.raw) {
-		newCap := max(2*cap(c.raw), need, 16<<10)
-		if !s.reserve(int64(newCap-cap(c.raw)), int64(cap(c.raw))) {
-			s.unreserve(int64(cap(c.raw)))
-			s.NotKept.Add(1)
-			c.raw, c.keeping = nil, false
-			return
-		}
-		grown := make([]byte, len(c.raw), newCap)
-		copy(grown, c.raw)
-		c.raw = grown
+	if c.raw == nil {
+		c.raw = &rawCopy{}
 	}
-	c.raw = append(c.raw, b...)
+	if !s.grow(c.raw, b) {
+		s.NotKept.Add(1)
+		c.raw, c.keeping = nil, false
+	}
 }
 
 // dropRaw gives back the raw copy's bytes.
 func (c *check) dropRaw() {
-	if c.raw != nil {
-		c.f.opts.samples.unreserve(int64(cap(c.raw)))
-		c.raw = nil
-	}
-	c.keeping = false
+	c.f.opts.samples.release(c.raw)
+	c.raw, c.keeping = nil, false
 }
 
 func (c *check) Close() {

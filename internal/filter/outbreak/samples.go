@@ -41,10 +41,68 @@ type samples struct {
 	written map[string]int // copies written per suspect record
 
 	Written, Failed, NotKept atomic.Uint64
+
+	pool sync.Pool // of *block
+}
+
+// blockSize is the unit copies are kept in: a copy grows by blocks from
+// a pool, never by reallocation, and its blocks go back to the pool.
+const blockSize = 32 << 10
+
+type block [blockSize]byte
+
+// rawCopy is a message as received, in blocks.
+type rawCopy struct {
+	blocks []*block
+	last   int // bytes used in the last block
+}
+
+func (r *rawCopy) reserved() int64 { return int64(len(r.blocks)) * blockSize }
+
+func (r *rawCopy) size() int64 {
+	if len(r.blocks) == 0 {
+		return 0
+	}
+	return int64(len(r.blocks)-1)*blockSize + int64(r.last)
+}
+
+// grow appends b to r within the budget; false when the message cannot be
+// kept (r is then released).
+func (s *samples) grow(r *rawCopy, b []byte) bool {
+	for len(b) > 0 {
+		if len(r.blocks) == 0 || r.last == blockSize {
+			if !s.reserve(blockSize, r.reserved()) {
+				s.release(r)
+				return false
+			}
+			blk, _ := s.pool.Get().(*block)
+			if blk == nil {
+				blk = new(block)
+			}
+			r.blocks = append(r.blocks, blk)
+			r.last = 0
+		}
+		n := copy(r.blocks[len(r.blocks)-1][r.last:], b)
+		r.last += n
+		b = b[n:]
+	}
+	return true
+}
+
+// release gives back r's bytes and its blocks.
+func (s *samples) release(r *rawCopy) {
+	if r == nil || len(r.blocks) == 0 {
+		return
+	}
+	s.unreserve(r.reserved())
+	for _, b := range r.blocks {
+		s.pool.Put(b)
+	}
+	r.blocks, r.last = nil, 0
 }
 
 type keptCopy struct {
-	raw  []byte
+	raw  *rawCopy
 	keys []Key
 	at   time.Time
 	in   *list.List
@@ -60,8 +118,8 @@ func newSamples(dir string, max int, budget, maxCopy int64, window time.Duration
 
 // reserve accounts for n more bytes of a message being kept (sofar
 // already are), making room by dropping kept copies; false when the
-// message cannot be kept. Bytes are counted as allocated (a buffer's
-// capacity), so the budget bounds the memory itself.
+// message cannot be kept. Bytes are counted by the block, so the budget
+// bounds the memory itself.
 func (s *samples) reserve(n int64, sofar int64) bool {
 	if s.max == 0 || sofar+n > s.maxCopy {
 		return false
@@ -87,18 +145,20 @@ func (s *samples) unreserve(n int64) {
 func (s *samples) evictOne() bool {
 	for _, l := range []*list.List{s.single, s.multi} {
 		if e := l.Front(); e != nil {
-			s.drop(e)
+			s.dropAndRelease(e)
 			return true
 		}
 	}
 	return false
 }
 
-func (s *samples) drop(e *list.Element) {
+// drop removes a kept copy and returns its bytes (still reserved: the
+// caller releases them, or writes them first).
+func (s *samples) drop(e *list.Element) *rawCopy {
 	c := e.Value.(*keptCopy)
 	c.in.Remove(e)
 	c.done = true
-	s.used -= int64(cap(c.raw))
+	raw := c.raw
 	c.raw = nil
 	for _, k := range c.keys {
 		l := s.byKey[k]
@@ -114,6 +174,16 @@ func (s *samples) drop(e *list.Element) {
 			s.byKey[k] = l
 		}
 	}
+	return raw
+}
+
+// dropAndRelease drops a kept copy and its bytes; s.mu is held.
+func (s *samples) dropAndRelease(e *list.Element) {
+	raw := s.drop(e)
+	s.used -= raw.reserved()
+	for _, b := range raw.blocks {
+		s.pool.Put(b)
+	}
 }
 
 // expire drops kept copies older than the window.
@@ -123,7 +193,7 @@ func (s *samples) expire(now time.Time) {
 			if now.Sub(e.Value.(*keptCopy).at) <= s.window+s.window/slotsPerWindow {
 				break
 			}
-			s.drop(e)
+			s.dropAndRelease(e)
 		}
 	}
 }
@@ -131,7 +201,7 @@ func (s *samples) expire(now time.Time) {
 // keep holds a copy of a message whose fingerprints are not suspect
 // (yet). Its bytes were reserved; keep owns them from here on. A key
 // that already has max_samples copies kept needs no more.
-func (s *samples) keep(raw []byte, keys []Key, multi bool) {
+func (s *samples) keep(raw *rawCopy, keys []Key, multi bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expire(s.now())
@@ -142,7 +212,10 @@ func (s *samples) keep(raw []byte, keys []Key, multi bool) {
 		}
 	}
 	if !wanted {
-		s.used -= int64(cap(raw))
+		s.used -= raw.reserved()
+		for _, b := range raw.blocks {
+			s.pool.Put(b)
+		}
 		return
 	}
 	in := s.single
@@ -160,9 +233,9 @@ func (s *samples) keep(raw []byte, keys []Key, multi bool) {
 // kept copies that share one of its keys (when it has just turned
 // suspect), then this copy (raw may be nil: not kept), while fewer than
 // max_samples were written for it. raw's reserved bytes are given back.
-func (s *samples) suspect(id string, keys []Key, raw []byte, header string, fresh bool) {
+func (s *samples) suspect(id string, keys []Key, raw *rawCopy, header string, fresh bool) {
 	s.mu.Lock()
-	var batch [][]byte
+	var batch, extra []*rawCopy
 	if fresh {
 		seen := map[*list.Element]bool{}
 		var els []*list.Element
@@ -175,34 +248,32 @@ func (s *samples) suspect(id string, keys []Key, raw []byte, header string, fres
 			}
 		}
 		for _, e := range els {
-			kept := e.Value.(*keptCopy).raw
-			s.drop(e)
+			kept := s.drop(e)
 			if s.written[id]+len(batch) < s.max {
 				batch = append(batch, kept)
-				s.used += int64(cap(kept)) // until written below
+			} else {
+				extra = append(extra, kept)
 			}
 		}
 	}
 	if raw != nil && s.written[id]+len(batch) < s.max {
 		batch = append(batch, raw)
 	} else if raw != nil {
-		s.used -= int64(cap(raw))
+		extra = append(extra, raw)
 	}
 	s.written[id] += len(batch)
 	s.mu.Unlock()
-	for _, b := range batch {
-		s.write(header, b)
+	for _, r := range batch {
+		s.write(header, r)
 	}
-	s.mu.Lock()
-	for _, b := range batch {
-		s.used -= int64(cap(b))
+	for _, r := range append(batch, extra...) {
+		s.release(r)
 	}
-	s.mu.Unlock()
 }
 
 // write puts one copy in the Maildir: created in tmp/, synced, moved to
 // new/ under a name from the system; never rewritten.
-func (s *samples) write(header string, raw []byte) {
+func (s *samples) write(header string, raw *rawCopy) {
 	err := s.writeFile(header, raw)
 	if err != nil {
 		s.Failed.Add(1)
@@ -211,7 +282,7 @@ func (s *samples) write(header string, raw []byte) {
 	s.Written.Add(1)
 }
 
-func (s *samples) writeFile(header string, raw []byte) error {
+func (s *samples) writeFile(header string, raw *rawCopy) error {
 	now := s.now()
 	name := fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), s.seq.Add(1), s.host)
 	tmpDir, err := openOwnDir(filepath.Join(s.dir, "tmp"))
@@ -224,8 +295,15 @@ func (s *samples) writeFile(header string, raw []byte) error {
 		return err
 	}
 	_, err = f.WriteString(header)
-	if err == nil {
-		_, err = f.Write(raw)
+	for i, b := range raw.blocks {
+		if err != nil {
+			break
+		}
+		n := blockSize
+		if i == len(raw.blocks)-1 {
+			n = raw.last
+		}
+		_, err = f.Write(b[:n])
 	}
 	if err == nil {
 		err = f.Sync()
@@ -236,7 +314,7 @@ func (s *samples) writeFile(header string, raw []byte) error {
 	if err == nil {
 		var newDir int
 		if newDir, err = openOwnDir(filepath.Join(s.dir, "new")); err == nil {
-			err = syscall.Renameat(tmpDir, name, newDir, fmt.Sprintf("%s,S=%d", name, len(header)+len(raw)))
+			err = syscall.Renameat(tmpDir, name, newDir, fmt.Sprintf("%s,S=%d", name, int64(len(header))+raw.size()))
 			syscall.Close(newDir)
 		}
 	}
