@@ -311,3 +311,31 @@ func FuzzMessage(f *testing.F) {
 		}
 	})
 }
+
+// A reload (a new pipeline from the same settings) keeps the counts, the
+// holds and the control socket; new settings start the counts afresh
+// and keep the socket.
+func TestReloadKeepsState(t *testing.T) {
+	dir := t.TempDir()
+	worm := attachmentMessage("w.exe", payload(11, 8000))
+	p1, _, _ := build(t, dir, "")
+	for i := 0; i < 2; i++ {
+		deliver(t, p1, fmt.Sprintf("10.7.%d.1", i), "x@y", false, worm)
+	}
+	p2, _, _ := build(t, dir, "") // the reload
+	deliver(t, p2, "10.7.2.1", "x@y", false, worm)
+	if v, _ := deliver(t, p2, "10.7.3.1", "x@y", false, worm); !v.Final() {
+		t.Fatal("the counts before the reload were lost")
+	}
+	sock := outbreak.ControlSocket(filepath.Join(dir, "samples"))
+	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 1 {
+		t.Fatalf("after the reload: %+v %v", r, err)
+	}
+	p3, _, _ := build(t, dir, "window = \"10m\"")
+	if v, _ := deliver(t, p3, "10.7.4.1", "x@y", false, worm); v.Final() {
+		t.Fatalf("new settings kept the old holds: %v", v)
+	}
+	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 0 {
+		t.Fatalf("after new settings: %+v %v", r, err)
+	}
+}
