@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"mailguard/internal/testserver"
 )
@@ -130,5 +132,73 @@ func TestAttachmentHashesReload(t *testing.T) {
 	waitForLog(t, d, "reload failed", "feed.hsb:2: hash \\\"not-a-hash\\\" is not hexadecimal")
 	if r := milterVerdict(t, d.port, body); !strings.HasPrefix(r, "550 5.7.0") {
 		t.Fatalf("a broken list dropped the running one: %q", r)
+	}
+}
+
+// Two real clamds, one hung (SIGSTOP): it still accepts connections and
+// takes streams, but answers nothing. The messages streamed to it before
+// it is found out get 451 at their timeout; it is then left out (and the
+// log says so), and the next batches all go to the other clamd, also
+// after its time out is over, since it does not answer a PING.
+func TestClamdHungRoutedAround(t *testing.T) {
+	a := testserver.StartClamd(t, testserver.ClamdOptions{})
+	b := testserver.StartClamd(t, testserver.ClamdOptions{})
+	d := startMailguard(t, `listen = "LISTEN"
+filters = ["clamav"]
+[clamav]
+address = "`+a.Address()+`, `+b.Address()+`"
+clamd_config = ""
+timeout = "8s"
+`, nil)
+	batch := func(n int) (refused []string) {
+		var (
+			wg sync.WaitGroup
+			mu sync.Mutex
+		)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				reply, err := milterSessionErr(d.port, fmt.Sprintf("192.0.2.%d", i+1), "hello\r\n")
+				if err != nil || reply != "" {
+					mu.Lock()
+					refused = append(refused, fmt.Sprintf("%q %v", reply, err))
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return refused
+	}
+	const n = 16
+	if r := batch(n); len(r) != 0 {
+		t.Fatalf("both clamds up: refused %v", r)
+	}
+	b.Hang()
+	start := time.Now()
+	r := batch(n)
+	t.Logf("batch 1, one clamd hung: %d messages in %s, %d refused", n, time.Since(start), len(r))
+	waitForLog(t, d, "clamd left out", b.Socket)
+	for i := 2; i <= 3; i++ {
+		start := time.Now()
+		if r := batch(n); len(r) != 0 {
+			t.Fatalf("batch %d: %d of %d refused: %v", i, len(r), n, r)
+		}
+		t.Logf("batch %d: %d messages in %s, none refused", i, n, time.Since(start))
+	}
+	time.Sleep(11 * time.Second) // past the 10 s it is left out for
+	if r := batch(n); len(r) != 0 {
+		t.Fatalf("after its time out: %d of %d refused: %v", len(r), n, r)
+	}
+	// Resumed, it is back once its time out is over and a message
+	// sets off the PING.
+	b.Resume()
+	for deadline := time.Now().Add(30 * time.Second); len(d.lines("clamd back", b.Socket)) == 0; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the resumed clamd never came back:\n%s", d.logs)
+		}
+		if r := batch(1); len(r) != 0 {
+			t.Fatalf("refused %v", r)
+		}
 	}
 }

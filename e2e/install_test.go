@@ -1,20 +1,25 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // TestReadmeInstall runs the README's install commands as written, with
-// the two system folders moved into a fresh one, from a clean checkout's
-// point of view: what they build and write must make a daemon that starts.
+// the system folders moved into a fresh one, from a clean checkout's
+// point of view: what they build and write must make a daemon that starts,
+// on a unix socket only root and the postfix group reach.
 func TestReadmeInstall(t *testing.T) {
+	requireCommands(t, map[string]string{"postfix": "postfix"}) // the postfix group
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Dir(filepath.Dir(file))
 	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
@@ -28,7 +33,10 @@ func TestReadmeInstall(t *testing.T) {
 	bin, etc := filepath.Join(fresh, "sbin"), filepath.Join(fresh, "etc", "mailguard")
 	os.MkdirAll(bin, 0o755)
 	os.MkdirAll(filepath.Join(fresh, "run"), 0o755)
-	script := strings.NewReplacer("/usr/local/sbin", bin, "/etc/mailguard", etc, "/run/", filepath.Join(fresh, "run")+"/").Replace(block)
+	spool := filepath.Join(fresh, "spool", "postfix")
+	os.MkdirAll(spool, 0o755)
+	script := strings.NewReplacer("/usr/local/sbin", bin, "/etc/mailguard", etc, "/run/", filepath.Join(fresh, "run")+"/",
+		"/var/spool/postfix", spool).Replace(block)
 	var serve string
 	var lines []string
 	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
@@ -48,11 +56,7 @@ func TestReadmeInstall(t *testing.T) {
 	if !strings.Contains(string(out), "mailguard.toml: OK") {
 		t.Fatalf("check-config did not say OK:\n%s", out)
 	}
-	// serve, on a free port rather than the default one
-	port := freePort(t)
 	cfg := filepath.Join(etc, "mailguard.toml")
-	b, _ := os.ReadFile(cfg)
-	os.WriteFile(cfg, []byte(strings.Replace(string(b), `listen = "inet:127.0.0.1:8897"`, `listen = "inet:127.0.0.1:`+strconv.Itoa(port)+`"`, 1)), 0o644)
 	logs := &lockedBuffer{}
 	d := exec.Command("bash", "-c", "exec "+serve)
 	d.Env = cmd.Env
@@ -61,8 +65,31 @@ func TestReadmeInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { d.Process.Kill(); d.Wait() }()
-	waitForPort(t, port, "mailguard", logs.String)
+	sock := filepath.Join(spool, "mailguard", "milter.sock")
+	waitForFile(t, sock)
 	time.Sleep(100 * time.Millisecond)
+	group, err := user.LookupGroup("postfix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{sock, filepath.Dir(sock)} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o660) | os.ModeSocket
+		if path != sock {
+			want = 0o750 | os.ModeDir
+		}
+		if gid := strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Gid)); fi.Mode() != want || gid != group.Gid {
+			t.Errorf("%s: mode %v, group %s; want %v, postfix (%s)", path, fi.Mode(), gid, want, group.Gid)
+		}
+	}
+	if c, err := net.Dial("unix", sock); err != nil {
+		t.Errorf("the installed daemon's socket: %v", err)
+	} else {
+		c.Close()
+	}
 	if !strings.Contains(logs.String(), `virus="3 signatures from `+filepath.Join(etc, "signatures")+`"`) {
 		t.Fatalf("the daemon did not load the installed signatures:\n%s", logs)
 	}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/d--j/go-milter"
 )
 
 const klez = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -190,5 +192,82 @@ func TestJSONLogsAndFinalSummary(t *testing.T) {
 	delete(summary, "interval")
 	if got, _ := json.Marshal(summary); string(got) != want {
 		t.Fatalf("final summary %s, want %s", got, want)
+	}
+}
+
+// The reload story as a postmaster meets it, through the binary and
+// `mailguard reload`: a rule of 1 message per client per minute; message
+// 1 accepted; a reload (which also moves the listener, a change that
+// waits for a restart, and says so); message 2 on the same SMTP session
+// and message 3 on a new one are both refused 451.
+func TestReloadKeepsLimits(t *testing.T) {
+	config := `listen = "LISTEN"
+pid_file = "mailguard.pid"
+filters = ["ratelimit"]
+[[ratelimit.rule]]
+name = "msg-per-client"
+event = "message"
+key = "client"
+limit = 1
+window = "1m"
+`
+	d := startMailguard(t, config, nil)
+	waitForFile(t, filepath.Join(d.dir, "mailguard.pid"))
+	c := milter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", d.port), milter.WithReadTimeout(30*time.Second))
+	s, err := c.Session(milter.NewMacroBag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Conn("client.example.org", milter.FamilyInet, 25000, "192.0.2.7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Helo("client.example.org"); err != nil {
+		t.Fatal(err)
+	}
+	mail := func() string {
+		for _, step := range []func() (*milter.Action, error){
+			func() (*milter.Action, error) { return s.Mail("a@example.org", "") },
+			func() (*milter.Action, error) { return s.Rcpt("u@example.edu", "") },
+			func() (*milter.Action, error) { return s.DataStart() },
+			func() (*milter.Action, error) { return s.HeaderEnd() },
+			func() (*milter.Action, error) { return s.BodyChunk([]byte("hello\r\n")) },
+		} {
+			act, err := step()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if act.StopProcessing() {
+				s.Abort(nil)
+				return act.SMTPReply
+			}
+		}
+		_, act, err := s.End()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if act.StopProcessing() {
+			return act.SMTPReply
+		}
+		return ""
+	}
+	if r := mail(); r != "" {
+		t.Fatalf("message 1: %q", r)
+	}
+
+	cfg := filepath.Join(d.dir, "mailguard.toml")
+	moved := strings.Replace(config, "LISTEN", "inet:127.0.0.1:1", 1)
+	os.WriteFile(cfg, []byte(moved), 0o644)
+	out, err := exec.Command(filepath.Join(binDir, "mailguard"), "reload", "--config", cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "reloaded") ||
+		!strings.Contains(string(out), fmt.Sprintf("these changes wait for a restart: listen inet:127.0.0.1:%d -> inet:127.0.0.1:1", d.port)) {
+		t.Fatalf("mailguard reload (%v):\n%s", err, out)
+	}
+
+	if r := mail(); !strings.HasPrefix(r, "451 4.7.1") {
+		t.Errorf("message 2, same session, after the reload: %q, want 451 4.7.1", r)
+	}
+	if r := milterSession(t, d.port, "192.0.2.7", "hello\r\n"); !strings.HasPrefix(r, "451 4.7.1") {
+		t.Errorf("message 3, new session, after the reload: %q, want 451 4.7.1", r)
 	}
 }

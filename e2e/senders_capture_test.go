@@ -47,6 +47,37 @@ func TestPostfixSenders(t *testing.T) {
 	}
 }
 
+// A From: that does not parse, as Postfix hands it over, is still judged
+// by the address a mail client shows of it: each is refused.
+func TestPostfixSendersMalformedFrom(t *testing.T) {
+	port := freePort(t)
+	p := startPostfix(t, fmt.Sprintf("inet:127.0.0.1:%d", port), "alice@example.edu")
+	startMailguardOn(t, port, "listen = \"LISTEN\"\nfilters = [\"senders\"]\n[senders]\nblocklist = \"blocklist\"\n",
+		map[string]string{"blocklist": "alice@example.edu @pest.example\n"})
+	forms := []string{
+		"Pest <news@pest.example>>",
+		"news@pest.example;",
+		"Pest <news@pest.example> (unclosed comment",
+		"(Pest news@pest.example",
+		`"Pest <news@pest.example>`,
+		"Pest, Inc. <news@pest.example>",
+		"=?utf-8?q?news=40pest.example?=",
+	}
+	passed := 0
+	for i, from := range forms {
+		msg := fmt.Sprintf("From: %s\r\nTo: alice@example.edu\r\nSubject: form %d\r\n\r\nhello\r\n", from, i)
+		res := smtpSend(t, p.port, "bulk@mailer.example", 0, msg, "alice@example.edu")
+		if code(res.Data) != 550 {
+			passed++
+			t.Errorf("From: %s: %+v", from, res)
+		}
+	}
+	t.Logf("%d of %d malformed From: forms passed the blocklist", passed, len(forms))
+	if got := p.delivered(t, "alice", 0); len(got) != passed {
+		t.Errorf("alice has %d messages, want %d", len(got), passed)
+	}
+}
+
 // TestCaptureUnderLoad: 1,000 messages from 50 milter connections at once
 // give 1,000 complete copies with distinct names and nothing partial.
 func TestCaptureUnderLoad(t *testing.T) {

@@ -157,10 +157,16 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	counter := stats.NewCounter()
-	p, err := filters.Build(cfg, pipeline.Env{Log: log, Stats: counter, Now: time.Now})
+	// Offline: what live daemons share (rate counts in Redis) is left
+	// alone; counting filters count in memory of this scan.
+	p, err := filters.BuildWith(cfg, pipeline.Env{Log: log, Stats: counter, Now: time.Now}, filters.BuildOptions{Offline: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "mailguard scan: %v\n", err)
 		return 2
+	}
+	defer p.Close()
+	if f, ok := p.Filter("ratelimit").(interface{ Summary() string }); ok {
+		fmt.Fprintf(stderr, "mailguard scan: ratelimit: %s\n", f.Summary())
 	}
 	s := &scan.Scanner{Pipeline: p, Stats: counter, Out: stdout}
 	res := s.Run(fs.Args())
@@ -366,6 +372,10 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 		}
 		if st.OK {
 			fmt.Fprintf(stdout, "mailguard reload: process %d reloaded %s\n", pid, *cfgFile)
+			if pending, ok := strings.CutPrefix(st.Message, "reloaded; "); ok {
+				// The filters run the new configuration; these do not yet.
+				fmt.Fprintf(stdout, "mailguard reload: %s\n", pending)
+			}
 			return 0
 		}
 		fmt.Fprintf(stderr, "mailguard reload: process %d kept its previous configuration: %s\n", pid, st.Message)

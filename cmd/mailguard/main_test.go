@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"mailguard/internal/loadgen"
 	"mailguard/internal/testserver"
@@ -216,4 +219,64 @@ func TestScanClamavAndAttachments(t *testing.T) {
 	if code != 1 || t.Failed() {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
+}
+
+// A scan with the live configuration leaves what the live daemons share
+// alone: the rate counts in Redis are not written, and the same corpus
+// scanned five times is judged the same way each time (before, the
+// second scan was refused by the first one's counts, and so was the
+// postmaster's next real client).
+func TestScanLeavesSharedCountersAlone(t *testing.T) {
+	redis := testserver.StartRedis(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mailguard.toml")
+	writeFile(t, conf, `filters = ["ratelimit"]
+[ratelimit]
+backend = "`+redis.URL()+`"
+[[ratelimit.rule]]
+name = "msg"
+event = "message"
+key = "client"
+limit = 3
+window = "1h"
+`)
+	captured := filepath.Join(dir, "capture")
+	for i := range 3 {
+		writeFile(t, filepath.Join(captured, "new", fmt.Sprintf("%d.host", i)),
+			"X-Envelope-Client: client.example.org [192.0.2.7]\nX-Envelope-From: <a@example.org>\nX-Envelope-To: <u@example.edu>\nSubject: hi\n\nhello\n")
+	}
+	var first string
+	for i := range 5 {
+		code, out, errOut := runCLI("scan", "--config", conf, captured)
+		if code != 0 || !strings.Contains(out, "scanned 3 messages: 3 accepted") {
+			t.Fatalf("scan %d: exit %d\n%s%s", i+1, code, out, errOut)
+		}
+		if i == 0 {
+			first = out
+			if !strings.Contains(errOut, "counted in memory of this scan (Redis at 127.0.0.1:") {
+				t.Errorf("scan does not say where it counts:\n%s", errOut)
+			}
+		} else if out != first {
+			t.Fatalf("scan %d judged differently:\n%s\nfirst:\n%s", i+1, out, first)
+		}
+	}
+	if keys := redisKeys(t, redis.URL()); keys != 0 {
+		t.Fatalf("the scans wrote %d keys into the live daemons' Redis", keys)
+	}
+}
+
+// redisKeys counts the keys in the Redis database url names.
+func redisKeys(t *testing.T, url string) int64 {
+	t.Helper()
+	opts, err := goredis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	n, err := c.DBSize(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -1,8 +1,10 @@
 // Package clamd talks to ClamAV's scanning daemon: it streams data to be
 // scanned with the INSTREAM command (length-prefixed chunks, a zero-length
 // chunk at the end) and reads clamd's verdict. A Pool spreads streams over
-// several clamd servers, round-robin, leaves out a server that failed for a
-// while, and bounds the connections open to each.
+// several clamd servers, round-robin, passing over one whose connections
+// are all in use; it leaves out for a while a server that failed, timed
+// out or stopped answering PING (a hung clamd still accepts connections),
+// and bounds the connections open to each, idle ones included.
 package clamd
 
 import (
@@ -12,12 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -134,14 +137,24 @@ func printable(s string) string {
 
 // PoolOptions tune a Pool.
 type PoolOptions struct {
-	// MaxConns bounds the connections open to each clamd at once
-	// (default 20).
+	// MaxConns bounds the connections open to each clamd at once, those
+	// kept idle between messages included (default 20).
 	MaxConns int
-	// DialTimeout bounds connecting to one clamd (default 2 s).
+	// DialTimeout bounds connecting to one clamd, and the PING that tells
+	// whether one left out is back (default 2 s).
 	DialTimeout time.Duration
 	// RetryAfter is how long a clamd that failed is left out while
-	// another is up (default 10 s).
+	// another is up (default 10 s); then a PING decides whether it is
+	// back.
 	RetryAfter time.Duration
+	// SlowVerdict is how long a verdict may take before the clamd is
+	// asked for a PING on a connection of its own (default 5 s): one
+	// that does not answer is left out, so that the next messages go to
+	// another while this one waits for its verdict.
+	SlowVerdict time.Duration
+	// Log, when set, gets a line when a clamd is left out and when it is
+	// back.
+	Log *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
 }
@@ -149,15 +162,22 @@ type PoolOptions struct {
 // Pool is a set of clamd servers. It is safe for concurrent use.
 type Pool struct {
 	servers []*server
-	next    atomic.Uint32
 	opts    PoolOptions
+
+	mu      sync.Mutex
+	next    int           // the server to start at, in turn
+	freed   chan struct{} // closed (and replaced) when a connection frees
+	waiters int           // Opens waiting on freed
+	closed  bool          // Close ran: no session is kept idle
 }
 
+// server is one clamd; its fields but addr are guarded by Pool.mu.
 type server struct {
 	addr      Address
-	slots     chan struct{} // a token per connection in use
-	idle      chan *session // connections between messages, for the next
-	downUntil atomic.Int64  // unix nanoseconds; 0: up
+	busy      int        // streams in progress
+	idle      []*session // connections kept between messages, oldest first
+	downUntil time.Time  // zero: up
+	probing   bool       // a PING is asking whether it is there
 }
 
 // session is a connection in clamd's IDSESSION mode: one INSTREAM after
@@ -184,12 +204,15 @@ func NewPool(addrs []Address, opts PoolOptions) *Pool {
 	if opts.RetryAfter <= 0 {
 		opts.RetryAfter = 10 * time.Second
 	}
+	if opts.SlowVerdict <= 0 {
+		opts.SlowVerdict = 5 * time.Second
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	p := &Pool{opts: opts}
+	p := &Pool{opts: opts, freed: make(chan struct{})}
 	for _, a := range addrs {
-		p.servers = append(p.servers, &server{addr: a, slots: make(chan struct{}, opts.MaxConns), idle: make(chan *session, opts.MaxConns)})
+		p.servers = append(p.servers, &server{addr: a})
 	}
 	return p
 }
@@ -203,83 +226,266 @@ func (p *Pool) Addresses() []Address {
 	return out
 }
 
-// order is the servers to try, starting at the next in turn: those up
-// first, then those left out (the one left out longest first), so a
-// stream goes to a down server only when none is up.
-func (p *Pool) order() []*server {
+// Connections counts the pool's connections: busy with a stream, and
+// kept idle for the next message.
+func (p *Pool) Connections() (busy, idle int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.servers {
+		busy += s.busy
+		idle += len(s.idle)
+	}
+	return busy, idle
+}
+
+// Down lists the servers left out now.
+func (p *Pool) Down() []Address {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []Address
+	for _, s := range p.servers {
+		if !s.downUntil.IsZero() {
+			out = append(out, s.addr)
+		}
+	}
+	return out
+}
+
+// candidates is the servers a stream may go to, in the order to try
+// them: those up, starting at the next in turn; when none is up, those
+// left out, the one left out longest first. Servers in skip (failed
+// for this stream already) are not candidates. A server whose time out
+// is over is asked for a PING meanwhile, and comes back only if it
+// answers: a hung clamd would otherwise get a message each time. p.mu
+// is held.
+func (p *Pool) candidates(skip []bool) []*server {
 	n := len(p.servers)
-	start := int(p.next.Add(1)-1) % n
-	now := p.opts.Now().UnixNano()
+	start := p.next % n
+	p.next++
+	now := p.opts.Now()
 	up := make([]*server, 0, n)
 	var down []*server
 	for i := range n {
-		s := p.servers[(start+i)%n]
-		if d := s.downUntil.Load(); d != 0 && now < d {
-			down = append(down, s)
-		} else {
+		j := (start + i) % n
+		s := p.servers[j]
+		switch {
+		case skip[j]:
+		case s.downUntil.IsZero():
 			up = append(up, s)
+		default:
+			if !now.Before(s.downUntil) {
+				p.probeLocked(s)
+			}
+			down = append(down, s)
 		}
 	}
-	for i := 1; i < len(down); i++ { // insertion sort: n is tiny
-		for j := i; j > 0 && down[j].downUntil.Load() < down[j-1].downUntil.Load(); j-- {
-			down[j], down[j-1] = down[j-1], down[j]
+	if len(up) > 0 {
+		return up
+	}
+	slices.SortStableFunc(down, func(a, b *server) int { return a.downUntil.Compare(b.downUntil) })
+	return down
+}
+
+// reserve takes a connection slot on the first candidate with one free
+// (an idle session, or room for a new connection), and returns it with
+// the idle session to reuse, if any. With every candidate busy it
+// returns the channel that tells when a connection frees; with no
+// candidate left, neither.
+func (p *Pool) reserve(skip []bool) (s *server, idle *session, freed <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cands := p.candidates(skip)
+	for _, s := range cands {
+		p.pruneLocked(s)
+		if n := len(s.idle); n > 0 {
+			idle, s.idle = s.idle[n-1], s.idle[:n-1]
+			s.busy++
+			return s, idle, nil
+		}
+		if s.busy < p.opts.MaxConns {
+			s.busy++
+			return s, nil, nil
 		}
 	}
-	return append(up, down...)
+	if len(cands) == 0 {
+		return nil, nil, nil
+	}
+	p.waiters++
+	return nil, nil, p.freed
 }
 
-func (p *Pool) markDown(s *server) {
-	s.downUntil.Store(p.opts.Now().Add(p.opts.RetryAfter).UnixNano())
+// pruneLocked closes the sessions idle too long for clamd to keep them.
+func (p *Pool) pruneLocked(s *server) {
+	now := p.opts.Now()
+	n := 0
+	for n < len(s.idle) && now.Sub(s.idle[n].since) >= maxIdle {
+		s.idle[n].conn.Close()
+		n++
+	}
+	if n > 0 {
+		s.idle = slices.Delete(s.idle, 0, n)
+		p.wakeLocked()
+	}
 }
 
-// Open starts a stream on a clamd: the first in turn that is up and
-// accepts a connection. It waits for a free connection slot while ctx
-// lasts.
+// wakeLocked tells those waiting for a connection that one freed; with
+// none waiting, as nearly always, it costs nothing.
+func (p *Pool) wakeLocked() {
+	if p.waiters > 0 {
+		close(p.freed)
+		p.freed = make(chan struct{})
+		p.waiters = 0
+	}
+}
+
+// release gives a stream's connection slot back, keeping its session
+// for the next message when sess is not nil.
+func (p *Pool) release(s *server, sess *session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s.busy--
+	if sess != nil {
+		if s.downUntil.IsZero() && !p.closed {
+			sess.since = p.opts.Now()
+			s.idle = append(s.idle, sess)
+		} else {
+			sess.conn.Close()
+		}
+	}
+	p.wakeLocked()
+}
+
+// Close closes the idle sessions, and those of streams still open when
+// they end: a closed pool keeps none for the next message. Streams may
+// still be opened (each on a connection of its own), so a message in
+// flight on a replaced filter is not failed by its close.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, s := range p.servers {
+		for _, sess := range s.idle {
+			sess.conn.Close()
+		}
+		s.idle = nil
+	}
+	return nil
+}
+
+// markDown leaves a server out for RetryAfter, and closes its idle
+// sessions: a clamd that failed one connection is not trusted with the
+// others.
+func (p *Pool) markDown(s *server, why error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.markDownLocked(s, why)
+}
+
+func (p *Pool) markDownLocked(s *server, why error) {
+	if s.downUntil.IsZero() && p.opts.Log != nil {
+		p.opts.Log.Warn("clamd left out", "clamd", s.addr.String(), "for", p.opts.RetryAfter.String(), "reason", why.Error())
+	}
+	s.downUntil = p.opts.Now().Add(p.opts.RetryAfter)
+	for _, sess := range s.idle {
+		sess.conn.Close()
+	}
+	s.idle = nil
+	p.wakeLocked() // a waiting stream may now go elsewhere
+}
+
+// probeLocked asks a server for a PING, in the background, unless one
+// is under way: it is marked up if it answers, left out again if not.
+func (p *Pool) probeLocked(s *server) {
+	if s.probing {
+		return
+	}
+	s.probing = true
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), p.opts.DialTimeout)
+		err := p.ping(ctx, s)
+		cancel()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		s.probing = false
+		if err != nil {
+			p.markDownLocked(s, err)
+			return
+		}
+		if !s.downUntil.IsZero() {
+			s.downUntil = time.Time{}
+			p.wakeLocked()
+			if p.opts.Log != nil {
+				p.opts.Log.Info("clamd back", "clamd", s.addr.String())
+			}
+		}
+	}()
+}
+
+// suspect asks a server that is slow to answer for a PING.
+func (p *Pool) suspect(s *server) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.probeLocked(s)
+}
+
+// Open starts a stream on a clamd. It tries every server that is up and
+// has a connection free, in turn, and a server left out only when none
+// is up; a server that cannot be reached is left out and the next one
+// tried. Only with every connection busy does it wait, for the first to
+// free on any server, while ctx lasts.
 func (p *Pool) Open(ctx context.Context) (*Stream, error) {
 	var errs []error
-	for _, s := range p.order() {
-		st, err := p.openOn(ctx, s)
+	skip := make([]bool, len(p.servers))
+	for {
+		s, sess, freed := p.reserve(skip)
+		if s == nil && freed == nil {
+			return nil, errors.Join(errs...)
+		}
+		if s == nil {
+			select {
+			case <-freed:
+				continue
+			case <-ctx.Done():
+				return nil, errors.Join(append(errs, ErrBusy)...)
+			}
+		}
+		st, err := p.start(ctx, s, sess)
 		if err == nil {
 			return st, nil
 		}
-		if ctx.Err() != nil {
-			return nil, errors.Join(append(errs, err)...)
-		}
 		errs = append(errs, err)
+		if ctx.Err() != nil {
+			return nil, errors.Join(errs...)
+		}
+		skip[slices.Index(p.servers, s)] = true
 	}
-	return nil, errors.Join(errs...)
 }
 
-func (p *Pool) openOn(ctx context.Context, s *server) (*Stream, error) {
-	select {
-	case s.slots <- struct{}{}:
-	default:
-		select {
-		case s.slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%s: %w", s.addr, ErrBusy)
+// start begins a stream on a connection slot reserve took: on the idle
+// session when clamd still keeps it, else on a new connection.
+func (p *Pool) start(ctx context.Context, s *server, sess *session) (*Stream, error) {
+	st := &Stream{pool: p, srv: s}
+	if sess != nil {
+		if alive(sess.conn) {
+			sess.conn.SetWriteDeadline(time.Now().Add(p.opts.DialTimeout))
+			if _, err := sess.conn.Write([]byte("zINSTREAM\x00")); err == nil {
+				st.sess, st.conn = sess, sess.conn
+				return st, nil
+			}
 		}
-	}
-	st := &Stream{pool: p, srv: s, sess: p.idleSession(s)}
-	if st.sess != nil {
-		st.conn = st.sess.conn
-		st.conn.SetWriteDeadline(time.Now().Add(p.opts.DialTimeout))
-		if _, err := st.conn.Write([]byte("zINSTREAM\x00")); err == nil {
-			return st, nil
-		}
-		// Closed under us: a new connection instead, the server not
-		// blamed for it.
-		st.conn.Close()
-		st = &Stream{pool: p, srv: s}
+		// Closed under us (clamd's idle timeout, a restart): a new
+		// connection instead, the server not blamed for it.
+		sess.conn.Close()
 	}
 	d := net.Dialer{Timeout: p.opts.DialTimeout}
 	conn, err := d.DialContext(ctx, s.addr.Network, s.addr.Addr)
 	if err != nil {
-		<-s.slots
+		err = fmt.Errorf("clamd %s: %w", s.addr, err)
 		if ctx.Err() == nil {
-			p.markDown(s)
+			p.markDown(s, err)
 		}
-		return nil, fmt.Errorf("clamd %s: %w", s.addr, err)
+		p.release(s, nil)
+		return nil, err
 	}
 	st.sess, st.conn = &session{conn: conn}, conn
 	if err := st.send(ctx, []byte("zIDSESSION\x00zINSTREAM\x00")); err != nil {
@@ -287,22 +493,6 @@ func (p *Pool) openOn(ctx context.Context, s *server) (*Stream, error) {
 		return nil, err
 	}
 	return st, nil
-}
-
-// idleSession takes a session left by an earlier message, if one is
-// fresh and clamd has not closed it.
-func (p *Pool) idleSession(s *server) *session {
-	for {
-		select {
-		case sess := <-s.idle:
-			if p.opts.Now().Sub(sess.since) < maxIdle && alive(sess.conn) {
-				return sess
-			}
-			sess.conn.Close()
-		default:
-			return nil
-		}
-	}
 }
 
 // alive reports whether clamd keeps the connection open: a peek that
@@ -444,8 +634,9 @@ func (s *Stream) sendBuffers(ctx context.Context, bufs *net.Buffers) error {
 // still there to read.
 func (s *Stream) failed(err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		s.pool.markDown(s.srv)
-		return fmt.Errorf("clamd %s: not reading the stream: %w", s.srv.addr, err)
+		err = fmt.Errorf("clamd %s: not reading the stream: %w", s.srv.addr, err)
+		s.pool.markDown(s.srv, err)
+		return err
 	}
 	s.conn.SetReadDeadline(time.Now().Add(time.Second))
 	if reply, rerr := readReply(s.conn); rerr == nil || reply != "" {
@@ -453,13 +644,16 @@ func (s *Stream) failed(err error) error {
 			return perr
 		}
 	}
-	s.pool.markDown(s.srv)
-	return fmt.Errorf("clamd %s: %w", s.srv.addr, err)
+	err = fmt.Errorf("clamd %s: %w", s.srv.addr, err)
+	s.pool.markDown(s.srv, err)
+	return err
 }
 
 // Result ends the stream and waits for clamd's verdict while ctx lasts;
 // ending ctx (the MTA hung up, the timeout) ends the wait within
-// pollInterval.
+// pollInterval. A clamd that gives no verdict before ctx's deadline is
+// left out, as one that refuses connections is: it is hung or
+// overwhelmed, and the next messages are better sent elsewhere.
 func (s *Stream) Result(ctx context.Context) (Result, error) {
 	var res Result
 	if err := s.send(ctx, []byte{0, 0, 0, 0}); err != nil {
@@ -468,11 +662,15 @@ func (s *Stream) Result(ctx context.Context) (Result, error) {
 	reply, err := s.readReply(ctx)
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
+			if errors.Is(cerr, context.DeadlineExceeded) {
+				s.pool.markDown(s.srv, errors.New("no verdict before the timeout"))
+			}
 			return res, cerr
 		}
 		if reply == "" {
-			s.pool.markDown(s.srv)
-			return res, fmt.Errorf("clamd %s: reading the verdict: %w", s.srv.addr, err)
+			err = fmt.Errorf("clamd %s: reading the verdict: %w", s.srv.addr, err)
+			s.pool.markDown(s.srv, err)
+			return res, err
 		}
 	}
 	res.Virus, err = ParseReply(reply)
@@ -490,15 +688,23 @@ func (s *Stream) Result(ctx context.Context) (Result, error) {
 const pollInterval = 100 * time.Millisecond
 
 // readReply reads the verdict in slices of pollInterval, checking ctx
-// between them.
+// between them. Past SlowVerdict it has the server asked for a PING,
+// once: a hung clamd is then left out within seconds, not at the end
+// of every waiting message's timeout.
 func (s *Stream) readReply(ctx context.Context) (string, error) {
 	var buf [maxReply]byte
 	n := 0
+	suspectAt := time.Now().Add(s.pool.opts.SlowVerdict)
 	for {
 		if err := ctx.Err(); err != nil {
 			return "", err
 		}
-		dl := time.Now().Add(pollInterval)
+		now := time.Now()
+		if !suspectAt.IsZero() && !now.Before(suspectAt) {
+			s.pool.suspect(s.srv)
+			suspectAt = time.Time{}
+		}
+		dl := now.Add(pollInterval)
 		if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 			dl = d
 		}
@@ -510,24 +716,21 @@ func (s *Stream) readReply(ctx context.Context) (string, error) {
 	}
 }
 
-// Close ends the stream. Its connection serves the next message when
-// the verdict was read; a stream not finished is abandoned with it.
+// Close ends the stream and gives its connection slot back, always;
+// it is safe to call more than once. The connection serves the next
+// message when the verdict was read; a stream not finished is
+// abandoned with it.
 func (s *Stream) Close() {
 	if s.closed {
 		return
 	}
 	s.closed = true
 	if s.clean {
-		s.sess.since = s.pool.opts.Now()
-		select {
-		case s.srv.idle <- s.sess:
-			<-s.srv.slots
-			return
-		default:
-		}
+		s.pool.release(s.srv, s.sess)
+		return
 	}
 	s.conn.Close()
-	<-s.srv.slots
+	s.pool.release(s.srv, nil)
 }
 
 // readReply reads up to the NUL that ends a z-command's reply, or to

@@ -264,12 +264,12 @@ func TestDownServerLeftOut(t *testing.T) {
 		served++
 		st.Close()
 	}
-	if d := p.servers[0].downUntil.Load(); d != now.Add(10*time.Second).UnixNano() {
-		t.Fatalf("dead server not left out: %d", d)
+	if d := p.servers[0].downUntil; !d.Equal(now.Add(10 * time.Second)) {
+		t.Fatalf("dead server not left out: %v", d)
 	}
 	// Only the dead one: it is tried, fails, and the error says so.
 	p2 := NewPool([]Address{dead}, PoolOptions{Now: func() time.Time { return now }})
-	p2.markDown(p2.servers[0])
+	p2.markDown(p2.servers[0], errors.New("test"))
 	if _, err := p2.Open(context.Background()); err == nil || !strings.Contains(err.Error(), "nobody.sock") {
 		t.Fatalf("got %v", err)
 	}
@@ -314,8 +314,8 @@ func TestStalledClamdLeftOut(t *testing.T) {
 	for i := 0; i < 1000 && err == nil; i++ {
 		err = st.Write(ctx, make([]byte, 1<<20))
 	}
-	if err == nil || !strings.Contains(err.Error(), "not reading the stream") || p.servers[0].downUntil.Load() == 0 {
-		t.Fatalf("write to a stalled clamd: %v, down %d", err, p.servers[0].downUntil.Load())
+	if err == nil || !strings.Contains(err.Error(), "not reading the stream") || len(p.Down()) != 1 {
+		t.Fatalf("write to a stalled clamd: %v, down %v", err, p.Down())
 	}
 }
 
@@ -324,11 +324,11 @@ func TestOrderTriesLongestDownFirst(t *testing.T) {
 	now := time.Unix(1000, 0)
 	a, b, c := Address{"unix", "/a"}, Address{"unix", "/b"}, Address{"unix", "/c"}
 	p := NewPool([]Address{a, b, c}, PoolOptions{Now: func() time.Time { return now }})
-	p.servers[0].downUntil.Store(now.Add(3 * time.Second).UnixNano())
-	p.servers[1].downUntil.Store(now.Add(1 * time.Second).UnixNano())
-	p.servers[2].downUntil.Store(now.Add(2 * time.Second).UnixNano())
+	p.servers[0].downUntil = now.Add(3 * time.Second)
+	p.servers[1].downUntil = now.Add(1 * time.Second)
+	p.servers[2].downUntil = now.Add(2 * time.Second)
 	for i := 0; i < 3; i++ {
-		o := p.order()
+		o := p.candidates(make([]bool, 3))
 		if o[0].addr != b || o[1].addr != c || o[2].addr != a {
 			t.Fatalf("order %v %v %v", o[0].addr, o[1].addr, o[2].addr)
 		}
@@ -346,12 +346,19 @@ func TestSessionReuse(t *testing.T) {
 
 func testSessionReuse(t *testing.T, network string) {
 	var conns atomic.Int32
-	closeAfterOne := atomic.Bool{}
 	closed := make(chan struct{}, 1)
+	// The stand-in closes the session after a stream that says "bye"
+	// (decided by what it read, not by a flag its other connections'
+	// goroutines could read late).
 	addr := fakeClamdOn(t, network, func(c net.Conn) {
 		conns.Add(1)
-		for readStreamOK(c) {
-			if closeAfterOne.Load() {
+		for {
+			data, err := readStream(c, 1<<20)
+			if err != nil {
+				return
+			}
+			c.Write([]byte("1: stream: OK\x00"))
+			if data == "bye" {
 				c.Close()
 				closed <- struct{}{}
 				return
@@ -360,19 +367,20 @@ func testSessionReuse(t *testing.T, network string) {
 	})
 	now := time.Unix(1000, 0)
 	p := NewPool([]Address{addr}, PoolOptions{Now: func() time.Time { return now }})
-	scan := func(finish bool) {
+	scanData := func(finish bool, data string) {
 		st, err := p.Open(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		st.Write(ctx, []byte("data"))
+		st.Write(ctx, []byte(data))
 		if finish {
 			if _, err := st.Result(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
+	scan := func(finish bool) { scanData(finish, "data") }
 	scan(true)
 	scan(true)
 	if n := conns.Load(); n != 1 {
@@ -383,16 +391,15 @@ func testSessionReuse(t *testing.T, network string) {
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("%d connections: an abandoned stream's connection was reused", n)
 	}
-	closeAfterOne.Store(true)
-	scan(true) // clamd closes the session after this one
+	scanData(true, "bye") // clamd closes the session after this one
 	<-closed
-	closeAfterOne.Store(false)
 	// Its end of file reaches our side of the loopback a moment later.
-	sess := <-p.servers[0].idle
+	p.mu.Lock()
+	sess := p.servers[0].idle[0]
+	p.mu.Unlock()
 	for deadline := time.Now().Add(5 * time.Second); alive(sess.conn) && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
-	p.servers[0].idle <- sess
 	scan(true)
 	if n := conns.Load(); n != 3 {
 		t.Fatalf("%d connections: a session clamd closed was reused", n)

@@ -22,6 +22,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 
+	"mailguard/internal/fileerr"
 	"mailguard/internal/safefile"
 	"mailguard/internal/userdir"
 
@@ -116,19 +117,9 @@ type raw struct {
 // with the defaults set. The filter registry provides it.
 type Sections map[string]func() Section
 
-// Error is one problem with the configuration.
-type Error struct {
-	File string
-	Line int // 0 when the problem has no line (a missing file)
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	if e.Line == 0 {
-		return fmt.Sprintf("%s: %s", e.File, e.Msg)
-	}
-	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
-}
+// Error is one problem at a line of a file: the one type every file
+// mailguard reads reports with.
+type Error = fileerr.Error
 
 // Default returns the built-in configuration: what `serve` runs on without
 // a config file.

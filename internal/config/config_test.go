@@ -179,16 +179,6 @@ include_rejected = true
 	}
 }
 
-// The default listen address is no port another milter takes by
-// convention (OpenDKIM 8891, OpenDMARC 8893, OpenARC 8894).
-func TestDefaultPortIsFree(t *testing.T) {
-	for _, taken := range []string{":8891", ":8893", ":8894"} {
-		if strings.HasSuffix(config.DefaultListen, taken) {
-			t.Errorf("default listen %s is another milter's port", config.DefaultListen)
-		}
-	}
-}
-
 // A filter's section keys reach the filter: quota's recount window.
 func TestQuotaRecountInterval(t *testing.T) {
 	c, err := Parse("m.toml", []byte("[quota]\nrecount_interval = \"5m\"\n"))

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/d--j/go-milter"
 
 	"mailguard/internal/config"
+	"mailguard/internal/dovecotpolicy"
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
 	"mailguard/internal/listen"
@@ -51,7 +53,8 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	log, closer, err := logging.New(cfg.Log, opts.Stderr)
+	level := new(slog.LevelVar) // log.level changes on reload
+	log, closer, err := logging.NewLeveled(cfg.Log, opts.Stderr, level)
 	if err != nil {
 		return err
 	}
@@ -66,6 +69,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	policy, err := dovecotpolicy.Start(cfg, env)
+	if err != nil {
+		return err
+	}
+	defer closePolicy(policy, log, cfg.DrainTimeout)
 	ln, err := listen.Listen(cfg.Listen, listen.Socket{Mode: cfg.SocketMode, Owner: cfg.SocketOwner, Group: cfg.SocketGroup})
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -79,6 +87,10 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	pidPath := cfg.PidFile // a new pid_file needs a restart
 	door := milterdoor.New(p, log, milterdoor.Options{IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections})
+	// At the end, the last pipeline's filters close (Redis clients, clamd
+	// sessions) once the drain is over.
+	defer func() { door.Pipeline().Retire() }()
+	started := cfg // what the listener, the door and the log were set up with
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration: " + w)
 	}
@@ -108,8 +120,9 @@ func Run(ctx context.Context, opts Options) error {
 	// Reloads run beside the loop, so a slow file never keeps a SIGTERM
 	// waiting; a SIGHUP during a reload runs another one after it.
 	type outcome struct {
-		cfg *config.Config
-		err error
+		cfg     *config.Config
+		pending []string // changes that wait for a restart
+		err     error
 	}
 	reloaded := make(chan outcome, 1)
 	reloading, again := false, false
@@ -118,8 +131,8 @@ func Run(ctx context.Context, opts Options) error {
 		reloading = true
 		old := cfg
 		go func() {
-			c, err := reload(opts.ConfigFile, old, env, door, log)
-			reloaded <- outcome{c, err}
+			c, pending, err := reload(opts.ConfigFile, old, started, env, door, policy, level, log)
+			reloaded <- outcome{c, pending, err}
 		}()
 	}
 	for {
@@ -146,6 +159,9 @@ func Run(ctx context.Context, opts Options) error {
 			if pidPath != "" {
 				seq++
 				st := pidfile.Status{Seq: seq, OK: o.err == nil, Message: "reloaded"}
+				if len(o.pending) > 0 {
+					st.Message = "reloaded; these changes wait for a restart: " + strings.Join(o.pending, "; ")
+				}
 				if o.err != nil {
 					st.Message = o.err.Error()
 				}
@@ -161,27 +177,84 @@ func Run(ctx context.Context, opts Options) error {
 	}
 }
 
-// reload builds a new pipeline from the files as they are now. A broken
-// file keeps the old pipeline running. The listener is not reopened: a new
-// listen address needs a restart, and the log says so.
-func reload(file string, old *config.Config, env pipeline.Env, door *milterdoor.Door, log *slog.Logger) (*config.Config, error) {
+// reload builds a new pipeline from the files as they are now, its
+// filters taking over what their predecessors hold (counters, caches,
+// pools) where their settings did not change, and the Dovecot policy
+// door's new rules. A broken file keeps the old pipeline and rules
+// running. The old pipeline serves its open connections to their end and
+// is then closed. The listener, the door's limits and the log's target
+// were set up at start (started) and are not reopened: changes to them
+// are returned, to be told to the postmaster, and wait for a restart. The
+// log level changes at once.
+func reload(file string, old, started *config.Config, env pipeline.Env, door *milterdoor.Door, policy *dovecotpolicy.Service, level *slog.LevelVar, log *slog.Logger) (*config.Config, []string, error) {
 	cfg, err := loadConfig(file)
 	if err == nil {
 		var p *pipeline.Pipeline
-		if p, err = filters.Build(cfg, env); err == nil {
-			door.SetPipeline(p)
-			if cfg.Listen != old.Listen || cfg.SocketMode != old.SocketMode || cfg.SocketOwner != old.SocketOwner || cfg.SocketGroup != old.SocketGroup || cfg.Log != old.Log || cfg.IdleTimeout != old.IdleTimeout || cfg.MaxConnections != old.MaxConnections {
-				log.Warn("reload: changes to listen, socket_mode, idle_timeout, max_connections and [log] take effect after a restart", "listen", old.Listen.String())
+		var next *dovecotpolicy.Next
+		if p, err = filters.BuildWith(cfg, env, filters.BuildOptions{Predecessor: door.Pipeline()}); err == nil {
+			if next, err = policy.Prepare(cfg); err != nil {
+				p.Close() // never served: what it took over stays with the running one
+			}
+		}
+		if err == nil {
+			door.SetPipeline(p).Retire()
+			policy.Commit(next)
+			if policy == nil && dovecotpolicy.Section(cfg).Listen != "" {
+				log.Warn("reload: the [dovecot_policy] door opens after a restart")
+			}
+			if l, err := logging.ParseLevel(cfg.Log.Level); err == nil && l != level.Level() {
+				level.Set(l)
+				log.Info("reload: log level changed", "level", cfg.Log.Level)
+			}
+			pending := restartNeeded(started, cfg)
+			if len(pending) > 0 {
+				log.Warn("reload: these changes take effect after a restart", "changes", pending)
 			}
 			for _, w := range cfg.Warnings {
 				log.Warn("configuration: " + w)
 			}
 			log.Info("reloaded", append([]any{"filters", p.Filters()}, p.Summaries()...)...)
-			return cfg, nil
+			return cfg, pending, nil
 		}
 	}
 	log.Error("reload failed; still running the previous configuration", "error", err.Error())
-	return old, err
+	return old, nil, err
+}
+
+// restartNeeded lists the settings that differ between what the daemon
+// was started with and cfg, but are only read at start: "listen
+// inet:127.0.0.1:8897 -> unix:/run/mg.sock".
+func restartNeeded(started, cfg *config.Config) []string {
+	var out []string
+	diff := func(key string, was, now any) {
+		if a, b := fmt.Sprint(was), fmt.Sprint(now); a != b {
+			out = append(out, fmt.Sprintf("%s %s -> %s", key, a, b))
+		}
+	}
+	diff("listen", started.Listen.String(), cfg.Listen.String())
+	diff("socket_mode", fmt.Sprintf("%04o", started.SocketMode), fmt.Sprintf("%04o", cfg.SocketMode))
+	diff("socket_owner", started.SocketOwner, cfg.SocketOwner)
+	diff("socket_group", started.SocketGroup, cfg.SocketGroup)
+	diff("pid_file", quoted(started.PidFile), quoted(cfg.PidFile))
+	diff("idle_timeout", started.IdleTimeout, cfg.IdleTimeout)
+	diff("max_connections", started.MaxConnections, cfg.MaxConnections)
+	diff("log.target", started.Log.Target, cfg.Log.Target)
+	diff("log.format", started.Log.Format, cfg.Log.Format)
+	diff("log.syslog_tag", started.Log.SyslogTag, cfg.Log.SyslogTag)
+	diff("log.summary_interval", started.Log.SummaryInterval, cfg.Log.SummaryInterval)
+	return out
+}
+
+func quoted(s string) string { return fmt.Sprintf("%q", s) }
+
+// closePolicy closes the Dovecot policy door (nil: none) after the
+// milter door has drained.
+func closePolicy(policy *dovecotpolicy.Service, log *slog.Logger, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := policy.Close(ctx); err != nil {
+		log.Warn("dovecot policy door: closing", "error", err.Error())
+	}
 }
 
 // drain stops the door, then the summaries (whose last line counts the

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sync/singleflight"
 )
 
 // Site is one list.
@@ -185,6 +186,9 @@ type Resolver struct {
 	mu      sync.Mutex
 	cache   map[string]entry
 	maxSize int
+	// asking joins the lookups of one name that is not cached: a burst
+	// of connections from one client (or a hung server) sends one query.
+	asking singleflight.Group
 }
 
 type entry struct {
@@ -275,6 +279,29 @@ func (r *Resolver) lookup(ctx context.Context, name string) ([]netip.Addr, error
 	if ok && now.Before(e.expires) {
 		return e.addrs, nil
 	}
+	// The query is shared, so no one caller's end cancels it; it keeps
+	// the first caller's deadline (the DNS client's own timeouts bound it
+	// otherwise), and each caller waits for it only within its own ctx.
+	ch := r.asking.DoChan(name, func() (any, error) {
+		qctx := context.WithoutCancel(ctx)
+		if dl, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			qctx, cancel = context.WithDeadline(qctx, dl)
+			defer cancel()
+		}
+		return r.query(qctx, name, now)
+	})
+	select {
+	case res := <-ch:
+		addrs, _ := res.Val.([]netip.Addr)
+		return addrs, res.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// query asks the server about name and caches the answer.
+func (r *Resolver) query(ctx context.Context, name string, now time.Time) ([]netip.Addr, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeA)
 	m.RecursionDesired = true

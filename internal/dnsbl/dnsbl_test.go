@@ -2,10 +2,16 @@ package dnsbl
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"mailguard/internal/testserver"
 )
@@ -93,4 +99,102 @@ func FuzzParseSite(f *testing.F) {
 			site.counts(netip.MustParseAddr("127.0.0.2"))
 		}
 	})
+}
+
+// heldServer is a DNS server (in addition to the real one above) that
+// counts the queries it gets and answers each "listed" only when release
+// is closed.
+type heldServer struct {
+	addr    string
+	queries atomic.Int64
+	release chan struct{}
+}
+
+func startHeldServer(t *testing.T) *heldServer {
+	h := &heldServer{release: make(chan struct{})}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = pc.LocalAddr().String()
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		h.queries.Add(1)
+		<-h.release
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(127, 0, 0, 2)})
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return h
+}
+
+// Lookups of one name at once send one query; a caller that gives up
+// (its MTA hung up) ends neither the query nor the others' wait.
+func TestConcurrentLookupsShareOneQuery(t *testing.T) {
+	h := startHeldServer(t)
+	r, err := NewResolver(Options{Server: h.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sites := []Site{{Zone: "bl.test", Weight: 1}}
+	client := netip.MustParseAddr("192.0.2.10")
+	quitter, quit := context.WithCancel(context.Background())
+	results := make(chan Result, 20)
+	go func() { results <- r.Check(quitter, client, sites) }()
+	for h.queries.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	for range 19 {
+		wg.Go(func() { results <- r.Check(context.Background(), client, sites) })
+	}
+	time.Sleep(100 * time.Millisecond) // let them all ask
+	quit()
+	if res := <-results; len(res.Errs) != 1 {
+		t.Fatalf("the caller that gave up: %+v", res)
+	}
+	close(h.release)
+	wg.Wait()
+	for range 19 {
+		if res := <-results; res.Score != 1 {
+			t.Fatalf("a caller that waited: %+v", res)
+		}
+	}
+	if n := h.queries.Load(); n != 1 {
+		t.Fatalf("20 lookups of one name sent %d queries", n)
+	}
+}
+
+// The cache holds at most CacheSize answers; when full, expired answers go
+// first, and only then others.
+func TestCacheBounded(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r, _ := NewResolver(Options{Server: "127.0.0.1:1", Now: func() time.Time { return now }, CacheSize: 100})
+	for i := range 50 {
+		r.store(fmt.Sprint("old", i), entry{expires: now.Add(time.Second)}, now)
+	}
+	for i := range 50 {
+		r.store(fmt.Sprint("live", i), entry{expires: now.Add(time.Hour)}, now)
+	}
+	now = now.Add(time.Minute)
+	r.store("new", entry{expires: now.Add(time.Hour)}, now)
+	if len(r.cache) != 51 {
+		t.Fatalf("%d answers kept, want the 50 live ones and the new one", len(r.cache))
+	}
+	for i := range 50 {
+		if _, ok := r.cache[fmt.Sprint("live", i)]; !ok {
+			t.Fatal("a live answer dropped while expired ones were there")
+		}
+	}
+	for i := range 1000 {
+		r.store(fmt.Sprint("flood", i), entry{expires: now.Add(time.Hour)}, now)
+		if len(r.cache) > 100 {
+			t.Fatalf("%d answers kept, over a bound of 100", len(r.cache))
+		}
+	}
+	if _, ok := r.cache["flood999"]; !ok {
+		t.Fatal("the newest answer not kept")
+	}
 }

@@ -52,6 +52,18 @@ func Register[S config.Section](name string, defaults func() S, build func(S, *E
 	}
 }
 
+// RegisterService adds a section that configures something other than a
+// filter (a front door such as the Dovecot policy server): it is read,
+// checked and documented like a filter's, but never built into the
+// pipeline. Its Validate gets enabled = false; the service decides from
+// its own keys whether it runs.
+func RegisterService[S config.Section](name string, defaults func() S, example string) {
+	if _, dup := registry[name]; dup {
+		panic("filters: " + name + " registered twice")
+	}
+	registry[name] = Spec{Name: name, NewSection: func() config.Section { return defaults() }, Example: example}
+}
+
 // Lookup returns a registered filter's spec.
 func Lookup(name string) (Spec, bool) {
 	s, ok := registry[name]
@@ -101,11 +113,30 @@ type Env struct {
 	cfg       *config.Config
 	name      string
 	checkOnly bool
+	opts      BuildOptions
 }
 
 // CheckOnly reports a build for check-config: the filter checks what it
 // would use but changes nothing on disk (creates no directory).
 func (b *Env) CheckOnly() bool { return b.checkOnly }
+
+// Offline reports a build for `mailguard scan`: the filter must change
+// nothing that live daemons share (a counter in Redis); it counts in
+// memory of its own instead, and says so in its Summary.
+func (b *Env) Offline() bool { return b.opts.Offline }
+
+// Predecessor is the filter of the same name in the pipeline a reload
+// replaces, or nil. A filter takes over its long-lived parts (counters,
+// caches, pools, clients) where the settings they were made with did not
+// change (see package shared), so a reload resets no limit and reopens
+// nothing. The predecessor keeps serving its open connections until its
+// pipeline is closed, so what is taken is shared, never moved.
+func (b *Env) Predecessor() pipeline.Filter {
+	if b.checkOnly || b.opts.Offline {
+		return nil
+	}
+	return b.opts.Predecessor.Filter(b.name)
+}
 
 // Warn records a problem that does not stop the filter, at the key's
 // line; check-config prints it, and the daemon logs it at start and reload.
@@ -132,17 +163,34 @@ func KeyError[E error](b *Env, key string, err error) error {
 // Check builds every configured filter as Build does, for check-config:
 // every file is read and checked, and nothing on disk is changed.
 func Check(c *config.Config, env pipeline.Env) error {
-	_, err := build(c, env, true)
+	p, err := build(c, env, true, BuildOptions{})
+	if p != nil {
+		p.Close()
+	}
 	return err
 }
 
 // Build constructs the pipeline. Its error joins every problem found, each
 // naming a file and line where it can.
 func Build(c *config.Config, env pipeline.Env) (*pipeline.Pipeline, error) {
-	return build(c, env, false)
+	return build(c, env, false, BuildOptions{})
 }
 
-func build(c *config.Config, env pipeline.Env, checkOnly bool) (*pipeline.Pipeline, error) {
+// BuildOptions say what a pipeline is built for.
+type BuildOptions struct {
+	// Predecessor is the pipeline a reload replaces: its filters hand
+	// their long-lived parts to the new ones (Env.Predecessor).
+	Predecessor *pipeline.Pipeline
+	// Offline builds for `mailguard scan` (Env.Offline).
+	Offline bool
+}
+
+// BuildWith is Build for a reload or a scan.
+func BuildWith(c *config.Config, env pipeline.Env, opts BuildOptions) (*pipeline.Pipeline, error) {
+	return build(c, env, false, opts)
+}
+
+func build(c *config.Config, env pipeline.Env, checkOnly bool, opts BuildOptions) (p *pipeline.Pipeline, err error) {
 	var (
 		members []pipeline.Member
 		errs    []error
@@ -154,11 +202,17 @@ func build(c *config.Config, env pipeline.Env, checkOnly bool) (*pipeline.Pipeli
 			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("unknown filter %q", name)})
 			continue
 		}
-		f, err := spec.New(sec, &Env{Env: env, cfg: c, name: name, checkOnly: checkOnly})
+		if spec.New == nil {
+			errs = append(errs, &config.Error{File: c.File, Line: c.Line("filters"), Msg: fmt.Sprintf("%q is not a filter: its section [%s] configures it", name, name)})
+			continue
+		}
+		f, err := spec.New(sec, &Env{Env: env, cfg: c, name: name, checkOnly: checkOnly, opts: opts})
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		// From here on the filter holds its parts: a later failure closes it.
+		members = append(members, pipeline.Member{Filter: f})
 		common := config.CommonOf(sec)
 		if _, decides := f.Stages(); decides&^pipeline.StageEndOfMessage != 0 && common.Timeout.Duration >= commandTimeout {
 			key := name + ".timeout"
@@ -170,9 +224,12 @@ func build(c *config.Config, env pipeline.Env, checkOnly bool) (*pipeline.Pipeli
 		// The section was checked: these parse.
 		onError, _ := pipeline.ParseErrorPolicy(common.OnError)
 		mode, _ := pipeline.ParseMode(common.Mode)
-		members = append(members, pipeline.Member{Filter: f, OnError: onError, Mode: mode, Timeout: common.Timeout.Duration})
+		members[len(members)-1] = pipeline.Member{Filter: f, OnError: onError, Mode: mode, Timeout: common.Timeout.Duration}
 	}
 	if len(errs) > 0 {
+		// What was built goes: the parts it took from a predecessor are
+		// released (the predecessor still holds them).
+		pipeline.New(env, members...).Close()
 		return nil, errors.Join(errs...)
 	}
 	env.MaxRecipients = c.MaxRecipients

@@ -10,17 +10,13 @@ import (
 	"io"
 	"strings"
 
+	"mailguard/internal/fileerr"
 	"mailguard/internal/safefile"
 )
 
-// Error is one problem at a line of a file.
-type Error struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg) }
+// Error is one problem at a line of a file: the one type every file
+// mailguard reads reports with.
+type Error = fileerr.Error
 
 // MaxLine bounds one line, so a wrong file cannot make the reader buffer
 // without limit.

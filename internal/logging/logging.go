@@ -16,10 +16,17 @@ import (
 
 // New returns the logger the configuration asks for, and a closer for it.
 func New(c config.Log, stderr io.Writer) (*slog.Logger, io.Closer, error) {
-	level, err := parseLevel(c.Level)
+	return NewLeveled(c, stderr, new(slog.LevelVar))
+}
+
+// NewLeveled is New with the level held in level, which the caller may
+// change later (the daemon does, on reload: log.level needs no restart).
+func NewLeveled(c config.Log, stderr io.Writer, level *slog.LevelVar) (*slog.Logger, io.Closer, error) {
+	l, err := ParseLevel(c.Level)
 	if err != nil {
 		return nil, nil, err
 	}
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	switch c.Target {
 	case "syslog":
@@ -37,7 +44,8 @@ func New(c config.Log, stderr io.Writer) (*slog.Logger, io.Closer, error) {
 	return nil, nil, fmt.Errorf("unknown log target %q", c.Target)
 }
 
-func parseLevel(s string) (slog.Level, error) {
+// ParseLevel reads "debug", "info", "warn" or "error" ("" is info).
+func ParseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	if s == "" {
 		return slog.LevelInfo, nil

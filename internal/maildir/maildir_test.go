@@ -1,12 +1,17 @@
 package maildir
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -71,6 +76,113 @@ func TestCount(t *testing.T) {
 	}
 	if want := (Totals{7300, 4}); got != want {
 		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+// A link anywhere in the Maildir (the Maildir itself, cur/ or new/) is
+// refused, not followed: the user owns the Maildir and could point the
+// count at a huge or endless tree elsewhere. A link in a folder's place is
+// no folder.
+func TestCountRefusesLinks(t *testing.T) {
+	elsewhere := mailbox(t) // 4 messages, 7300 bytes
+	for _, c := range []struct {
+		name string
+		link func(dir string)
+	}{
+		{"maildir", func(dir string) { os.RemoveAll(dir); os.Symlink(elsewhere, dir) }},
+		{"cur", func(dir string) {
+			os.RemoveAll(filepath.Join(dir, "cur"))
+			os.Symlink(filepath.Join(elsewhere, "cur"), filepath.Join(dir, "cur"))
+		}},
+		{"new", func(dir string) {
+			os.RemoveAll(filepath.Join(dir, "new"))
+			os.Symlink(filepath.Join(elsewhere, "new"), filepath.Join(dir, "new"))
+		}},
+		{"folder's cur", func(dir string) {
+			os.RemoveAll(filepath.Join(dir, ".Sent", "cur"))
+			os.Symlink(filepath.Join(elsewhere, "cur"), filepath.Join(dir, ".Sent", "cur"))
+		}},
+		{"link inside to cur", func(dir string) {
+			os.RemoveAll(filepath.Join(dir, ".Sent", "cur"))
+			os.Symlink("../cur", filepath.Join(dir, ".Sent", "cur"))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := mailbox(t)
+			c.link(dir)
+			if got, err := Count(context.Background(), dir); !errors.Is(err, ErrLink) {
+				t.Fatalf("got %+v, %v; want the link refused", got, err)
+			}
+		})
+	}
+	// A folder that is a link is not a folder: not counted.
+	dir := mailbox(t)
+	os.Symlink(filepath.Join(elsewhere, ".Sent"), filepath.Join(dir, ".Linked"))
+	if got, err := Count(context.Background(), dir); err != nil || got != (Totals{7300, 4}) {
+		t.Fatalf("with a linked folder: %+v %v", got, err)
+	}
+}
+
+// cancelAfter is a context whose Err turns to Canceled after n calls: a
+// count that checks it only once per folder runs to the folder's end.
+type cancelAfter struct {
+	context.Context
+	n atomic.Int64
+}
+
+func (c *cancelAfter) Err() error {
+	if c.n.Add(-1) < 0 {
+		return context.Canceled
+	}
+	return nil
+}
+
+func TestCountStopsWithItsContext(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 2000 {
+		write(t, filepath.Join(dir, "cur", fmt.Sprintf("%d.M.host,S=10", i)), "")
+	}
+	ctx := &cancelAfter{Context: context.Background()}
+	ctx.n.Store(3)
+	got, err := Count(ctx, dir)
+	if !errors.Is(err, context.Canceled) || got.Count >= 2000 {
+		t.Fatalf("a count whose context ended went on: %+v %v", got, err)
+	}
+	t.Logf("stopped after %d of 2000 messages", got.Count)
+}
+
+func TestCountEntryBound(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 500 {
+		write(t, filepath.Join(dir, "new", fmt.Sprintf("%d.M.host,S=10", i)), "")
+	}
+	// 501 entries: new/ and its 500 messages.
+	if got, err := CountLimit(context.Background(), dir, 500); !errors.Is(err, ErrTooManyEntries) {
+		t.Fatalf("past the bound: %+v %v", got, err)
+	}
+	if got, err := CountLimit(context.Background(), dir, 501); err != nil || got.Count != 500 {
+		t.Fatalf("at the bound: %+v %v", got, err)
+	}
+}
+
+func TestSizeFromName(t *testing.T) {
+	for name, want := range map[string]int64{
+		"1.M1.host,S=1000,W=1020:2,S":      1000,
+		"1.M1.host,W=1020,S=7:2,S":         7,
+		"1.M1.host,S=:2,S":                 -1,
+		"1.M1.host,S=-5":                   -1,
+		"1.M1.host,S=12x":                  -1,
+		"1.M1.host:2,S=99":                 -1, // flags, not the name
+		"1.M1.host":                        -1,
+		"1.M1.host,S=99999999999999999999": -1,
+	} {
+		got, ok := sizeFromName([]byte(name))
+		if !ok {
+			got = -1
+		}
+		if got != want {
+			t.Errorf("%s: %d, want %d", name, got, want)
+		}
 	}
 }
 
@@ -191,6 +303,31 @@ func FuzzParseMaildirsize(f *testing.F) {
 		}
 		if totals.Bytes < 0 || totals.Count < 0 || def.Bytes < 0 || def.Count < 0 {
 			t.Fatalf("negative result accepted: %+v %+v", def, totals)
+		}
+	})
+}
+
+// parseDirent reads what the kernel wrote, but the names in it are the
+// user's: whatever the bytes, it neither panics nor reads past them.
+func FuzzParseDirent(f *testing.F) {
+	rec := make([]byte, 24)
+	binary.NativeEndian.PutUint16(rec[16:], 24)
+	rec[18] = syscall.DT_REG
+	copy(rec[19:], "1,S=5\x00")
+	f.Add(rec)
+	f.Add([]byte{})
+	f.Add(make([]byte, 19))
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		for n := 0; len(buf) > 0 && n < 1000; n++ {
+			name, _, rest, ok := parseDirent(buf)
+			if !ok {
+				return
+			}
+			if len(rest) >= len(buf) || bytes.IndexByte(name, 0) >= 0 {
+				t.Fatalf("no progress, or a NUL in %q", name)
+			}
+			sizeFromName(name)
+			buf = rest
 		}
 	})
 }

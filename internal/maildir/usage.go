@@ -34,6 +34,9 @@ type UsageReader struct {
 	Recount time.Duration
 	// CountTimeout bounds one count; 0 means 30 seconds.
 	CountTimeout time.Duration
+	// MaxEntries bounds the directory entries one count reads; 0 means
+	// DefaultMaxEntries.
+	MaxEntries int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// OnError, if set, hears of each count that failed (a Maildir that
@@ -75,6 +78,9 @@ func (r *UsageReader) init() {
 		}
 		if r.Now == nil {
 			r.Now = time.Now
+		}
+		if r.MaxEntries == 0 {
+			r.MaxEntries = DefaultMaxEntries
 		}
 	})
 }
@@ -182,7 +188,7 @@ func (r *UsageReader) countUsage(maildir string, e *entry, def Definition) (Usag
 func (r *UsageReader) count(maildir string, e *entry) {
 	r.slots <- struct{}{}
 	ctx, cancel := context.WithTimeout(context.Background(), r.CountTimeout)
-	t, err := Count(ctx, maildir)
+	t, err := CountLimit(ctx, maildir, r.MaxEntries)
 	cancel()
 	<-r.slots
 	if err != nil && r.OnError != nil {

@@ -43,8 +43,9 @@ type Options struct {
 	// NegotiationTimeout bounds the wait for the MTA's first packet; 0
 	// means 10 seconds.
 	NegotiationTimeout time.Duration
-	// LargePacketBudget bounds the bytes held at once, by all connections,
-	// in packets larger than one read buffer; 0 means 32 MiB.
+	// LargePacketBudget bounds the bytes received and held at once, by
+	// all connections, in packets larger than one read buffer (charged as
+	// they arrive, not as announced); 0 means 32 MiB.
 	LargePacketBudget int64
 	// WatchDelay and ProgressInterval time the watch beside a slow stage
 	// (see watch); 0 means watchDelay and progressInterval. Tests shorten
@@ -59,7 +60,7 @@ type Options struct {
 const DefaultMaxConnections = 1000
 
 // Door serves milter connections. Its pipeline can be swapped at any time
-// (a reload); a message keeps the pipeline it started with.
+// (a reload); an SMTP session keeps the pipeline it started with.
 type Door struct {
 	current atomic.Pointer[pipeline.Pipeline]
 	log     *slog.Logger
@@ -78,6 +79,10 @@ type Door struct {
 	budget *largeBudget
 	// refusals rate-limits the log lines about refused connections.
 	refusals, acceptErrors, protocolErrors logLimiter
+
+	// beforeWatchSelect, when a test sets it, runs in a watch before it
+	// waits for the stage's end or the MTA (see runWatch).
+	beforeWatchSelect func(quit <-chan struct{}, gone <-chan error)
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -117,8 +122,23 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	return d
 }
 
-// SetPipeline makes p the pipeline for messages that start from now on.
-func (d *Door) SetPipeline(p *pipeline.Pipeline) { d.current.Store(p) }
+// SetPipeline makes p the pipeline for connections that open from now on
+// (one already open stays on its own) and returns the one it replaces,
+// for the caller to retire.
+func (d *Door) SetPipeline(p *pipeline.Pipeline) *pipeline.Pipeline { return d.current.Swap(p) }
+
+// Pipeline is the pipeline new connections get.
+func (d *Door) Pipeline() *pipeline.Pipeline { return d.current.Load() }
+
+// holdCurrent holds the current pipeline. A pipeline replaced and closed
+// between the load and the hold cannot be held: the newer one can.
+func (d *Door) holdCurrent() *pipeline.Pipeline {
+	for {
+		if p := d.current.Load(); p.Hold() {
+			return p
+		}
+	}
+}
 
 // Active is the number of milter connections open now.
 func (d *Door) Active() int64 { return d.active.Load() }

@@ -127,8 +127,9 @@ func TestOldMTAWithoutNoReplyFlags(t *testing.T) {
 	assertReject(t, sendMessage(t, s, append(filler(100000), sobig...), 65535))
 }
 
-// TestReloadMidMessage: a message keeps the signatures it started with; the
-// next message on the same connection gets the new ones.
+// TestReloadMidMessage: a message keeps the signatures it started with, and
+// so does the rest of its SMTP session (a connection stays on the pipeline
+// that opened it); the next SMTP session gets the new ones.
 func TestReloadMidMessage(t *testing.T) {
 	td := startDoor(t, "OLD_SIG =\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n")
 	s := newSession(t, td)
@@ -150,7 +151,10 @@ func TestReloadMidMessage(t *testing.T) {
 	if act.Type != milter.ActionAccept {
 		t.Fatalf("got %+v, want accept: the old set does not know NEW_SIG\n%s", act, td.logs)
 	}
-	assertReject(t, sendMessage(t, s, []byte(sobig), 65535))
+	assertAccept(t, sendMessage(t, s, []byte(sobig), 65535))
+	next := newSession(t, td)
+	connect(t, next)
+	assertReject(t, sendMessage(t, next, []byte(sobig), 65535))
 }
 
 func pipelineFor(t *testing.T, sigs string, log *slog.Logger, counter *stats.Counter) *pipeline.Pipeline {

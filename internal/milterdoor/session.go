@@ -29,11 +29,12 @@ type session struct {
 	actions   milter.OptAction
 	macroReq  map[milter.MacroStage]string // the macro lists negotiated; nil: the MTA's defaults
 	delivered pipeline.Stage
-	pipe      *pipeline.Pipeline   // the pipeline negotiated for
+	pipe      *pipeline.Pipeline   // the pipeline negotiated for, or the newest since; held
 	cn        *pipeline.Connection // the pipeline's connection state, from connect on
 	conn      pipeline.Conn
 	macros    macroStore
 	msg       *pipeline.Message
+	phase     phase // how far the message has come
 	inMessage atomic.Bool
 	watch     watch
 }
@@ -46,6 +47,9 @@ func (s *session) serve() {
 		}
 		s.endMessage()
 		s.closeConnection()
+		if s.pipe != nil {
+			s.pipe.Release()
+		}
 		s.w.conn.Close()
 		s.w.release()
 	}()
@@ -101,7 +105,7 @@ func (s *session) negotiate() error {
 		return fmt.Errorf("MTA speaks milter protocol version %d; at least 2 is needed", version)
 	}
 	version = min(version, 6)
-	s.pipe = s.door.current.Load()
+	s.pipe = s.door.holdCurrent()
 	// Ask only for flags the MTA offers; where it cannot spare us a reply,
 	// we send one.
 	s.proto = wantedProtocol(s.pipe.Stages()) & mtaProto
@@ -128,12 +132,13 @@ func (s *session) negotiate() error {
 	return s.w.writePacket(cmdOptNeg, out)
 }
 
-// openConnection starts the pipeline's connection state, on the newest
-// pipeline this connection can serve: one whose stages, changes and
-// macros the negotiation covers. A connection keeps an older pipeline
-// when a reload needs more than it negotiated.
+// openConnection starts the pipeline's connection state (an SMTP
+// session), on the newest pipeline this connection can serve: one whose
+// stages, changes and macros the negotiation covers. A connection keeps
+// an older pipeline when a reload needs more than it negotiated.
 func (s *session) openConnection() {
-	if p := s.door.current.Load(); p != s.pipe && s.canServe(p) {
+	if p := s.door.current.Load(); p != s.pipe && s.canServe(p) && p.Hold() {
+		s.pipe.Release()
 		s.pipe = p
 	}
 	s.cn = s.pipe.Open(s.door.ctx, &s.conn)
@@ -152,14 +157,12 @@ func (s *session) closeConnection() {
 }
 
 // connection returns the connection state for a new message. A reload
-// since the connection opened moves it to the new pipeline here, between
-// messages: the filters' connection state is closed and opened anew (the
-// connect and HELO stages are not repeated).
+// does not move an SMTP session to the new pipeline: what its filters
+// learnt at connect and HELO (the client's address, a concurrency slot,
+// the MTA listener that took it) stays with it until it ends, and the
+// old pipeline is closed after its last session.
 func (s *session) connection() *pipeline.Connection {
 	if s.cn == nil {
-		s.openConnection()
-	} else if p := s.door.current.Load(); p != s.cn.Pipeline() && s.canServe(p) {
-		s.closeConnection()
 		s.openConnection()
 	}
 	return s.cn
@@ -170,7 +173,44 @@ func (s *session) endMessage() {
 		s.msg.Close()
 		s.msg = nil
 	}
+	s.phase = phaseNone
 	s.inMessage.Store(false)
+}
+
+// phase is how far a message has come. An MTA sends a message's commands
+// in one order (the envelope, DATA, the header fields, their end, the
+// body), each stage once.
+type phase uint8
+
+const (
+	phaseNone     phase = iota // no message
+	phaseEnvelope              // MAIL and RCPT
+	phaseData                  // DATA
+	phaseHeaders               // header fields
+	phaseBody                  // after the end of the headers: the body
+)
+
+var phaseNames = [...]string{"", "envelope", "DATA", "header fields", "body"}
+
+// advance moves the message to phase p, or says why the command cannot
+// come now: a command of an earlier phase, or the end of the headers
+// twice. A peer that sends either is no MTA (Postfix and Sendmail never
+// do) but a broken or hostile local process; running the stage again
+// would call the filters twice for one message (a second clamd stream,
+// a slot never given back), and guessing what it meant would let it
+// steer the filters, so the connection is closed: the message is
+// released at once, and a real MTA applies its milter_default_action.
+// Without a message (no MAIL yet, or after its end) there is nothing to
+// protect and the command gets its usual answer.
+func (s *session) advance(cmd byte, p phase) error {
+	if s.phase == phaseNone {
+		return nil
+	}
+	if s.phase > p || cmd == cmdEOH && s.phase == phaseBody {
+		return fmt.Errorf("command %q after the message's %s", cmd, phaseNames[s.phase])
+	}
+	s.phase = p
+	return nil
 }
 
 // dispatch handles one command. done reports the end of the connection.
@@ -198,6 +238,7 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return false, errors.New("MAIL without a sender")
 		}
 		s.inMessage.Store(true)
+		s.phase = phaseEnvelope
 		cn := s.connection()
 		return false, s.guardedReply(cmdMail, func() verdict.Verdict {
 			var v verdict.Verdict
@@ -206,6 +247,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return v
 		})
 	case cmdRcpt:
+		if err := s.advance(cmd, phaseEnvelope); err != nil {
+			return false, err
+		}
 		args := cStrings(data)
 		if s.msg == nil || len(args) == 0 {
 			return false, s.reply(cmdRcpt, verdict.Pass)
@@ -215,6 +259,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 			return s.msg.Rcpt(trimAngles(args[0]), strings.Join(args[1:], " "))
 		})
 	case cmdData:
+		if err := s.advance(cmd, phaseData); err != nil {
+			return false, err
+		}
 		// Postfix assigns the queue id once a recipient is accepted and
 		// sends it with the DATA macros: the headers (and a capture copy's
 		// X-Envelope-Queue-ID) should have it.
@@ -223,6 +270,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		}
 		return false, s.reply(cmdData, verdict.Pass)
 	case cmdHeader:
+		if err := s.advance(cmd, phaseHeaders); err != nil {
+			return false, err
+		}
 		name, rest := cString(data)
 		value, _ := cString(rest)
 		if s.msg == nil {
@@ -233,11 +283,17 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		}
 		return false, s.guardedReply(cmdHeader, func() verdict.Verdict { return s.msg.Header(name, value) })
 	case cmdEOH:
+		if err := s.advance(cmd, phaseBody); err != nil {
+			return false, err
+		}
 		if s.msg == nil {
 			return false, s.reply(cmdEOH, verdict.Pass)
 		}
 		return false, s.guardedReply(cmdEOH, s.msg.EndOfHeaders)
 	case cmdBody:
+		if err := s.advance(cmd, phaseBody); err != nil {
+			return false, err
+		}
 		if s.msg == nil {
 			return false, s.reply(cmdBody, verdict.Pass)
 		}
@@ -335,7 +391,7 @@ func headerPacket(h pipeline.HeaderChange, actions milter.OptAction) (byte, []by
 // answer, the call is watched (see guarded).
 func (s *session) guardedReply(cmd byte, stage func() verdict.Verdict) error {
 	if s.proto&noReplyFlag(cmd) != 0 {
-		stage() // the verdict, if any, is held for a later stage
+		s.unanswered(stage) // the verdict, if any, is held for a later stage
 		return nil
 	}
 	return s.reply(cmd, s.guarded(false, stage))

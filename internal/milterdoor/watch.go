@@ -43,17 +43,21 @@ type watch struct {
 	epoch atomic.Int64
 	mu    sync.Mutex
 	eom   bool
-	cn    *pipeline.Connection
-	msg   *pipeline.Message // the message of the stage, if any
-	quit  chan struct{}     // non-nil while a watch runs; closed to end it
-	wg    sync.WaitGroup
+	// noReply marks a stage the MTA does not wait for (negotiated without
+	// a reply): it goes on sending, so bytes say nothing, and the watch
+	// looks only for a hang-up (peerHungUp), without reading.
+	noReply, hungUp bool
+	cn              *pipeline.Connection
+	msg             *pipeline.Message // the message of the stage, if any
+	quit            chan struct{}     // non-nil while a watch runs; closed to end it
+	wg              sync.WaitGroup
 }
 
 // guarded runs stage under the watch.
 func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdict {
 	w := &s.watch
 	w.mu.Lock()
-	w.eom, w.cn, w.msg = eom, s.cn, s.msg
+	w.eom, w.noReply, w.hungUp, w.cn, w.msg = eom, false, false, s.cn, s.msg
 	w.mu.Unlock()
 	w.epoch.Store(s.door.epoch.Load())
 	v := stage()
@@ -71,6 +75,19 @@ func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdic
 		s.w.deadlineSet = time.Time{} // the next read sets the idle deadline again
 	}
 	return v
+}
+
+// unanswered runs a stage the MTA does not wait for under the watch: a
+// filter waiting there (for a clamd slot, say) learns of the MTA hanging
+// up, rather than holding the connection until its own timeout.
+func (s *session) unanswered(stage func() verdict.Verdict) {
+	w := &s.watch
+	w.mu.Lock()
+	w.eom, w.noReply, w.hungUp, w.cn, w.msg = false, true, false, s.cn, s.msg
+	w.mu.Unlock()
+	w.epoch.Store(s.door.epoch.Load())
+	stage()
+	w.epoch.Store(0)
 }
 
 // watcher scans the sessions until the door closes.
@@ -103,6 +120,18 @@ func (s *session) startWatch() {
 	if w.quit != nil || w.epoch.Load() == 0 {
 		return
 	}
+	if w.noReply {
+		if !w.hungUp && peerHungUp(s.w.conn) {
+			w.hungUp = true
+			if w.cn != nil {
+				w.cn.Cancel()
+			} else if w.msg != nil {
+				w.msg.Cancel()
+			}
+			s.door.log.Info("MTA hung up; filter calls cancelled", "client", pipeline.LogField(s.conn.Addr))
+		}
+		return
+	}
 	w.quit = make(chan struct{})
 	w.wg.Add(1)
 	go s.runWatch(w.quit, w.eom, w.cn, w.msg)
@@ -128,6 +157,9 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 		s.w.conn.SetWriteDeadline(time.Now().Add(s.w.idle))
 	}
 	for {
+		if s.door.beforeWatchSelect != nil {
+			s.door.beforeWatchSelect(quit, gone)
+		}
 		select {
 		case <-quit:
 			if gone != nil {
@@ -136,6 +168,16 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 			return
 		case err := <-gone:
 			gone = nil
+			// The stage may have ended meanwhile: guarded closes quit, then
+			// wakes the read with a deadline, so a read error that comes
+			// with quit closed is ours, and select picks among ready cases
+			// at random. Only a read that ended with the stage still
+			// running says anything about the MTA.
+			select {
+			case <-quit:
+				return
+			default:
+			}
 			// A hang-up ends the connection's calls; a command before our
 			// answer (an abort) ends the message's, and the connection's
 			// next messages still get theirs.

@@ -64,9 +64,6 @@ const (
 	// smallBufferSize holds the packets of everything but the body
 	// (negotiation, macros, envelope, most header fields).
 	smallBufferSize = 1024
-	// largeStep is how a packet larger than the big buffer grows: by
-	// this much as its bytes arrive, never by what its header announces.
-	largeStep = 64 << 10
 )
 
 var errPacketTooLarge = errors.New("milter packet too large")
@@ -152,7 +149,7 @@ func (w *wireConn) putBig() {
 
 func (w *wireConn) dropLarge() {
 	if w.large != nil {
-		w.budget.give(cap(w.large))
+		w.budget.give(len(w.large)) // what readLarge charged
 		w.large = nil
 	}
 }
@@ -251,32 +248,45 @@ func (w *wireConn) readPacket() (byte, []byte, error) {
 	return pkt[4], pkt[5:], nil
 }
 
-// readLarge reads a packet larger than the big buffer, growing its own
-// buffer only as bytes arrive and within the door's budget.
+// readLarge reads a packet larger than the big buffer into a buffer of
+// its own, charging the door's budget with each read's bytes once they
+// have arrived: an announced length costs nothing, so idle connections
+// that announce large packets and send a few bytes cannot spend the
+// budget that honest large header fields need. The buffer grows as Go's
+// append grows a slice, from bytes already read, so it holds at most
+// about twice what was charged.
 func (w *wireConn) readLarge(n int) (byte, []byte, error) {
 	for len(w.large) < n {
-		if len(w.large) == cap(w.large) {
-			grow := min(largeStep, n-len(w.large))
-			if !w.budget.take(grow) {
-				return 0, nil, fmt.Errorf("%w: the door's budget for packets over %d bytes is spent", errPacketTooLarge, bigBufferSize)
+		if w.r == w.w && len(w.large) < cap(w.large) {
+			// Room left by the last growth: read straight into it.
+			m, err := w.conn.Read(w.large[len(w.large):min(cap(w.large), n)])
+			if !w.budget.take(m) {
+				return 0, nil, errLargeBudget
 			}
-			bigger := make([]byte, len(w.large), cap(w.large)+grow)
-			copy(bigger, w.large)
-			w.large = bigger
-		}
-		if w.r < w.w { // bytes already buffered first
-			m := copy(w.large[len(w.large):cap(w.large)], w.buf[w.r:w.w])
-			w.large, w.r = w.large[:len(w.large)+m], w.r+m
+			w.large = w.large[:len(w.large)+m]
+			if err != nil && len(w.large) < n {
+				return 0, nil, unexpectedEOF(err)
+			}
 			continue
 		}
-		m, err := w.conn.Read(w.large[len(w.large):cap(w.large)])
-		w.large = w.large[:len(w.large)+m]
-		if err != nil && len(w.large) < n {
-			return 0, nil, unexpectedEOF(err)
+		if w.r == w.w { // into the read buffer, then appended
+			m, err := w.conn.Read(w.buf)
+			w.r, w.w = 0, m
+			if m == 0 && err != nil {
+				return 0, nil, unexpectedEOF(err)
+			}
 		}
+		m := min(w.w-w.r, n-len(w.large))
+		if !w.budget.take(m) {
+			return 0, nil, errLargeBudget
+		}
+		w.large = append(w.large, w.buf[w.r:w.r+m]...)
+		w.r += m
 	}
 	return w.large[0], w.large[1:n], nil
 }
+
+var errLargeBudget = fmt.Errorf("%w: the door's budget for packets over %d bytes is spent", errPacketTooLarge, bigBufferSize)
 
 func unexpectedEOF(err error) error {
 	if errors.Is(err, io.EOF) {

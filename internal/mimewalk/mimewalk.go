@@ -3,8 +3,11 @@
 // and quoted-printable. For each leaf part (an attachment, an inline
 // text) it reports the decoded file name, the declared type, the kind its
 // first bytes say it is, the names inside a zip archive, and its hashes,
-// without holding the part in memory. Limits on depth, part count and
-// decoded size keep a MIME bomb from costing more than a plain message.
+// without holding the part in memory. Limits on depth, part count,
+// decoded size and each header section keep a MIME bomb from costing more
+// than a plain message. It reads what a mail client reads: broken part
+// header lines are skipped, every name a part carries is reported, base64
+// junk is skipped, and a zip's names come from its directory's records.
 package mimewalk
 
 import (
@@ -17,8 +20,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"math"
-	"path"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -33,6 +34,8 @@ type Part struct {
 	Index int    // 1 for the first leaf
 	Depth int    // 0 for a message that is not multipart
 	Name  string // file name, decoded (RFC 2231, encoded words), base name only; "" if none
+	// Names are every name the part carries (see fileNames), Name first.
+	Names []string
 	Type  string // declared media type, lower case ("application/pdf")
 	// Kind is what the first bytes say the content is (see Sniff).
 	Kind string
@@ -102,7 +105,8 @@ type walker struct {
 	head    []byte
 	tail    *ring
 	b64     *base64Reader // reused from part to part
-	guard   *headerGuard  // the first reader of the stream
+	stream  *streamGuard  // the first reader of the stream
+	stopped error         // a limit a sections reader hit
 	hashes  []hash.Hash
 	sha256  hash.Hash
 	sha1    hash.Hash
@@ -140,29 +144,39 @@ func Walk(r io.Reader, opts Options, fn func(*Part) error) error {
 		w.md5 = md5.New()
 		w.hashes = append(w.hashes, w.md5)
 	}
-	w.guard = newHeaderGuard(r)
-	err := w.message(w.guard, 0)
-	if w.guard.err != nil {
+	w.stream = &streamGuard{r: r}
+	err := w.message(w.stream, 0)
+	if stop := w.stop(); stop != nil {
 		// A limit, or the stream's own failure: the parser may have
 		// wrapped it, or taken it for a broken part.
-		return w.guard.err
+		return stop
 	}
 	return err
 }
 
-// maxHeaderBytes bounds the header section of a message (the top one, or
-// one inside a message/rfc822 part, which the guard does not see as one).
-const maxHeaderBytes = maxSectionBytes
+// stop is what ended the walk whatever the parser made of it: a limit a
+// sections reader hit, or the stream's failure.
+func (w *walker) stop() error {
+	if w.stopped != nil {
+		return w.stopped
+	}
+	return w.stream.err
+}
 
-// message walks a message: its header, then its raw body.
+func (w *walker) setStop(err error) {
+	if w.stopped == nil {
+		w.stopped = err
+	}
+}
+
+// message walks a message: its header (bounded, see sections), then its
+// raw body.
 func (w *walker) message(r io.Reader, depth int) error {
-	lr := &io.LimitedReader{R: r, N: maxHeaderBytes}
-	br := bufio.NewReader(lr)
+	br := bufio.NewReader(newSections(r, nil, w.setStop))
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
 		return &MalformedError{err}
 	}
-	lr.N = math.MaxInt64
 	return w.entity(message.Header{Header: h}, br, depth)
 }
 
@@ -173,8 +187,9 @@ func (w *walker) entity(h message.Header, raw io.Reader, depth int) error {
 	}
 	mediaType, params, _ := h.ContentType()
 	switch {
-	case strings.HasPrefix(mediaType, "multipart/"):
-		body := &eofReader{r: raw}
+	case strings.HasPrefix(mediaType, "multipart/") && params["boundary"] != "":
+		// (Without a boundary, a mail client shows the content as it is.)
+		body := &eofReader{r: newSections(raw, []byte("--"+params["boundary"]), w.setStop)}
 		mr := textproto.NewMultipartReader(body, params["boundary"])
 		for {
 			p, err := mr.NextPart()
@@ -228,7 +243,10 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 	if w.parts > w.opts.MaxParts {
 		return &LimitError{"max_parts", int64(w.opts.MaxParts)}
 	}
-	p := &Part{Index: w.parts, Depth: depth, Type: mediaType, Name: fileName(h)}
+	p := &Part{Index: w.parts, Depth: depth, Type: mediaType, Names: fileNames(h)}
+	if len(p.Names) > 0 {
+		p.Name = p.Names[0]
+	}
 	body, _ := w.decode(h, raw)
 	var content io.Writer
 	if w.opts.Content != nil {
@@ -266,8 +284,10 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 					if len(w.hashes) == 0 && tail == nil && len(w.head) >= sniffLen {
 						// Nothing else wants the bytes: skip to the
 						// part's end without decoding.
-						if _, err := io.Copy(io.Discard, raw); err != nil && w.guard.err != nil {
-							return w.guard.err
+						if _, err := io.Copy(io.Discard, raw); err != nil {
+							if stop := w.stop(); stop != nil {
+								return stop
+							}
 						}
 						break
 					}
@@ -280,8 +300,8 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 		if err != nil {
 			// A broken encoding (bad base64) ends the part's content:
 			// what was decoded is hashed, as a mail client would save it.
-			if w.guard.err != nil {
-				return w.guard.err // the stream itself failed, or a limit
+			if stop := w.stop(); stop != nil {
+				return stop // the stream itself failed, or a limit
 			}
 			break
 		}
@@ -310,8 +330,8 @@ type eofReader struct {
 
 func (e *eofReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
-	if errors.Is(err, io.EOF) {
-		e.eof = true
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		e.eof = true // (unexpected: the multipart around it was cut short too)
 	}
 	return n, err
 }
@@ -322,22 +342,6 @@ func (w *walker) ring() *ring {
 	}
 	w.tail.reset()
 	return w.tail
-}
-
-// fileName is the part's file name: Content-Disposition's filename, else
-// Content-Type's name, decoded, without any directory a sender put in it.
-func fileName(h message.Header) string {
-	_, params, _ := h.ContentDisposition()
-	name := params["filename"]
-	if name == "" {
-		_, params, _ = h.ContentType()
-		name = params["name"]
-	}
-	if name == "" {
-		return ""
-	}
-	name = strings.ReplaceAll(name, "\\", "/")
-	return clip(path.Base(strings.TrimRight(name, "/")))
 }
 
 // maxName bounds a file name as reported: a name is a sender's choice,

@@ -100,13 +100,68 @@ func TestWalk(t *testing.T) {
 	}
 }
 
-func TestBrokenBoundaryIsMalformed(t *testing.T) {
-	// A part header that never ends: the parser gives up.
-	msg := top(`multipart/mixed; boundary="b"`, "--b\r\nContent-Type: text/plain\r\n"+strings.Repeat("X-Long: "+strings.Repeat("a", 70)+"\r\n", 3)+"broken line without colon\r\n\r\nbody\r\n--b--\r\n")
-	_, err := walk(t, msg, Options{})
-	var m *MalformedError
-	if !errors.As(err, &m) {
-		t.Fatalf("got %v", err)
+// A part header the parser could not take (a line without a colon, a
+// name with a blank in it, a blank first line, the next boundary before
+// its end) does not end the walk: its other fields count, and every
+// later part is walked, as a mail client reads them.
+func TestBrokenPartHeaderKeepsWalking(t *testing.T) {
+	exe := "Content-Type: application/octet-stream; name=\"evil.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(payload)
+	for _, broken := range []string{
+		"Content-Type: text/plain\r\nbroken line without colon\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nbody\r\n",
+		"Content-Type: text/plain\r\nX Bad: name\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nbody\r\n",
+		" Content-Type: text/plain\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nbody\r\n",
+		"Content-Type: text/plain\r\nX-\x01: y\r\nContent-Disposition: attachment;\r\n filename=\"a.txt\"\r\n",
+	} {
+		msg := top(`multipart/mixed; boundary="b"`, "preamble "+strings.Repeat("x", 10000)+"\r\n"+multipart("b", broken, exe))
+		parts, err := walk(t, msg, Options{})
+		if err != nil {
+			t.Fatalf("%q: %v", broken, err)
+		}
+		var names []string
+		for _, p := range parts {
+			names = append(names, p.Name)
+		}
+		if fmt.Sprint(names) != "[a.txt evil.exe]" || parts[1].Sums.SHA256 != sha256.Sum256(payload) {
+			t.Fatalf("%q: parts %q", broken, names)
+		}
+	}
+}
+
+// A boundary line the parser would stop at (words after it, a bare
+// "\n" among "\r\n" lines) is taken for the boundary, as a mail client
+// takes it: the parts after it are walked, each content unchanged.
+func TestBrokenBoundaryKeepsWalking(t *testing.T) {
+	exe := "Content-Type: application/octet-stream; name=\"evil.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(payload)
+	for _, broken := range []string{"--b trailing words\r\n", "--b\n", "--b \rx\r\n", "--b\t" + strings.Repeat(" ", 100) + "\r\n"} {
+		msg := top(`multipart/mixed; boundary="b"`, "--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n"+broken+exe+"--b--\r\n")
+		parts, err := walk(t, msg, Options{})
+		if err != nil || len(parts) != 2 {
+			t.Fatalf("%q: %v, %d parts", broken, err, len(parts))
+		}
+		if parts[0].Sums.SHA256 != sha256.Sum256([]byte("body")) || parts[1].Name != "evil.exe" || parts[1].Sums.SHA256 != sha256.Sum256(payload) {
+			t.Fatalf("%q: parts %q", broken, []string{parts[0].Name, parts[1].Name})
+		}
+	}
+	// A final boundary with words after it ends the multipart.
+	msg := top(`multipart/mixed; boundary="b"`, "--b\r\n"+exe+"--b-- and words\r\nepilogue\r\n")
+	if parts, err := walk(t, msg, Options{}); err != nil || len(parts) != 1 || parts[0].Sums.SHA256 != sha256.Sum256(payload) {
+		t.Fatalf("final boundary with words: %v, %d parts", err, len(parts))
+	}
+}
+
+// Structures the parser once stopped at (found by fuzzing) are walked to
+// their end: a header cut short, a multipart cut short inside another, a
+// boundary right after a part header whatever its line ends.
+func TestOddStructuresWalked(t *testing.T) {
+	for _, msg := range []string{
+		"00",
+		"0\nContent-Type: multipart/x; boundary=\"b\"\n\n--b\r\n\n--b\n",
+		"Content-Type: multipart/x; boundary=\"b\"\n\n--b\n\r\n--b-\n",
+		"Content-Type: multipart/x; boundary=\"b\"\n\n--b\nContent-Type: multipart/x; boundary=0",
+	} {
+		if _, err := walk(t, msg, Options{}); err != nil {
+			t.Errorf("%q: %v", msg, err)
+		}
 	}
 }
 
@@ -234,13 +289,83 @@ func FuzzWalk(f *testing.F) {
 	f.Add(top(`multipart/mixed; boundary="b"`, multipart("b", "Content-Type: text/plain\r\n\r\nhi\r\n", "Content-Type: application/zip; name=a.zip\r\nContent-Transfer-Encoding: base64\r\n\r\nUEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==\r\n")))
 	f.Add(top("message/rfc822", top(`multipart/alternative; boundary=x`, "--x\r\n\r\n--x--")))
 	f.Add("Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n\x00")
+	f.Add(top(`multipart/mixed; boundary="b"`, "pre\r\n--b\r\n:x\r\nX-A :b\r\nno colon\r\n\r\nx\r\n--b\r\n Content-Disposition: a; filename=\"a.txt\"; filename=\"b.exe\"; =x\r\n--b\r\nContent-Type: a/b; name*0*=utf-8''%41; name*1=.exe\r\nContent-Transfer-Encoding: base64\r\n\r\nTV!q*Q=A\r\n--b--\r\n"))
 	f.Fuzz(func(t *testing.T, msg string) {
 		Walk(strings.NewReader(msg), Options{SHA256: true, MD5: true, Archives: true, MaxParts: 50, MaxDepth: 8}, func(p *Part) error {
-			if p.Sums.Size < 0 || strings.ContainsAny(p.Name, "/\\") {
+			if p.Sums.Size < 0 || strings.ContainsAny(p.Name, "/\\") || len(p.Names) > maxNames || len(p.Names) > 0 && p.Name != p.Names[0] {
 				t.Fatalf("part %+v", p)
+			}
+			for _, n := range p.Names {
+				if n == "" || len(n) > maxName || strings.ContainsAny(n, "/\\") {
+					t.Fatalf("name %q", n)
+				}
 			}
 			return nil
 		})
+	})
+}
+
+// Whatever a part header holds, and whatever bytes a part's content
+// has (but its boundary), the content reaches the hash unchanged: the
+// reader that bounds and mends headers never touches content.
+func FuzzContentUnchanged(f *testing.F) {
+	f.Add("Content-Type: text/plain\r\nno colon\r\n:x\r\n", []byte("line\r\n-- \r\nX: y\r\n\r\n--bb\r\n"), false)
+	f.Add(" X-A :b\n\x00", []byte("\n-\n--\r"), true)
+	f.Fuzz(func(t *testing.T, header string, content []byte, lf bool) {
+		var h strings.Builder
+		for _, line := range strings.Split(header, "\n") {
+			line = strings.TrimRight(line, "\r")
+			low := strings.ToLower(line)
+			if strings.TrimLeft(line, " \t") == "" || strings.Contains(low, "content-") || strings.Contains(line, "\r") || strings.HasPrefix(line, "--") {
+				continue
+			}
+			h.WriteString(line + "\r\n")
+		}
+		if bytes.Contains(content, []byte("--b")) || bytes.Contains(content, []byte("\r")) && lf {
+			return
+		}
+		nl := "\r\n"
+		if lf {
+			nl = "\n"
+		}
+		hdr := strings.ReplaceAll(h.String(), "\r\n", nl)
+		msg := "Content-Type: multipart/mixed; boundary=b" + nl + nl + "--b" + nl + hdr + nl + string(content) + nl + "--b--" + nl
+		var got []*Part
+		err := Walk(strings.NewReader(msg), Options{SHA256: true}, func(p *Part) error {
+			got = append(got, p)
+			return nil
+		})
+		if err != nil {
+			if errors.As(err, new(*LimitError)) {
+				return
+			}
+			t.Fatalf("%q: %v", msg, err)
+		}
+		if len(got) != 1 || got[0].Sums.SHA256 != sha256.Sum256(content) {
+			t.Fatalf("%q: %d parts, content changed", msg, len(got))
+		}
+	})
+}
+
+// The zip lister takes any end of an archive.
+func FuzzZipNames(f *testing.F) {
+	for _, names := range [][]string{{"a.txt"}, {"evil.exe\x00.txt", "b"}, nil} {
+		var b bytes.Buffer
+		zw := zip.NewWriter(&b)
+		for _, n := range names {
+			zw.Create(n)
+		}
+		zw.Close()
+		f.Add(b.Bytes(), uint16(0))
+		f.Add(b.Bytes(), uint16(30))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, keep uint16) {
+		r := &ring{buf: make([]byte, int(keep)+1)}
+		r.Write(data)
+		names, _ := zipNames(r, int64(len(data)))
+		if len(names) > maxArchiveNames {
+			t.Fatalf("%d names", len(names))
+		}
 	})
 }
 
@@ -320,12 +445,15 @@ func TestHeaderBomb(t *testing.T) {
 }
 
 // The line decoder gives what encoding/base64 gives, whatever the line
-// lengths, blanks and line ends; and stops, without failing, at garbage.
+// lengths, blanks and line ends, and whatever characters outside base64's
+// alphabet are put among them (mail clients skip those); garbage never
+// yields more bytes than it could hold.
 func FuzzBase64(f *testing.F) {
-	f.Add([]byte("hello, world"), uint8(76), uint8(0), uint8(3))
-	f.Add([]byte{0, 1, 2, 0xff}, uint8(4), uint8(1), uint8(1))
-	f.Add([]byte("x"), uint8(1), uint8(2), uint8(2))
-	f.Fuzz(func(t *testing.T, data []byte, width, style, chunk uint8) {
+	f.Add([]byte("hello, world"), uint8(76), uint8(0), uint8(3), []byte(nil))
+	f.Add([]byte{0, 1, 2, 0xff}, uint8(4), uint8(1), uint8(1), []byte("!"))
+	f.Add([]byte("x"), uint8(1), uint8(2), uint8(2), []byte("*=\x00"))
+	f.Add(payload, uint8(76), uint8(0), uint8(0), []byte("\x05!\x09*\x30=\x00-"))
+	f.Fuzz(func(t *testing.T, data []byte, width, style, chunk uint8, junk []byte) {
 		enc := base64.StdEncoding.EncodeToString(data)
 		w := int(width%100) + 1
 		var b strings.Builder
@@ -342,17 +470,28 @@ func FuzzBase64(f *testing.F) {
 				b.WriteString("\r\n\r\n")
 			}
 		}
-		r := newBase64Reader(iotest.OneByteReader(strings.NewReader(b.String())))
+		text := b.String()
+		// junk: pairs of (where, what); what is made a character outside
+		// the alphabet.
+		for i := 0; i+1 < len(junk); i += 2 {
+			at := int(junk[i]) * len(text) / 256
+			c := junk[i+1]
+			if isBase64[c] {
+				c = "!*=.-#\x00\xff"[int(c)%8]
+			}
+			text = text[:at] + string([]byte{c}) + text[at:]
+		}
+		r := newBase64Reader(iotest.OneByteReader(strings.NewReader(text)))
 		if chunk%2 == 0 {
-			r = newBase64Reader(strings.NewReader(b.String()))
+			r = newBase64Reader(strings.NewReader(text))
 		}
 		got, err := io.ReadAll(r)
 		if err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("got %q (%v), want %q", got, err, data)
+			t.Fatalf("%q: got %q (%v), want %q", text, got, err, data)
 		}
 		// Garbage: no panic, no more bytes than the input could hold.
 		g, _ := io.ReadAll(newBase64Reader(bytes.NewReader(data)))
-		if len(g) > len(data) {
+		if len(g) > len(data)*3/4+2 {
 			t.Fatalf("decoded %d bytes from %d", len(g), len(data))
 		}
 	})

@@ -1,11 +1,7 @@
 package mimewalk
 
 import (
-	"archive/zip"
 	"bytes"
-	"errors"
-	"fmt"
-	"io"
 )
 
 // sniffLen is how much of a part's start Sniff looks at.
@@ -100,52 +96,4 @@ func (r *ring) kept() ([]byte, int64) {
 	out = append(out, r.buf[r.start:]...)
 	out = append(out, r.buf[:r.start]...)
 	return out, r.n - size
-}
-
-// tailReaderAt serves the end of a file of size bytes from what a ring
-// kept: enough for archive/zip to read the central directory, which is
-// all it reads to list names.
-type tailReaderAt struct {
-	data []byte
-	off  int64
-}
-
-var errBeforeTail = errors.New("zip central directory is larger than the bytes kept of the archive's end")
-
-func (t tailReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < t.off {
-		return 0, errBeforeTail
-	}
-	i := off - t.off
-	if i >= int64(len(t.data)) {
-		return 0, io.EOF
-	}
-	n := copy(p, t.data[i:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-// maxArchiveNames bounds the names reported of one archive.
-const maxArchiveNames = 10000
-
-// zipNames lists the file names in a zip from its kept end.
-func zipNames(r *ring, size int64) ([]string, string) {
-	data, off := r.kept()
-	zr, err := zip.NewReader(tailReaderAt{data, off}, size)
-	if errors.Is(err, zip.ErrInsecurePath) && zr != nil {
-		err = nil // a name with "../" in it: all the more reason to list it
-	}
-	if err != nil {
-		return nil, fmt.Sprintf("zip not listed: %v", err)
-	}
-	var names []string
-	for i, f := range zr.File {
-		if i == maxArchiveNames {
-			return names, fmt.Sprintf("zip lists more than %d names; the rest not checked", maxArchiveNames)
-		}
-		names = append(names, clip(f.Name))
-	}
-	return names, ""
 }

@@ -23,10 +23,13 @@ type Connection struct {
 
 // Open starts a connection for client c. ctx ends when the client goes
 // away or the daemon stops; every filter call gets a context below it.
+// The caller holds p (Hold) or owns it, so p is not closed; the
+// connection keeps p open until Close.
 // Connection filters' states are created here; their Connect and Helo run
 // when the front door calls Connect and Helo.
 func (p *Pipeline) Open(ctx context.Context, c *Conn) *Connection {
 	cn := &Connection{p: p, conn: c, ctx: newLazyCtx(ctx, time.Time{})}
+	p.life.use() // the caller holds p (Hold), or owns it: it is not closed
 	env := &Envelope{Conn: c}
 	for i, con := range p.connector {
 		if con == nil {
@@ -129,8 +132,9 @@ func (e *Envelope) ConnState(f Filter) ConnState {
 	return nil
 }
 
-// Close frees every filter's connection state. It is safe to call more
-// than once; messages must be closed first.
+// Close frees every filter's connection state and lets go of the
+// pipeline (the last connection of a retired pipeline closes it). It is
+// safe to call more than once; messages must be closed first.
 func (cn *Connection) Close() {
 	if cn == nil || cn.closed {
 		return
@@ -140,4 +144,5 @@ func (cn *Connection) Close() {
 		cn.dropState(i)
 	}
 	cn.ctx.cancel(context.Canceled)
+	cn.p.Release()
 }

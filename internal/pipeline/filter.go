@@ -296,7 +296,8 @@ func (e *Envelope) monitor(h MonitorHit) {
 const AllStages = StageConnect | StageHelo | StageMail | StageRcpt | StageHeader | StageEndOfHeaders | StageBody | StageEndOfMessage
 
 // Filter is one configured filter. It is immutable and shared by all
-// sessions; per-message state lives in the Check it creates.
+// sessions; per-message state lives in the Check it creates. A filter
+// that holds something beyond one message implements Closer.
 //
 // Every call gets a context that ends when the MTA aborts the message or
 // hangs up, when the daemon's drain timeout runs out, or when the
@@ -365,8 +366,9 @@ type Modifier interface {
 // called for a filter that names them in its reads or decides.
 type Connector interface {
 	// NewConnState starts the filter's state for one connection. Its
-	// Close always runs: at disconnect, at shutdown, and when a reload
-	// moves the connection to a new pipeline between messages.
+	// Close always runs, at disconnect or shutdown. A reload does not
+	// touch it: the connection stays on the pipeline that opened it, so
+	// what Connect and Helo learnt holds for all its messages.
 	NewConnState(ctx context.Context, c *Conn) (ConnState, error)
 }
 

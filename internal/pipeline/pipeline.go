@@ -22,7 +22,10 @@ type Member struct {
 }
 
 // Pipeline is an immutable, ordered set of filters. A reload builds a new
-// Pipeline; connections move to it between messages.
+// Pipeline for the connections that open from then on; a connection stays
+// on the pipeline that opened it (an MTA opens one milter connection per
+// SMTP session), and the old pipeline is closed when its last connection
+// has ended (see Retire).
 type Pipeline struct {
 	members   []Member
 	observer  []bool
@@ -30,6 +33,7 @@ type Pipeline struct {
 	modifies  Modification
 	macros    map[Stage][]string
 	env       Env
+	life      lifecycle
 }
 
 // New builds a pipeline. Filters run in the order given.

@@ -9,10 +9,18 @@
 // per key, is exact when events are spread evenly, and never lets more
 // than the limit through in any window-long stretch by more than the
 // previous window's rounding.
+//
+// A holder count (a concurrency limit) is a set of holders per key, not a
+// number: each session adds its own name and removes it when it ends, so
+// giving back twice, or giving back what a take that failed never counted,
+// changes nothing. In Redis each holder also carries a lease that its
+// host renews while the session is open, so a count whose release was lost
+// (Redis stalled, the host died) ends within a lease of the session.
 package ratecount
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -26,7 +34,13 @@ type Op struct {
 	// Window is the rate's window; 0 makes the op a holder count (a
 	// concurrency limit), given back with Release.
 	Window time.Duration
+	// Holder names who holds a holder count (one session, unique across
+	// hosts); a holder is counted once however often it takes.
+	Holder string
 }
+
+// ErrNoHolder is a holder count's op without a holder.
+var ErrNoHolder = errors.New("ratecount: a holder count without a holder")
 
 // Counter is a backend.
 type Counter interface {
@@ -37,8 +51,9 @@ type Counter interface {
 	Take(ctx context.Context, ops []Op) (over int, count int64, err error)
 	// Add counts n events for key whatever the limit.
 	Add(ctx context.Context, key string, n int64, window time.Duration) error
-	// Release gives back one holder count of key.
-	Release(ctx context.Context, key string) error
+	// Release gives back holder's count of key; giving back what was not
+	// held does nothing.
+	Release(ctx context.Context, key, holder string) error
 }
 
 // slot is the fixed window a moment falls in, and how far into it.
@@ -60,7 +75,7 @@ type Memory struct {
 	now     func() time.Time
 	mu      sync.Mutex
 	windows map[string]*windowCount
-	holders map[string]int64
+	holders map[string]map[string]struct{}
 	ops     int
 }
 
@@ -75,7 +90,7 @@ func NewMemory(now func() time.Time) *Memory {
 	if now == nil {
 		now = time.Now
 	}
-	return &Memory{now: now, windows: map[string]*windowCount{}, holders: map[string]int64{}}
+	return &Memory{now: now, windows: map[string]*windowCount{}, holders: map[string]map[string]struct{}{}}
 }
 
 // sweepEvery is how many operations pass between sweeps of keys whose
@@ -93,7 +108,9 @@ func (m *Memory) get(key string, window time.Duration, now time.Time) (*windowCo
 		}
 	}
 	w := m.windows[key]
-	if w == nil {
+	if w == nil || w.window != window {
+		// A rule whose window changed (a reload) starts its count again:
+		// counts per window of another length do not add up.
 		w = &windowCount{index: index, window: window}
 		m.windows[key] = w
 	}
@@ -113,7 +130,13 @@ func (m *Memory) Take(_ context.Context, ops []Op) (int, int64, error) {
 	for i, op := range ops {
 		var count int64
 		if op.Window == 0 {
-			count = m.holders[op.Key]
+			if op.Holder == "" {
+				return -1, 0, ErrNoHolder
+			}
+			count = int64(len(m.holders[op.Key]))
+			if _, ok := m.holders[op.Key][op.Holder]; ok {
+				count-- // taking again counts it once
+			}
 		} else {
 			w, weight := m.get(op.Key, op.Window, now)
 			count = Estimate(w.cur, w.prev, weight)
@@ -124,7 +147,12 @@ func (m *Memory) Take(_ context.Context, ops []Op) (int, int64, error) {
 	}
 	for _, op := range ops {
 		if op.Window == 0 {
-			m.holders[op.Key] += op.N
+			if op.N > 0 {
+				if m.holders[op.Key] == nil {
+					m.holders[op.Key] = map[string]struct{}{}
+				}
+				m.holders[op.Key][op.Holder] = struct{}{}
+			}
 		} else {
 			w, _ := m.get(op.Key, op.Window, now)
 			w.cur += op.N
@@ -141,13 +169,12 @@ func (m *Memory) Add(_ context.Context, key string, n int64, window time.Duratio
 	return nil
 }
 
-func (m *Memory) Release(_ context.Context, key string) error {
+func (m *Memory) Release(_ context.Context, key, holder string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.holders[key] <= 1 {
+	delete(m.holders[key], holder)
+	if len(m.holders[key]) == 0 {
 		delete(m.holders, key)
-	} else {
-		m.holders[key]--
 	}
 	return nil
 }

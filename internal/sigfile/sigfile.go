@@ -26,6 +26,7 @@ import (
 	"io"
 	"strings"
 
+	"mailguard/internal/fileerr"
 	"mailguard/internal/matcher"
 	"mailguard/internal/safefile"
 )
@@ -37,14 +38,9 @@ type Signature struct {
 	Line    int
 }
 
-// Error is one problem in a signature file, with its position.
-type Error struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg) }
+// Error is one problem at a line of a file: the one type every file
+// mailguard reads reports with.
+type Error = fileerr.Error
 
 // maxLineLen bounds what one line may hold, so a broken file (say, a binary
 // sent by mistake) cannot make the reader buffer without limit.

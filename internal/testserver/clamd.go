@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -83,4 +84,23 @@ func (c *Clamd) Start() {
 func (c *Clamd) Stop() {
 	c.proc.stop()
 	os.Remove(c.Socket)
+}
+
+// Hang stops clamd with SIGSTOP, as a clamd stuck in a scan or swapped
+// out looks from outside: the kernel still accepts connections and
+// buffers what is sent, but nothing is answered. Resume (or the end of
+// the test) lets it go on.
+func (c *Clamd) Hang() {
+	c.t.Helper()
+	if err := c.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		c.t.Fatalf("SIGSTOP clamd: %v", err)
+	}
+	c.t.Cleanup(c.Resume) // before Stop, which a stopped clamd would not heed
+}
+
+// Resume continues a clamd stopped by Hang.
+func (c *Clamd) Resume() {
+	if !c.proc.exited() {
+		c.proc.cmd.Process.Signal(syscall.SIGCONT)
+	}
 }

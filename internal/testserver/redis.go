@@ -3,6 +3,7 @@ package testserver
 import (
 	"fmt"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -34,6 +35,13 @@ func (r *Redis) Start() {
 		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir())
 	waitDial(r.t, r.proc, "tcp", fmt.Sprintf("127.0.0.1:%d", r.Port), 30*time.Second)
 }
+
+// Pause stalls the server (SIGSTOP): connections stay open, nothing is
+// answered, and commands sent meanwhile run when it resumes.
+func (r *Redis) Pause() { r.proc.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume ends a Pause.
+func (r *Redis) Resume() { r.proc.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Stop stops the server.
 func (r *Redis) Stop() { r.proc.stop() }

@@ -88,6 +88,11 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 		if resolver, err = dnsbl.NewResolver(dnsbl.Options{Server: c.DNSServer, Now: b.Now}); err != nil {
 			return nil, filters.KeyError[*config.Error](b, "dns_server", err)
 		}
+		// A reload keeps the answers cached so far when it asks the same
+		// server: the lists' TTLs still hold.
+		if old, ok := b.Predecessor().(*Filter); ok && old.opts.Resolver != nil && old.opts.Resolver.Server() == resolver.Server() {
+			resolver = old.opts.Resolver
+		}
 	}
 	decideAt := c.DecideAt
 	if decideAt == "" {

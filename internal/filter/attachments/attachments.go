@@ -110,6 +110,7 @@ type check struct {
 	result    verdict.Verdict
 	err       error
 	unchecked string // why parts went unchecked, for an accepted message
+	archive   string // a zip not listed whole, on_limit accepting it
 }
 
 func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, error) {
@@ -148,6 +149,9 @@ func (c *check) start() {
 		defer close(c.done)
 		err := mimewalk.Walk(c.pr, c.f.walk, c.part)
 		c.result, c.unchecked, c.err = c.f.outcome(err)
+		if c.archive != "" && c.err == nil && !c.result.Final() && c.unchecked == "" {
+			c.result, c.unchecked, c.err = c.f.policy(PolicyAccept, "limit", c.archive, "")
+		}
 		// Nothing more is read: the MTA's next chunks are not waited for.
 		c.pr.CloseWithError(errWalkDone)
 	}()
@@ -209,16 +213,31 @@ type errRefused struct{ v verdict.Verdict }
 
 func (e *errRefused) Error() string { return e.v.Reason }
 
+// errArchive ends a walk at a zip that could not be listed whole, when
+// on_limit does not accept that.
+type errArchive struct{ reason string }
+
+func (e *errArchive) Error() string { return e.reason }
+
 // part judges one leaf of the message.
 func (c *check) part(p *mimewalk.Part) error {
 	if v, ok := c.f.judge(p); ok {
 		return &errRefused{v}
 	}
+	if p.ArchiveErr != "" {
+		// Names it could not read may be the refused ones.
+		reason := fmt.Sprintf("archive %q not listed whole: %s", p.Name, p.ArchiveErr)
+		if c.f.opts.OnLimit != PolicyAccept {
+			return &errArchive{reason}
+		}
+		if c.archive == "" {
+			c.archive = reason // the walk goes on; said at its end
+		}
+	}
 	return nil
 }
 
-func (f *Filter) refuse(p *mimewalk.Part, key, reason string) verdict.Verdict {
-	name := p.Name
+func (f *Filter) refuse(name, key, reason string) verdict.Verdict {
 	if name == "" {
 		name = "(unnamed)"
 	}
@@ -227,33 +246,39 @@ func (f *Filter) refuse(p *mimewalk.Part, key, reason string) verdict.Verdict {
 	return v
 }
 
-// judge applies the rules to one part.
+// judge applies the rules to one part, and to each name it carries.
 func (f *Filter) judge(p *mimewalk.Part) (verdict.Verdict, bool) {
 	if e, ok := f.opts.Hashes.Lookup(&p.Sums); ok {
 		what := e.Name
 		if what == "" {
 			what = "listed"
 		}
-		return f.refuse(p, "blocked hash", fmt.Sprintf("attachment %q (%d bytes) has a blocked hash: %s (%s)", p.Name, p.Sums.Size, what, e.Source())), true
+		return f.refuse(p.Name, "blocked hash", fmt.Sprintf("attachment %q (%d bytes) has a blocked hash: %s (%s)", p.Name, p.Sums.Size, what, e.Source())), true
 	}
-	if p.Name != "" {
-		if why := f.badName(p.Name); why != "" {
-			return f.refuse(p, why, fmt.Sprintf("attachment %q: %s", p.Name, why)), true
+	for _, name := range p.Names {
+		if why := f.badName(name); why != "" {
+			return f.refuse(name, why, fmt.Sprintf("attachment %q: %s", name, why)), true
 		}
 	}
 	for _, inner := range p.ArchiveNames {
 		if why := f.badName(path.Base(inner)); why != "" {
-			return f.refuse(p, why+" in an archive", fmt.Sprintf("%q inside archive %q: %s", inner, p.Name, why)), true
+			return f.refuse(p.Name, why+" in an archive", fmt.Sprintf("%q inside archive %q: %s", inner, p.Name, why)), true
 		}
 	}
 	if f.opts.Disguised && mimewalk.Executable(p.Kind) && disguised(p) {
-		return f.refuse(p, "disguised executable", fmt.Sprintf("attachment %q declared %s is a program (%s)", p.Name, p.Type, p.Kind)), true
+		return f.refuse(p.Name, "disguised executable", fmt.Sprintf("attachment %q declared %s is a program (%s)", p.Name, p.Type, p.Kind)), true
 	}
 	return verdict.Verdict{}, false
 }
 
-// badName says why a file name is refused, or "".
+// badName says why a file name is refused, or "". A name with a NUL in
+// it is checked as a client may show it (up to the NUL) and whole.
 func (f *Filter) badName(name string) string {
+	if i := strings.IndexByte(name, 0); i >= 0 {
+		if why := f.badName(name[:i]); why != "" {
+			return why
+		}
+	}
 	n := normalName(name)
 	for _, pat := range f.opts.BlockNames {
 		if ok, _ := path.Match(pat, n); ok {
@@ -299,10 +324,23 @@ func doubleExtension(n string) bool {
 	return inner != "" && docExts[inner[1:]] && execExts[outer[1:]]
 }
 
-// disguised: a program whose name or declared type says it is not one.
+// disguised: a program whose name (any of them) or declared type says it
+// is not one.
 func disguised(p *mimewalk.Part) bool {
-	if ext := path.Ext(normalName(p.Name)); ext != "" {
-		return !execExts[ext[1:]]
+	named := false
+	for _, name := range p.Names {
+		if i := strings.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		if ext := path.Ext(normalName(name)); ext != "" {
+			named = true
+			if !execExts[ext[1:]] {
+				return true
+			}
+		}
+	}
+	if named {
+		return false
 	}
 	switch {
 	case strings.HasPrefix(p.Type, "text/"), strings.HasPrefix(p.Type, "image/"), strings.HasPrefix(p.Type, "audio/"), strings.HasPrefix(p.Type, "video/"):
@@ -319,6 +357,7 @@ func (f *Filter) outcome(err error) (verdict.Verdict, string, error) {
 	var (
 		refused *errRefused
 		limit   *mimewalk.LimitError
+		archive *errArchive
 		bad     *mimewalk.MalformedError
 	)
 	switch {
@@ -328,6 +367,8 @@ func (f *Filter) outcome(err error) (verdict.Verdict, string, error) {
 		return refused.v, "", nil
 	case errors.As(err, &limit):
 		return f.policy(f.opts.OnLimit, "limit", limit.Error(), "Message structure too complex to check")
+	case errors.As(err, &archive):
+		return f.policy(f.opts.OnLimit, "limit", archive.reason, "Message structure too complex to check")
 	case errors.As(err, &bad):
 		return f.policy(f.opts.OnMalformed, "malformed MIME", bad.Error(), "Malformed MIME structure")
 	case errors.Is(err, errAbandoned):

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -49,12 +50,15 @@ type Options struct {
 	// CheckOnly checks the folders that exist and creates none (for
 	// check-config).
 	CheckOnly bool
+	// Predecessor is the filter a reload replaces, if any: a switch
+	// already seen on or off is not announced again.
+	Predecessor *Filter
 }
 
 // Filter is immutable but for its counters; a reload builds a new one.
 type Filter struct {
 	opts    Options
-	sw      switchFile
+	sw      *switchFile
 	host    string
 	seq     atomic.Uint64
 	Written atomic.Uint64 // copies written
@@ -89,7 +93,56 @@ func New(opts Options) (*Filter, error) {
 	// a pattern selects nothing.
 	recips, _ := addrpattern.NewSet(opts.Recipients)
 	senders, _ := addrpattern.NewSet(opts.Senders)
-	return &Filter{opts: opts, sw: switchFile{path: opts.Switch, now: opts.Now}, host: host, recips: recips, senders: senders}, nil
+	sw := &switchFile{path: opts.Switch, now: opts.Now}
+	if old := opts.Predecessor; old != nil && old.sw.path == opts.Switch {
+		sw = old.sw
+	}
+	return &Filter{opts: opts, sw: sw, host: host, recips: recips, senders: senders}, nil
+}
+
+// on reports whether capturing is on, and logs a change of the switch
+// the moment the daemon notices it (at most a second after the first
+// message that follows it), with the folder: a legal hold needs the
+// record of when copying started and stopped. Copies are made exactly
+// between the two lines.
+func (f *Filter) on() bool {
+	on, changed := f.sw.on()
+	if changed {
+		f.logSwitch(on)
+	}
+	return on
+}
+
+func (f *Filter) logSwitch(on bool) {
+	if f.opts.Log == nil {
+		return
+	}
+	if on {
+		f.opts.Log.Warn("capture switched on: copying messages", "switch", f.opts.Switch, "dir", f.opts.Dir,
+			"selection", f.selection(), "include_rejected", f.opts.IncludeRejected)
+		return
+	}
+	f.opts.Log.Warn("capture switched off: no more copies", "switch", f.opts.Switch, "dir", f.opts.Dir)
+}
+
+func (f *Filter) selection() string {
+	if f.recips.Len() == 0 && f.senders.Len() == 0 {
+		return "every message"
+	}
+	return fmt.Sprintf("messages to %d recipient and from %d sender patterns", len(f.opts.Recipients), len(f.opts.Senders))
+}
+
+// Summary is what the start-up and reload lines say: whether capturing
+// is on now (the switch is looked at afresh), and where copies go.
+func (f *Filter) Summary() string {
+	on, changed := f.sw.look()
+	if changed {
+		f.logSwitch(on)
+	}
+	if on {
+		return fmt.Sprintf("ON: copying %s into %s (switch %s exists)", f.selection(), f.opts.Dir, f.opts.Switch)
+	}
+	return fmt.Sprintf("off (no switch file %s); copies would go to %s", f.opts.Switch, f.opts.Dir)
 }
 
 func (f *Filter) Name() string { return Name }
@@ -100,7 +153,7 @@ func (f *Filter) Observer() {}
 // Stages: while the switch is off the filter needs nothing, so the MTA is
 // asked for nothing on its behalf; it never decides.
 func (f *Filter) Stages() (reads, decides pipeline.Stage) {
-	if !f.sw.on() {
+	if !f.on() {
 		return 0, 0
 	}
 	// HELO too: the copy records it (X-Envelope-Helo).
@@ -112,7 +165,7 @@ const needed = pipeline.StageHeader | pipeline.StageEndOfHeaders | pipeline.Stag
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
 	// A connection negotiated while the switch was off carries no body:
 	// its messages cannot be copied whole, so they are not copied at all.
-	if !f.sw.on() || env.Delivered&needed != needed {
+	if !f.on() || env.Delivered&needed != needed {
 		return nil, nil
 	}
 	return &check{f: f, env: env}, nil
@@ -308,26 +361,40 @@ func (c *check) closeTmpDir() {
 func clean(s string) string { return oneline.Header(s, 0) }
 
 // switchFile reports whether the switch file exists, looking at most once
-// a second.
+// a second. An old filter and its successor share one (same path), so a
+// change is noticed, and logged, once.
 type switchFile struct {
 	path      string
 	now       func() time.Time
 	checkedAt atomic.Int64
 	exists    atomic.Bool
+	mu        sync.Mutex
+	known     bool // looked at before
 }
 
-func (s *switchFile) on() bool {
+// on reports whether the switch is on; changed reports that this call
+// looked and found it turned since the last look.
+func (s *switchFile) on() (on, changed bool) {
 	now := s.now().UnixNano()
 	if last := s.checkedAt.Load(); now-last < int64(time.Second) && last != 0 {
-		return s.exists.Load()
+		return s.exists.Load(), false
 	}
+	return s.look()
+}
+
+// look checks the file now.
+func (s *switchFile) look() (on, changed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	// Only a regular file counts: a FIFO, a directory or a link in its
 	// place is not "capturing on".
 	fi, err := os.Lstat(s.path)
-	on := err == nil && fi.Mode().IsRegular()
+	on = err == nil && fi.Mode().IsRegular()
+	changed = s.known && on != s.exists.Load()
+	s.known = true
 	s.exists.Store(on)
-	s.checkedAt.Store(now)
-	return on
+	s.checkedAt.Store(s.now().UnixNano())
+	return on, changed
 }
 
 func (f *Filter) selected(env *pipeline.Envelope) bool {

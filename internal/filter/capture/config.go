@@ -46,8 +46,10 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 }
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
+	old, _ := b.Predecessor().(*Filter)
 	f, err := New(Options{
-		Switch: c.Switch, Dir: c.Dir, Recipients: c.Recipients, Senders: c.Senders,
+		Predecessor: old,
+		Switch:      c.Switch, Dir: c.Dir, Recipients: c.Recipients, Senders: c.Senders,
 		IncludeRejected: c.IncludeRejected, MaxSize: c.MaxSize.Bytes, Log: b.Log, Now: b.Now,
 		CheckOnly: b.CheckOnly(),
 	})

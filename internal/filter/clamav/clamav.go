@@ -15,12 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"mailguard/internal/clamd"
+	"mailguard/internal/mailfrom"
 	"mailguard/internal/message"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/shared"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -56,7 +57,8 @@ const (
 
 // Options configure the filter.
 type Options struct {
-	Pool *clamd.Pool
+	Pool       *clamd.Pool
+	SharedPool *shared.Ref[*clamd.Pool]
 	// MaxSize is the longest message streamed to clamd; it must not be
 	// more than clamd's StreamMaxLength.
 	MaxSize  int64
@@ -68,16 +70,30 @@ type Options struct {
 	Stats   *stats.Counter
 }
 
-// Filter is immutable; a reload builds a new one.
-type Filter struct{ opts Options }
+// Filter is immutable; a reload builds a new one, which takes over the
+// pool when clamd's addresses and connection settings did not change.
+type Filter struct {
+	opts Options
+	pool *shared.Ref[*clamd.Pool]
+}
 
-// New builds the filter.
+// New builds the filter. SharedPool, when set, is the pool held with a
+// predecessor, and Pool is ignored.
 func New(opts Options) *Filter {
 	if opts.Reply == "" {
 		opts.Reply = "VIRUS FOUND: %v"
 	}
-	return &Filter{opts: opts}
+	f := &Filter{opts: opts, pool: opts.SharedPool}
+	if f.pool == nil {
+		f.pool = shared.New(opts.Pool, "", (*clamd.Pool).Close)
+	}
+	f.opts.Pool = f.pool.Value()
+	return f
 }
+
+// Close lets go of the pool; its last holder closes the idle sessions to
+// clamd.
+func (f *Filter) Close() error { return f.pool.Release() }
 
 func (f *Filter) Name() string { return Name }
 
@@ -109,21 +125,10 @@ func (f *Filter) Modifies() pipeline.Modification {
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
 	c := &check{f: f, env: env}
 	// The client announced a size over the limit: no need to connect.
-	if n := declaredSize(env.FromArgs); n > f.opts.MaxSize {
+	if n, _ := mailfrom.DeclaredSize(env.FromArgs); n > f.opts.MaxSize {
 		c.size, c.oversize = n, true
 	}
 	return c, nil
-}
-
-// declaredSize reads SIZE=N from the MAIL FROM parameters, or 0.
-func declaredSize(args string) int64 {
-	for _, a := range strings.Fields(args) {
-		if len(a) > 5 && strings.EqualFold(a[:5], "SIZE=") {
-			n, _ := strconv.ParseInt(a[5:], 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // Header names the filter adds, and the prefix of those it replaces.
@@ -141,6 +146,7 @@ type check struct {
 	stream   *clamd.Stream
 	size     int64 // bytes of the message so far (or as SIZE= announced)
 	oversize bool
+	started  bool // the stream was opened: the header went, no second one
 	// theirs counts the X-Virus-* fields the message came with, by name
 	// (the MTA matches names without regard to case), in order of first
 	// appearance; removed says their deletions are asked for.
@@ -158,7 +164,7 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 	if c.f.opts.Headers == HeadersReplace && len(name) >= len(virusPrefix) && strings.EqualFold(name[:len(virusPrefix)], virusPrefix) {
 		c.countTheirs(name)
 	}
-	if !c.oversize {
+	if !c.oversize && !c.started { // a field after the header went cannot be streamed in place
 		before := len(c.header)
 		c.header = message.AppendField(c.header, name, value)
 		c.grow(len(c.header) - before)
@@ -212,7 +218,7 @@ func (c *check) removeTheirs(env *pipeline.Envelope) {
 
 func (c *check) EndOfHeaders(ctx context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
 	c.removeTheirs(env)
-	if c.oversize {
+	if c.oversize || c.started { // a repeated end of headers: the header went already
 		return verdict.Pass, nil
 	}
 	c.header = append(c.header, "\r\n"...)
@@ -222,7 +228,16 @@ func (c *check) EndOfHeaders(ctx context.Context, env *pipeline.Envelope) (verdi
 	return verdict.Pass, c.open(ctx)
 }
 
+// open starts the message's stream, once: the check never holds two, so
+// its Close gives back the one connection slot it took.
 func (c *check) open(ctx context.Context) error {
+	if c.started {
+		if c.stream == nil {
+			return errStreamEnded
+		}
+		return nil
+	}
+	c.started = true
 	st, err := c.f.opts.Pool.Open(ctx)
 	if err != nil {
 		return err
@@ -232,6 +247,9 @@ func (c *check) open(ctx context.Context) error {
 	c.header = nil
 	return c.streamErr(err)
 }
+
+// errStreamEnded is a stage after the message's stream failed or ended.
+var errStreamEnded = errors.New("clamav: the message's stream to clamd ended already")
 
 // streamErr turns clamd's refusal of a long stream into oversize.
 func (c *check) streamErr(err error) error {

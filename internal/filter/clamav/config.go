@@ -16,6 +16,7 @@ import (
 	"mailguard/internal/filters"
 	"mailguard/internal/linefile"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/shared"
 	"mailguard/internal/userdir"
 )
 
@@ -88,18 +89,27 @@ func (c *Config) Validate(v *config.Checker, enabled bool) {
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	addrs, _ := clamd.ParseAddresses(c.Address) // checked
-	pool := clamd.NewPool(addrs, clamd.PoolOptions{MaxConns: c.MaxConnections, DialTimeout: c.ConnectTimeout.Duration})
 	c.checkClamdConfig(b, addrs)
+	// A reload keeps the pool (its idle sessions to clamd, which server
+	// is down) while the addresses and connection settings stay.
+	key := fmt.Sprintf("%v %d %s", addrs, c.MaxConnections, c.ConnectTimeout.Duration)
+	var pool *shared.Ref[*clamd.Pool]
+	if old, ok := b.Predecessor().(*Filter); ok {
+		pool = shared.TakeOver(old.pool, key)
+	}
+	if pool == nil {
+		pool = shared.New(clamd.NewPool(addrs, clamd.PoolOptions{MaxConns: c.MaxConnections, DialTimeout: c.ConnectTimeout.Duration, Log: b.Log}), key, (*clamd.Pool).Close)
+	}
 	// clamd may start after us (or be down for a while): a warning, and
 	// on_error for the messages until it answers.
 	ctx, cancel := context.WithTimeout(context.Background(), c.ConnectTimeout.Duration+time.Second)
 	defer cancel()
-	for _, err := range pool.Ping(ctx) {
+	for _, err := range pool.Value().Ping(ctx) {
 		b.Warn("address", "%v (until clamd answers, messages get on_error = %q)", err, c.OnError)
 	}
 	oversize := map[string]Oversize{"accept": OversizeAccept, "tempfail": OversizeTempFail, "reject": OversizeReject}[c.OnOversize]
 	headers := map[string]Headers{"no": HeadersNone, "add": HeadersAdd, "replace": HeadersReplace}[c.AddHeaders]
-	return New(Options{Pool: pool, MaxSize: c.MaxSize.Bytes, Oversize: oversize, Reply: c.Reply, Headers: headers, Log: b.Log, Stats: b.Stats}), nil
+	return New(Options{SharedPool: pool, MaxSize: c.MaxSize.Bytes, Oversize: oversize, Reply: c.Reply, Headers: headers, Log: b.Log, Stats: b.Stats}), nil
 }
 
 // checkClamdConfig warns where clamd's own limits disagree with ours, as

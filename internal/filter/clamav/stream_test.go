@@ -21,6 +21,8 @@ type recordingClamd struct {
 	received []byte
 	finished int
 	streams  int
+	sessions int // IDSESSION connections ever opened
+	open     int // and still open
 }
 
 func newRecordingClamd(t *testing.T) *recordingClamd {
@@ -53,6 +55,15 @@ func (r *recordingClamd) serve(c net.Conn) {
 			c.Write([]byte("PONG\x00"))
 			return
 		case cmd == "zIDSESSION":
+			r.mu.Lock()
+			r.sessions++
+			r.open++
+			r.mu.Unlock()
+			defer func() {
+				r.mu.Lock()
+				r.open--
+				r.mu.Unlock()
+			}()
 			continue
 		case cmd != "zINSTREAM":
 			return

@@ -13,6 +13,7 @@ import (
 	"mailguard/internal/filters"
 	"mailguard/internal/mimewalk"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/shared"
 )
 
 func init() { filters.Register(Name, defaults, build, example) }
@@ -115,7 +116,7 @@ func OpenStore(c *Config) (Store, error) {
 }
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
-	if err := prepareDirs(c.Samples, b.CheckOnly()); err != nil {
+	if err := prepareDirs(c.Samples, b.CheckOnly() || b.Offline()); err != nil {
 		return nil, filters.KeyError[*config.Error](b, "samples", err)
 	}
 	backend := "memory"
@@ -142,30 +143,46 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 		Kinds: kinds, Exempt: exempt, Limits: mimewalk.Options{MaxDecoded: 64 << 20},
 		Log: b.Log, Stats: b.Stats,
 	}
-	if b.CheckOnly() {
-		// check-config opens nothing: no store, no socket.
+	if b.CheckOnly() || b.Offline() {
+		// check-config and scan open nothing: no Redis, no socket; a
+		// scan counts in memory of its own.
 		opts.Store = NewMemory(c.settings(), c.MaxFingerprints, b.Now)
-		opts.samples = newSamples(c.Samples, c.MaxSamples, c.SampleMemory.Bytes, maxSampleSize, c.Window.Duration, now(b))
-		return &Filter{opts: opts, state: &state{holders: 1, store: opts.Store}}, nil
+		opts.samples = newSamples(c.Samples, 0, c.SampleMemory.Bytes, maxSampleSize, c.Window.Duration, now(b))
+		if b.Offline() {
+			opts.Backend = "memory of this scan"
+		}
+		return &Filter{opts: opts, backend: shared.New(&backendState{opts.Store, opts.samples}, "", nil)}, nil
 	}
-	st, err := acquire(c.Samples, c.storeKey(), b.Log, func() (Store, *samples, error) {
+	var backendRef *shared.Ref[*backendState]
+	var ctl *shared.Ref[*control]
+	if old, ok := b.Predecessor().(*Filter); ok {
+		backendRef = shared.TakeOver(old.backend, c.storeKey())
+		ctl = shared.TakeOver(old.ctl, c.Samples)
+		if backendRef == nil {
+			b.Log.Warn("outbreak: settings changed: counts and kept copies start afresh", "samples", c.Samples)
+		}
+	}
+	if backendRef == nil {
 		var store Store
 		if c.Backend == "memory" {
 			store = NewMemory(c.settings(), c.MaxFingerprints, b.Now)
 		} else {
 			rc, err := NewRedis(c.Backend, c.settings(), b.Now)
 			if err != nil {
-				return nil, nil, err
+				return nil, filters.KeyError[*config.Error](b, "backend", err)
 			}
 			store = rc
 		}
-		return store, newSamples(c.Samples, c.MaxSamples, c.SampleMemory.Bytes, maxSampleSize, c.Window.Duration, now(b)), nil
-	})
-	if err != nil {
-		return nil, filters.KeyError[*config.Error](b, "backend", err)
+		smp := newSamples(c.Samples, c.MaxSamples, c.SampleMemory.Bytes, maxSampleSize, c.Window.Duration, now(b))
+		backendRef = shared.New(&backendState{store, smp}, c.storeKey(), closeBackend)
 	}
+	if ctl == nil {
+		ctl = openControl(c.Samples, b.Log)
+	}
+	st := backendRef.Value()
+	ctl.Value().serve(st.store)
 	opts.Store, opts.samples = st.store, st.samples
-	return &Filter{opts: opts, state: st}, nil
+	return &Filter{opts: opts, backend: backendRef, ctl: ctl}, nil
 }
 
 func now(b *filters.Env) func() time.Time {

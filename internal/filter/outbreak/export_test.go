@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"mailguard/internal/pipeline"
 )
 
 // Full runs the tests at the issue's sizes (-args -outbreak.full).
@@ -13,11 +15,10 @@ var Full = flag.Bool("outbreak.full", false, "run the simulation and the measure
 
 func fullFlag() *bool { return Full }
 
-// SamplesUsed is the bytes the samples of a samples folder hold.
-func SamplesUsed(dir string) int64 {
-	statesMu.Lock()
-	defer statesMu.Unlock()
-	return states[dir].samples.Used()
+// SamplesUsed is the bytes the samples of a pipeline's outbreak filter
+// hold.
+func SamplesUsed(p interface{ Filter(string) pipeline.Filter }) int64 {
+	return p.Filter(Name).(*Filter).opts.samples.Used()
 }
 
 // Info returns Redis's used_memory, in bytes.

@@ -166,8 +166,16 @@ func (f *fingerprinter) reset(kinds Kinds, p *mimewalk.Part) {
 		f.sha = sha256.New()
 	}
 	f.sha.Reset()
-	if r := kinds.byName(p.Name, p.Type); r != "" {
-		f.risk, f.decided = r, true
+	// Every name the part carries: a client may show any of them.
+	names := p.Names
+	if len(names) == 0 {
+		names = []string{p.Name}
+	}
+	for _, name := range names {
+		if r := kinds.byName(name, p.Type); r != "" {
+			f.risk, f.decided = r, true
+			break
+		}
 	}
 	f.fnv = fnvOffset
 }

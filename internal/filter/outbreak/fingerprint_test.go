@@ -23,7 +23,7 @@ func fingerprint(t testing.TB, name string, data []byte) *Attachment {
 	return fp.finish()
 }
 
-func shared(a, b *Attachment) int {
+func sharedValues(a, b *Attachment) int {
 	n := 0
 	for _, x := range a.Sketch {
 		for _, y := range b.Sketch {
@@ -64,7 +64,7 @@ func TestSketchSurvivesSmallChanges(t *testing.T) {
 		if b.SHA256 == a.SHA256 {
 			t.Fatal("a varied copy has the same SHA-256")
 		}
-		if shared(a, b) >= sketchMatch {
+		if sharedValues(a, b) >= sketchMatch {
 			matched++
 		}
 	}
@@ -74,12 +74,12 @@ func TestSketchSurvivesSmallChanges(t *testing.T) {
 	logo := randomBytes(r, 4000)
 	for i := 0; i < 200; i++ {
 		other := fingerprint(t, "d.zip", randomBytes(r, 20000))
-		if n := shared(a, other); n > 0 {
+		if n := sharedValues(a, other); n > 0 {
 			t.Fatalf("unrelated files share %d sketch values", n)
 		}
 		x := fingerprint(t, "x.zip", append(append(randomBytes(r, 10000), logo...), randomBytes(r, 10000)...))
 		y := fingerprint(t, "y.zip", append(append(randomBytes(r, 10000), logo...), randomBytes(r, 10000)...))
-		if n := shared(x, y); n >= sketchMatch {
+		if n := sharedValues(x, y); n >= sketchMatch {
 			t.Fatalf("two documents sharing a sixth of their bytes share %d sketch values", n)
 		}
 	}
@@ -111,6 +111,17 @@ func TestRiskyKinds(t *testing.T) {
 		if got != c.want {
 			t.Errorf("%q: kind %q, want %q", c.name, got, c.want)
 		}
+	}
+}
+
+// A part that carries a harmless name and a risky one (Content-Type's
+// name and Content-Disposition's filename differ) is risky.
+func TestEveryNameCounts(t *testing.T) {
+	var fp fingerprinter
+	fp.reset(Kinds{KindScripts: true}, &mimewalk.Part{Name: "notes.txt", Names: []string{"notes.txt", "run.js"}})
+	fp.Write([]byte("var x = 1;"))
+	if a := fp.finish(); a == nil || a.Kind != KindScripts {
+		t.Fatalf("%+v", a)
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"mailguard/internal/mimewalk"
 	"mailguard/internal/oneline"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/shared"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -54,11 +55,12 @@ type Options struct {
 	Stats   *stats.Counter
 }
 
-// Filter is immutable; its state (the store, the samples) lives on across
-// reloads with unchanged settings.
+// Filter is immutable; its state (the store, the samples, the control
+// socket) lives on across reloads with unchanged settings.
 type Filter struct {
-	opts  Options
-	state *state
+	opts    Options
+	backend *shared.Ref[*backendState]
+	ctl     *shared.Ref[*control] // nil for check-config and scan
 }
 
 func (f *Filter) Name() string { return Name }
@@ -81,7 +83,13 @@ func (f *Filter) Macros() map[pipeline.Stage][]string {
 
 // Close lets go of the filter's hold on its state; the last holder closes
 // the store and the control socket.
-func (f *Filter) Close() error { return f.state.release() }
+func (f *Filter) Close() error {
+	err := f.backend.Release()
+	if cerr := f.ctl.Release(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
 	c := &check{f: f, env: env}

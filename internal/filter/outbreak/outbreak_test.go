@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"mailguard/internal/filter/outbreak"
+	"mailguard/internal/filters"
 	"mailguard/internal/filters/filterstest"
 	"mailguard/internal/message"
 	"mailguard/internal/pipeline"
@@ -272,7 +273,7 @@ func TestBadInput(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		deliver(t, p, fmt.Sprintf("10.4.%d.1", i%250), "x@y", false, attachmentMessage("f.zip", payload(uint64(100+i), 20000)))
 	}
-	if used := outbreak.SamplesUsed(filepath.Join(dir, "samples")); used > 1<<20 || used == 0 {
+	if used := outbreak.SamplesUsed(p); used > 1<<20 || used == 0 {
 		t.Fatalf("kept copies use %d bytes, budget 1 MiB", used)
 	}
 }
@@ -306,23 +307,39 @@ func FuzzMessage(f *testing.F) {
 			return // the MTA would not pass it as a header
 		}
 		deliver(t, p, "10.6.0.1", "x@y", false, msg)
-		if used := outbreak.SamplesUsed(filepath.Join(dir, "samples")); used > 1<<20 {
+		if used := outbreak.SamplesUsed(p); used > 1<<20 {
 			t.Fatalf("kept copies use %d bytes", used)
 		}
 	})
 }
 
-// A reload (a new pipeline from the same settings) keeps the counts, the
-// holds and the control socket; new settings start the counts afresh
-// and keep the socket.
+// A reload (a new pipeline from the same settings, its predecessor
+// given) keeps the counts, the holds and the control socket, also once
+// the old pipeline is closed; new settings start the counts afresh and
+// keep the socket; the last pipeline closed removes it.
 func TestReloadKeepsState(t *testing.T) {
 	dir := t.TempDir()
+	reload := func(prev *pipeline.Pipeline, extra string) *pipeline.Pipeline {
+		cfg, err := filters.Parse("t.toml", []byte(fmt.Sprintf("filters = [\"outbreak\"]\n[outbreak]\nmin_networks = 3\nsamples = %q\n%s", filepath.Join(dir, "samples"), extra)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := filters.BuildWith(cfg, pipeline.Env{Log: slog.New(slog.DiscardHandler), Now: time.Now}, filters.BuildOptions{Predecessor: prev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev != nil {
+			prev.Retire()
+		}
+		return p
+	}
 	worm := attachmentMessage("w.exe", payload(11, 8000))
-	p1, _, _ := build(t, dir, "")
+	p1 := reload(nil, "")
 	for i := 0; i < 2; i++ {
 		deliver(t, p1, fmt.Sprintf("10.7.%d.1", i), "x@y", false, worm)
 	}
-	p2, _, _ := build(t, dir, "") // the reload
+	p2 := reload(p1, "")
+	p1.Close()
 	deliver(t, p2, "10.7.2.1", "x@y", false, worm)
 	if v, _ := deliver(t, p2, "10.7.3.1", "x@y", false, worm); !v.Final() {
 		t.Fatal("the counts before the reload were lost")
@@ -331,11 +348,17 @@ func TestReloadKeepsState(t *testing.T) {
 	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 1 {
 		t.Fatalf("after the reload: %+v %v", r, err)
 	}
-	p3, _, _ := build(t, dir, "window = \"10m\"")
+	p3 := reload(p2, "window = \"10m\"")
+	p2.Close()
 	if v, _ := deliver(t, p3, "10.7.4.1", "x@y", false, worm); v.Final() {
 		t.Fatalf("new settings kept the old holds: %v", v)
 	}
 	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 0 {
 		t.Fatalf("after new settings: %+v %v", r, err)
+	}
+	p3.Retire()
+	p3.Close()
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Fatalf("the control socket outlived the last pipeline: %v", err)
 	}
 }

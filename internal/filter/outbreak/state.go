@@ -3,90 +3,59 @@ package outbreak
 import (
 	"log/slog"
 	"sync"
+
+	"mailguard/internal/shared"
 )
 
-// state is what the filter keeps beyond one message: the store (counts,
-// holds, records), the samples kept and written, and the control socket.
-// A reload that keeps the samples folder and the settings the store was
-// made with keeps all of it; other changes give the folder a new store
-// (the old counts are dropped, which the log says) but keep the socket.
-//
-// The pipeline on this branch has no filter lifecycle yet, so the states
-// are found by samples folder in a table of the package (as ratelimit
-// keeps its Redis clients); Filter.Close releases a holder, and the last
-// one closes the store and the socket, for the pipeline's Close to call.
-type state struct {
-	dir     string
-	key     string
-	holders int
-
-	mu      sync.Mutex
+// What the filter keeps beyond one message, handed from a filter to its
+// successor across a reload (package shared): the counts with the
+// samples kept for them (a backendState, taken over when the settings it
+// was made with are the same), and the control socket (taken over when
+// the samples folder is the same; it then serves the successor's
+// counts). The last holder closes each.
+type backendState struct {
 	store   Store
 	samples *samples
-	ctl     *controlServer
 }
 
-var (
-	statesMu sync.Mutex
-	states   = map[string]*state{}
-)
+func closeBackend(b *backendState) error { return b.store.Close() }
 
-// acquire returns the samples folder's state, made with settings key by
-// make (a new one, or replacing the store of one made otherwise).
-func acquire(dir, key string, log *slog.Logger, make func() (Store, *samples, error)) (*state, error) {
-	statesMu.Lock()
-	defer statesMu.Unlock()
-	st := states[dir]
-	if st != nil && st.key == key {
-		st.holders++
-		return st, nil
+// control is the control socket and the store it serves, the newest
+// filter's.
+type control struct {
+	server *controlServer // nil when the socket could not be opened
+	mu     sync.Mutex
+	store  Store
+}
+
+func (c *control) current() Store {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.store
+}
+
+func (c *control) serve(s Store) {
+	c.mu.Lock()
+	c.store = s
+	c.mu.Unlock()
+}
+
+func closeControl(c *control) error {
+	if c.server == nil {
+		return nil
 	}
-	store, smp, err := make()
-	if err != nil {
-		return nil, err
-	}
-	if st != nil {
-		st.mu.Lock()
-		old := st.store
-		st.store, st.samples, st.key = store, smp, key
-		st.mu.Unlock()
-		old.Close()
-		log.Warn("outbreak: settings changed: counts and kept copies start afresh", "samples", dir)
-		st.holders++
-		return st, nil
-	}
-	st = &state{dir: dir, key: key, holders: 1, store: store, samples: smp}
-	ctl, err := listenControl(ControlSocket(dir), st.currentStore, log)
+	return c.server.Close()
+}
+
+// openControl opens the samples folder's control socket; a failure is
+// logged (the filter works without it, `mailguard outbreak` cannot reach
+// it).
+func openControl(dir string, log *slog.Logger) *shared.Ref[*control] {
+	c := &control{}
+	srv, err := listenControl(ControlSocket(dir), c.current, log)
 	if err != nil {
 		log.Warn("outbreak: no control socket; `mailguard outbreak` cannot reach this process", "error", err.Error())
 	}
-	st.ctl = ctl
-	states[dir] = st
-	return st, nil
-}
-
-func (st *state) currentStore() Store {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.store
-}
-
-// release drops one holder; the last closes the store and the socket.
-func (st *state) release() error {
-	statesMu.Lock()
-	defer statesMu.Unlock()
-	if st.holders--; st.holders > 0 {
-		return nil
-	}
-	if states[st.dir] == st {
-		delete(states, st.dir)
-	}
-	var err error
-	if st.ctl != nil {
-		err = st.ctl.Close()
-	}
-	if cerr := st.store.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	c.server = srv
+	return shared.New(c, dir, closeControl)
 }

@@ -9,13 +9,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"mailguard/internal/addrpattern"
 	"mailguard/internal/maildir"
+	"mailguard/internal/mailfrom"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/stats"
 	"mailguard/internal/userdir"
@@ -31,8 +30,11 @@ var DefaultExempt = []string{"postmaster@*", "mailer-daemon@*", "<>"}
 
 // Options configure the filter.
 type Options struct {
-	Users *userdir.Directory
-	Usage *maildir.UsageReader
+	// Users is the users file, unless Userdb is set: then recipients are
+	// looked up in Dovecot's userdb.
+	Users  *userdir.Directory
+	Userdb *Userdb
+	Usage  *maildir.UsageReader
 	// DefaultQuota applies to users whose maildirsize has no definition
 	// and who have no quota= of their own; 0 is unlimited.
 	DefaultQuota int64
@@ -61,6 +63,15 @@ type Filter struct {
 	unreadable map[string]time.Time // Maildir -> when last logged
 }
 
+// Close closes the connections kept to Dovecot's userdb, if any: a
+// reload's new filter opens its own.
+func (f *Filter) Close() error {
+	if f.opts.Userdb == nil || f.opts.Userdb.Client == nil {
+		return nil
+	}
+	return f.opts.Userdb.Client.Close()
+}
+
 // New returns the filter.
 func New(opts Options) *Filter {
 	if opts.Reply == "" {
@@ -82,7 +93,12 @@ func New(opts Options) *Filter {
 func (f *Filter) Name() string { return Name }
 
 // Summary is what the start-up and reload log lines say of the filter.
-func (f *Filter) Summary() string { return fmt.Sprintf("%d users", f.opts.Users.Len()) }
+func (f *Filter) Summary() string {
+	if f.opts.Userdb != nil {
+		return fmt.Sprintf("users from Dovecot's userdb at %s, kept %s", f.opts.Userdb.Client.Path, f.opts.Userdb.Cache)
+	}
+	return fmt.Sprintf("%d users", f.opts.Users.Len())
+}
 
 // Stages: MAIL gives the sender and SIZE; the verdict is per recipient, at
 // RCPT, and must reach the MTA there.
@@ -91,7 +107,8 @@ func (f *Filter) Stages() (reads, decides pipeline.Stage) {
 }
 
 func (f *Filter) NewCheck(_ context.Context, env *pipeline.Envelope) (pipeline.Check, error) {
-	return &check{f: f, exempt: f.exempt.Match(env.From), size: declaredSize(env.FromArgs)}, nil
+	size, _ := mailfrom.DeclaredSize(env.FromArgs)
+	return &check{f: f, exempt: f.exempt.Match(env.From), size: size}, nil
 }
 
 type check struct {
@@ -101,9 +118,17 @@ type check struct {
 	size   int64
 }
 
-func (c *check) Rcpt(_ context.Context, _ *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
+func (c *check) Rcpt(ctx context.Context, _ *pipeline.Envelope, rcpt, _ string) (verdict.Verdict, error) {
 	if c.exempt {
 		return verdict.Pass, nil
+	}
+	if c.f.opts.Userdb != nil {
+		// A userdb that cannot answer is the filter's failure: on_error.
+		u, ok, err := c.f.opts.Userdb.Lookup(ctx, rcpt)
+		if err != nil || !ok {
+			return verdict.Pass, err
+		}
+		return c.f.decideUser(u, c.size, true), nil
 	}
 	return c.f.Decide(rcpt, c.size), nil
 }
@@ -112,7 +137,17 @@ func (c *check) Rcpt(_ context.Context, _ *pipeline.Envelope, rcpt, _ string) (v
 // size (0 if none was declared).
 func (f *Filter) Decide(rcpt string, size int64) verdict.Verdict {
 	u, ok := f.opts.Users.Lookup(rcpt)
-	if !ok || u.Forward || u.Autoreply {
+	if !ok {
+		return verdict.Pass
+	}
+	return f.decideUser(u, size, false)
+}
+
+// decideUser applies the rule to a known account. With ownLimits, the
+// account's limits (Dovecot's quota_rule) win over maildirsize's
+// definition, which Dovecot rewrites from them at its next delivery.
+func (f *Filter) decideUser(u *userdir.User, size int64, ownLimits bool) verdict.Verdict {
+	if u.Forward || u.Autoreply {
 		return verdict.Pass
 	}
 	usage, ok := f.opts.Usage.Usage(u.Maildir)
@@ -120,9 +155,11 @@ func (f *Filter) Decide(rcpt string, size int64) verdict.Verdict {
 		return verdict.Pass // unknown in time: never refuse on a guess
 	}
 	limitBytes, limitCount := u.Quota, u.Count
-	if usage.Def.Set {
+	switch {
+	case ownLimits && (u.Quota > 0 || u.Count > 0): // the account's own
+	case usage.Def.Set:
 		limitBytes, limitCount = usage.Def.Bytes, usage.Def.Count
-	} else if limitBytes == 0 {
+	case limitBytes == 0:
 		limitBytes = f.opts.DefaultQuota
 	}
 	need := max(f.opts.Margin, size)
@@ -162,16 +199,4 @@ func (f *Filter) cannotRead(dir string, err error) {
 	f.mu.Unlock()
 	f.opts.Log.Warn("quota: cannot read a Maildir; its recipients are not checked (mailguard's user must be able to read every Maildir in the user directory)",
 		"maildir", dir, "error", err.Error())
-}
-
-// declaredSize reads SIZE= from the MAIL FROM parameters (RFC 1870).
-func declaredSize(args string) int64 {
-	for _, a := range strings.Fields(args) {
-		if len(a) > 5 && strings.EqualFold(a[:5], "SIZE=") {
-			if n, err := strconv.ParseInt(a[5:], 10, 64); err == nil && n > 0 {
-				return n
-			}
-		}
-	}
-	return 0
 }

@@ -115,15 +115,6 @@ func TestExemptSenders(t *testing.T) {
 	}
 }
 
-func TestDeclaredSize(t *testing.T) {
-	cases := map[string]int64{"SIZE=12345": 12345, "BODY=8BITMIME size=99": 99, "": 0, "SIZE=x": 0, "SIZE=-5": 0, "SIZES=5": 0}
-	for args, want := range cases {
-		if got := declaredSize(args); got != want {
-			t.Errorf("%q: %d, want %d", args, got, want)
-		}
-	}
-}
-
 // One refused recipient leaves the others of the same message alone.
 func TestPerRecipientThroughPipeline(t *testing.T) {
 	f := testFilter(t)

@@ -5,7 +5,6 @@ import (
 	_ "embed"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"mailguard/internal/clientrule"
@@ -13,6 +12,7 @@ import (
 	"mailguard/internal/filters"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/ratecount"
+	"mailguard/internal/shared"
 )
 
 func init() { filters.Register(Name, defaults, build, example) }
@@ -155,26 +155,6 @@ func (r *Rule) parseAction(a string) error {
 	return nil
 }
 
-// redisClients are shared by URL: a reload builds a new filter but keeps
-// the connection pool (filters have no close hook to end an old one).
-var (
-	redisMu      sync.Mutex
-	redisClients = map[string]*ratecount.Redis{}
-)
-
-func sharedRedis(url string, b *filters.Env) (*ratecount.Redis, error) {
-	redisMu.Lock()
-	defer redisMu.Unlock()
-	if rc := redisClients[url]; rc != nil {
-		return rc, nil
-	}
-	rc, err := ratecount.NewRedis(url, b.Now)
-	if err == nil {
-		redisClients[url] = rc
-	}
-	return rc, err
-}
-
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 	var rules []Rule
 	for _, rc := range c.Rules {
@@ -182,22 +162,66 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 		rules = append(rules, r)
 	}
 	exempt, _ := clientrule.ParseList(c.Exempt)
-	var counter ratecount.Counter = ratecount.NewMemory(b.Now)
-	backend := "memory"
-	if c.Backend != "memory" {
-		rc, err := sharedRedis(c.Backend, b)
-		if err != nil {
-			return nil, filters.KeyError[*config.Error](b, "backend", err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := rc.Ping(ctx); err != nil {
-			b.Warn("backend", "Redis at %s does not answer (%v); until it does, rate limits follow on_error = %q", rc.Addr(), err, c.OnError)
-		}
-		counter, backend = rc, "Redis at "+rc.Addr()
+	counter, backend, err := counterFor(c, b)
+	if err != nil {
+		return nil, err
+	}
+	var tarpit *shared.Ref[chan struct{}]
+	if old, ok := b.Predecessor().(*Filter); ok {
+		tarpit = shared.TakeOver(old.tarpit, tarpitKey(c.MaxTarpitted))
 	}
 	return New(Options{
-		Rules: rules, Counter: counter, Backend: backend, Exempt: exempt, ExemptAuth: c.ExemptAuthenticated,
-		MaxTarpitted: c.MaxTarpitted, Log: b.Log, Stats: b.Stats,
+		Rules: rules, SharedCounter: counter, Backend: backend, Exempt: exempt, ExemptAuth: c.ExemptAuthenticated,
+		MaxTarpitted: c.MaxTarpitted, SharedTarpit: tarpit, Log: b.Log, Stats: b.Stats,
 	}), nil
+}
+
+// counterFor is where the filter counts: the predecessor's counter when
+// the backend did not change (so a reload resets no limit and opens no
+// second Redis client), else a new one. A scan counts in memory of its
+// own: it must not change what the live daemons share.
+func counterFor(c *Config, b *filters.Env) (*shared.Ref[ratecount.Counter], string, error) {
+	if b.Offline() {
+		backend := "memory of this scan"
+		if c.Backend != "memory" {
+			backend += " (" + redisHost(c.Backend) + " not used)"
+		}
+		return shared.New[ratecount.Counter](ratecount.NewMemory(b.Now), "", nil), backend, nil
+	}
+	if old, ok := b.Predecessor().(*Filter); ok {
+		if ref := shared.TakeOver(old.counter, c.Backend); ref != nil {
+			if rc, ok := ref.Value().(*ratecount.Redis); ok {
+				ping(rc, c, b)
+			}
+			return ref, old.opts.Backend, nil
+		}
+	}
+	if c.Backend == "memory" {
+		return shared.New[ratecount.Counter](ratecount.NewMemory(b.Now), c.Backend, nil), "memory", nil
+	}
+	rc, err := ratecount.NewRedis(c.Backend, b.Now)
+	if err != nil {
+		return nil, "", filters.KeyError[*config.Error](b, "backend", err)
+	}
+	ping(rc, c, b)
+	return shared.New[ratecount.Counter](rc, c.Backend, closeCounter), "Redis at " + rc.Addr(), nil
+}
+
+// ping warns, at start, reload and check-config, of a Redis that does not
+// answer.
+func ping(rc *ratecount.Redis, c *Config, b *filters.Env) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rc.Ping(ctx); err != nil {
+		b.Warn("backend", "Redis at %s does not answer (%v); until it does, rate limits follow on_error = %q", rc.Addr(), err, c.OnError)
+	}
+}
+
+// redisHost names a Redis URL's server without its password.
+func redisHost(url string) string {
+	if rc, err := ratecount.NewRedis(url, nil); err == nil {
+		defer rc.Close()
+		return "Redis at " + rc.Addr()
+	}
+	return "Redis"
 }

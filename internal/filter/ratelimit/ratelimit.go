@@ -8,6 +8,7 @@ package ratelimit
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"mailguard/internal/clientrule"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/ratecount"
+	"mailguard/internal/shared"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
 )
@@ -68,24 +70,32 @@ type Rule struct {
 
 // Options configure the filter.
 type Options struct {
-	Rules   []Rule
-	Counter ratecount.Counter
-	Backend string // for the start-up line
-	Exempt  clientrule.List
+	Rules []Rule
+	// Counter is where counts live. SharedCounter, when set, is used
+	// instead: a counter held with the predecessor a reload replaced.
+	Counter       ratecount.Counter
+	SharedCounter *shared.Ref[ratecount.Counter]
+	Backend       string // for the start-up line
+	Exempt        clientrule.List
 	// ExemptAuth exempts logged-in clients from message, recipient and
 	// byte rules (connection rules apply before a client can log in).
 	ExemptAuth bool
 	// MaxTarpitted bounds the sessions held at once; past it, a rule's
-	// refusal comes without its delay.
+	// refusal comes without its delay. SharedTarpit, when set, holds the
+	// slots shared with a predecessor.
 	MaxTarpitted int
+	SharedTarpit *shared.Ref[chan struct{}]
 	Log          *slog.Logger
 	Stats        *stats.Counter
 }
 
-// Filter is immutable but for its tarpit slots; a reload builds a new one.
+// Filter is immutable but for its tarpit slots and counts; a reload
+// builds a new one, which takes over both (see build).
 type Filter struct {
 	opts    Options
-	tarpit  chan struct{}
+	counter *shared.Ref[ratecount.Counter]
+	tarpit  *shared.Ref[chan struct{}]
+	slots   chan struct{} // tarpit's value
 	byStage map[Event][]int
 	// The rules taken together at MAIL (message and byte rules), and at
 	// RCPT: those counting per recipient, and the others.
@@ -97,7 +107,15 @@ func New(opts Options) *Filter {
 	if opts.MaxTarpitted <= 0 {
 		opts.MaxTarpitted = 100
 	}
-	f := &Filter{opts: opts, tarpit: make(chan struct{}, opts.MaxTarpitted), byStage: map[Event][]int{}}
+	f := &Filter{opts: opts, counter: opts.SharedCounter, tarpit: opts.SharedTarpit, byStage: map[Event][]int{}}
+	if f.counter == nil {
+		f.counter = shared.New(opts.Counter, "", closeCounter)
+	}
+	f.opts.Counter = f.counter.Value()
+	if f.tarpit == nil {
+		f.tarpit = shared.New(make(chan struct{}, opts.MaxTarpitted), tarpitKey(opts.MaxTarpitted), nil)
+	}
+	f.slots = f.tarpit.Value()
 	for i, r := range opts.Rules {
 		f.byStage[r.Event] = append(f.byStage[r.Event], i)
 		switch {
@@ -113,6 +131,22 @@ func New(opts Options) *Filter {
 }
 
 func (f *Filter) Name() string { return Name }
+
+// Close lets go of the counter and the tarpit slots; the last filter
+// holding a Redis client closes it.
+func (f *Filter) Close() error {
+	f.tarpit.Release()
+	return f.counter.Release()
+}
+
+func closeCounter(c ratecount.Counter) error {
+	if cl, ok := c.(interface{ Close() error }); ok {
+		return cl.Close()
+	}
+	return nil
+}
+
+func tarpitKey(n int) string { return strconv.Itoa(n) }
 
 // Summary is what the start-up and reload log lines say of the filter.
 func (f *Filter) Summary() string {
@@ -173,17 +207,17 @@ func (f *Filter) count(rule, what string) {
 func (f *Filter) over(ctx context.Context, r Rule, key string, count int64) (verdict.Verdict, error) {
 	if r.Delay > 0 {
 		select {
-		case f.tarpit <- struct{}{}:
+		case f.slots <- struct{}{}:
 			f.count(r.Name, "delayed")
 			t := time.NewTimer(r.Delay)
 			select {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				<-f.tarpit
+				<-f.slots
 				return verdict.Pass, ctx.Err()
 			}
-			<-f.tarpit
+			<-f.slots
 		default:
 			// Every slot is taken: a flood cannot hold the daemon.
 			f.count(r.Name, "tarpit full")
@@ -216,6 +250,11 @@ func (f *Filter) refuse(r Rule, key string, count int64, how Refusal) verdict.Ve
 // a rule may count per. Byte rules only look: their bytes are counted at
 // the end of the message.
 func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value string, n int64) (verdict.Verdict, error) {
+	return f.takeAs(ctx, rules, client, value, n, "")
+}
+
+// takeAs is take with holder naming who holds the holder counts.
+func (f *Filter) takeAs(ctx context.Context, rules []int, client netip.Addr, value string, n int64, holder string) (verdict.Verdict, error) {
 	ops := make([]ratecount.Op, 0, len(rules))
 	idx := make([]int, 0, len(rules))
 	for _, i := range rules {
@@ -224,7 +263,7 @@ func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value
 		if !ok {
 			continue
 		}
-		op := ratecount.Op{Key: key, N: n, Limit: r.Limit, Window: r.Window}
+		op := ratecount.Op{Key: key, N: n, Limit: r.Limit, Window: r.Window, Holder: holder}
 		if r.Event == Byte {
 			op.N = 0
 		}
@@ -242,7 +281,13 @@ func (f *Filter) take(ctx context.Context, rules []int, client netip.Addr, value
 }
 
 func (f *Filter) NewConnState(context.Context, *pipeline.Conn) (pipeline.ConnState, error) {
-	return &connState{f: f}, nil
+	s := &connState{f: f}
+	if len(f.byStage[Concurrency]) > 0 {
+		// The holder name: unique across sessions and hosts, so a count
+		// is given back by the session that took it and by no other.
+		s.holder = rand.Text()
+	}
+	return s, nil
 }
 
 type connState struct {
@@ -250,7 +295,8 @@ type connState struct {
 	f                     *Filter
 	client                netip.Addr
 	exempt                bool
-	held                  []string // concurrency keys acquired
+	holder                string
+	held                  []string // concurrency keys acquired, or perhaps acquired
 }
 
 func clientAddr(c *pipeline.Conn) netip.Addr {
@@ -268,9 +314,10 @@ func (s *connState) Connect(ctx context.Context, c *pipeline.Conn) (verdict.Verd
 		return verdict.Pass, nil
 	}
 	rules := append(append([]int(nil), s.f.byStage[Concurrency]...), s.f.byStage[Connection]...)
-	v, err := s.f.take(ctx, rules, s.client, "", 1)
-	if err == nil && !v.Final() {
-		// Counted: the connection holds its concurrency counts until Close.
+	v, err := s.f.takeAs(ctx, rules, s.client, "", 1, s.holder)
+	if err != nil || !v.Final() {
+		// Counted, or perhaps counted (a take that failed may yet run in
+		// Redis): the connection gives its concurrency counts back at Close.
 		for _, i := range s.f.byStage[Concurrency] {
 			if key, ok := s.f.opts.Rules[i].counterKey(s.client, ""); ok {
 				s.held = append(s.held, key)
@@ -289,8 +336,8 @@ func (s *connState) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, key := range s.held {
-		if err := s.f.opts.Counter.Release(ctx, key); err != nil {
-			s.f.opts.Log.Warn("ratelimit: a concurrency count not given back (it expires within the hour)", "key", key, "error", err.Error())
+		if err := s.f.opts.Counter.Release(ctx, key, s.holder); err != nil {
+			s.f.opts.Log.Warn("ratelimit: a concurrency count not given back; it ends when its lease does", "key", key, "lease", ratecount.HolderLease.String(), "error", err.Error())
 		}
 	}
 	s.held = nil

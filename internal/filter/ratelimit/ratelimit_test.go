@@ -153,8 +153,10 @@ action = "tarpit:300ms,tempfail"
 	<-held
 }
 
+// A tarpit holds the session (it is still held well after the hold began)
+// until the MTA hangs up, and no longer.
 func TestTarpitEndsWithTheSession(t *testing.T) {
-	p, _ := build(t, "[[ratelimit.rule]]\nevent = \"connection\"\nkey = \"client\"\nlimit = 1\nwindow = \"1h\"\naction = \"tarpit:20s\"\n", nil)
+	p, counter := build(t, "[[ratelimit.rule]]\nname = \"slow\"\nevent = \"connection\"\nkey = \"client\"\nlimit = 1\nwindow = \"1h\"\naction = \"tarpit:20s\"\n", nil)
 	cn, _ := connect(p, "192.0.2.1")
 	cn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -162,7 +164,14 @@ func TestTarpitEndsWithTheSession(t *testing.T) {
 	defer cn.Close()
 	done := make(chan verdict.Verdict)
 	go func() { done <- cn.Connect() }()
-	time.Sleep(50 * time.Millisecond)
+	for counter.Take().Hits["ratelimit:slow delayed"] == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case v := <-done:
+		t.Fatalf("the tarpit let the session go at once: %v", v)
+	case <-time.After(200 * time.Millisecond):
+	}
 	cancel() // the MTA hung up
 	select {
 	case <-done:

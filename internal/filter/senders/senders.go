@@ -6,8 +6,10 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"slices"
 	"strings"
 
+	"mailguard/internal/addrpattern"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/verdict"
 )
@@ -136,8 +138,10 @@ var decoder = &mime.WordDecoder{CharsetReader: func(_ string, r io.Reader) (io.R
 
 // FromAddresses extracts the addresses of a From: header value (RFC 5322:
 // display names, comments, encoded words, groups, several addresses). A
-// value that does not parse gives none: it never matches and never errors
-// the message.
+// value that does not parse gives the addresses a mail client would still
+// show of it (see displayedAddresses): a stray bracket or an unclosed
+// comment must not take a message past a blocklist. It never errors the
+// message.
 func FromAddresses(value string) []string {
 	if len(value) > 16<<10 {
 		return nil
@@ -152,12 +156,49 @@ func FromAddresses(value string) []string {
 	p := mail.AddressParser{WordDecoder: decoder}
 	list, err := p.ParseList(strings.TrimSpace(value))
 	if err != nil {
-		return nil
+		return displayedAddresses(value)
 	}
 	out := make([]string, 0, len(list))
 	for _, a := range list {
-		if a.Address != "" {
-			out = append(out, a.Address)
+		if a.Address == "" {
+			continue
+		}
+		out = append(out, a.Address)
+		// A local part that holds an address (quoted, or in an encoded
+		// word) shows that address: Postfix makes one of a From: it cannot
+		// parse, "Pest <news@pest.example>"@its.own.domain.
+		if local := a.Address[:strings.LastIndexByte(a.Address, '@')]; strings.Contains(local, "@") || strings.Contains(local, "=?") {
+			out = append(out, displayedAddresses(local)...)
+		}
+	}
+	return out
+}
+
+// notInAddress are the bytes that end a word of displayedAddresses: those
+// no plain address holds but that a header puts around one.
+const notInAddress = "<>()\",;:[]\x7f"
+
+// displayedAddresses is what a mail client shows of a From: that does not
+// parse: its encoded words decoded, and every word (split at blanks,
+// control characters, brackets, parentheses, quotes, commas, semicolons
+// and colons) that is a plain address local@domain, once each, at most
+// maxFromAddresses. Such a header is checked by every address it shows,
+// the display name's too: a user who blocked an address sees it there.
+func displayedAddresses(value string) []string {
+	if decoded, err := decoder.DecodeHeader(value); err == nil {
+		value = decoded
+	}
+	words := strings.FieldsFunc(value, func(r rune) bool {
+		return r <= ' ' || strings.ContainsRune(notInAddress, r)
+	})
+	var out []string
+	for _, w := range words {
+		w = strings.TrimRight(w, ".")
+		if !strings.Contains(w, "@") || len(out) == maxFromAddresses {
+			continue
+		}
+		if a, ok := addrpattern.Normalize(w); ok && !slices.Contains(out, a) {
+			out = append(out, a)
 		}
 	}
 	return out

@@ -78,7 +78,7 @@ func TestFromAddresses(t *testing.T) {
 		"Bob\r\n <bob@example.org>":                {"bob@example.org"},
 		`undisclosed-recipients:;`:                 {},
 		`not an address`:                           nil,
-		`<unterminated@example.org`:                nil,
+		`<unterminated@example.org`:                {"unterminated@example.org"},
 	}
 	for in, want := range cases {
 		got := FromAddresses(in)
@@ -116,9 +116,13 @@ func TestHeaderFrom(t *testing.T) {
 	if v.Final() || !reflect.DeepEqual(env.Rcpts, []string{"carol@example.edu"}) || len(env.Removed) != 1 || env.Removed[0].Rcpt != "alice@example.edu" {
 		t.Fatalf("some block: %v rcpts %v removed %v", v, env.Rcpts, env.Removed)
 	}
-	// Unparseable From: never matches, never errors.
-	if v, env := run(t, f, "spammer@example.com <<<", "alice@example.edu"); v.Final() || len(env.Removed) != 0 {
+	// An unparseable From: is judged by the addresses it shows; one that
+	// shows none never matches, never errors.
+	if v, _ := run(t, f, "spammer@example.com <<<", "alice@example.edu"); v.Action != verdict.Reject {
 		t.Fatalf("unparseable From: %v", v)
+	}
+	if v, env := run(t, f, "spammer at example.com <<<", "alice@example.edu"); v.Final() || len(env.Removed) != 0 {
+		t.Fatalf("From: without an address: %v", v)
 	}
 	// Envelope sender at RCPT: only the blocking recipient is refused.
 	chk, _ := f.NewCheck(ctx, &pipeline.Envelope{})
