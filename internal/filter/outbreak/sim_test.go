@@ -109,8 +109,8 @@ func corpus(t *testing.T, dir string, sz simSizes) []simMsg {
 		writeMessage(dirs["document"], fmt.Sprintf("doc%05d.eml", i), fmt.Sprintf("colleague%d@partner%d.example", i, i%sz.networks), "Fwd: the plan", "plan.docx", "application/zip", doc)
 	}
 	var out []simMsg
-	for kind, d := range dirs {
-		msgs, err := loadgen.LoadCorpus(d)
+	for _, kind := range []string{"worm", "clean", "newsletter", "document"} { // in order: the same stream every run
+		msgs, err := loadgen.LoadCorpus(dirs[kind])
 		if err != nil {
 			t.Fatal(err)
 		}
