@@ -5,6 +5,7 @@
 //	mailguard scan --config FILE PATH...
 //	mailguard check-config --config FILE
 //	mailguard sigmine --samples PATH... --clean PATH...
+//	mailguard outbreak list|release ID --config FILE
 //	mailguard example-config
 //	mailguard version
 package main
@@ -51,6 +52,7 @@ var commands = []command{
 	{"reload", "--config FILE", "make the daemon that config's pid_file names reread its files; say whether it worked", runReload},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
 	{"sigmine", "--samples PATH --clean PATH", "mine signatures from worm samples, proven against clean mail", runSigmine},
+	{"outbreak", "list|release ID --config FILE", "show the outbreak filter's suspect fingerprints, or let one go", runOutbreak},
 	{"example-config", "", "print the complete example configuration (every key, its default)", runExampleConfig},
 	{"version", "", "print the version", runVersion},
 }
@@ -147,8 +149,10 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	// A scan judges stored mail; it must not add it to the mail stream's
-	// copy, so the capture filter stays out.
-	cfg.Filters = slices.DeleteFunc(slices.Clone(cfg.Filters), func(f string) bool { return f == "capture" })
+	// copy, nor count it as copies arriving (a scan of the outbreak
+	// samples would count the worm again), so capture and outbreak stay
+	// out.
+	cfg.Filters = slices.DeleteFunc(slices.Clone(cfg.Filters), func(f string) bool { return f == "capture" || f == "outbreak" })
 	// Decisions are this command's output; the log shows only failures.
 	log, _, err := logging.New(config.Log{Target: "stderr", Level: "warn"}, stderr)
 	if err != nil {

@@ -5,7 +5,7 @@
 //
 //	milterbench gen -dir DIR [-count N] [-size BYTES]
 //	milterbench sigs [-count N] [-min LEN] [-max LEN] > FILE
-//	milterbench worm -dir DIR [-count N] [-widths 76,72] [-payload SEED]
+//	milterbench worm -dir DIR [-count N] [-widths 76,72] [-payload SEED] [-vary N]
 //	milterbench run -milter inet:127.0.0.1:8897 -corpus DIR [-c N] [-n N] [-pid PID]
 package main
 
@@ -179,6 +179,7 @@ func worm(args []string, stdout, stderr io.Writer) int {
 	count := fs.Int("count", 50, "number of copies")
 	size := fs.Int("size", 20000, "attachment bytes")
 	payload := fs.Uint64("payload", 1, "seed of the attachment: the same seed is the same worm")
+	vary := fs.Int("vary", 0, "attachment bytes changed at random in each copy (no two copies then share a hash)")
 	widthList := fs.String("widths", "76", "base64 line widths, used in turn, comma-separated")
 	seed := fs.Uint64("seed", 1, "seed of the per-copy parts")
 	if err := fs.Parse(args); err != nil {
@@ -197,7 +198,7 @@ func worm(args []string, stdout, stderr io.Writer) int {
 		}
 		widths = append(widths, n)
 	}
-	err := loadgen.GenerateWorm(loadgen.WormOptions{Dir: *dir, Count: *count, Payload: *payload, Size: *size, Widths: widths, Seed: *seed})
+	err := loadgen.GenerateWorm(loadgen.WormOptions{Dir: *dir, Count: *count, Payload: *payload, Size: *size, Widths: widths, Seed: *seed, Vary: *vary})
 	if err != nil {
 		fmt.Fprintf(stderr, "milterbench worm: %v\n", err)
 		return 1

@@ -21,6 +21,10 @@ type WormOptions struct {
 	Widths  []int  // base64 line widths, used in turn; default 76
 	Seed    uint64 // seed of the per-copy parts
 	Prefix  string // file name prefix
+	// Vary changes this many attachment bytes per copy, at random places
+	// (as a worm that pads or numbers its copies does): no two copies
+	// then share a hash.
+	Vary int
 }
 
 // GenerateWorm writes the copies.
@@ -41,6 +45,7 @@ func GenerateWorm(o WormOptions) error {
 	}
 	enc := base64.StdEncoding.EncodeToString(payload)
 	r := rand.New(rand.NewPCG(o.Seed, 7))
+	varied := make([]byte, len(payload))
 	words := []string{"document", "details", "your", "approved", "screensaver", "movie", "application", "wicked", "thank", "you", "please", "see", "the", "attached", "file", "for"}
 	for i := 0; i < o.Count; i++ {
 		var b bytes.Buffer
@@ -55,6 +60,13 @@ func GenerateWorm(o WormOptions) error {
 		fmt.Fprintf(&b, "\r\n\r\n--%s\r\nContent-Type: application/octet-stream; name=\"%s%d.pif\"\r\n", boundary, words[r.IntN(len(words))], r.IntN(100))
 		b.WriteString("Content-Transfer-Encoding: base64\r\n\r\n")
 		width := o.Widths[i%len(o.Widths)]
+		if o.Vary > 0 {
+			copy(varied, payload)
+			for v := 0; v < o.Vary; v++ {
+				varied[r.IntN(len(varied))] = byte(r.Uint32())
+			}
+			enc = base64.StdEncoding.EncodeToString(varied)
+		}
 		for s := enc; len(s) > 0; {
 			n := min(width, len(s))
 			b.WriteString(s[:n] + "\r\n")

@@ -62,7 +62,19 @@ type Options struct {
 	// for it (default 256 KiB).
 	Archives    bool
 	ArchiveTail int
+	// Content, when set, is called at each leaf's start (Index, Depth,
+	// Name and Type known) and may return a writer that is then given
+	// the leaf's decoded bytes as they are read, for a digest of its own
+	// (fingerprints); nil skips the leaf. A Write that returns
+	// ErrSkipContent wants no more: when the walk needs nothing else of
+	// the part (no hashes, no archive names), the rest is passed over
+	// undecoded, and Sums.Size counts only the bytes decoded until then.
+	Content func(p *Part) io.Writer
 }
+
+// ErrSkipContent is what an Options.Content writer returns when it needs
+// no more of a part.
+var ErrSkipContent = errors.New("mimewalk: content not needed")
 
 // LimitError is a walk stopped by one of its limits.
 type LimitError struct {
@@ -236,6 +248,10 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 		p.Name = p.Names[0]
 	}
 	body, _ := w.decode(h, raw)
+	var content io.Writer
+	if w.opts.Content != nil {
+		content = w.opts.Content(p)
+	}
 	for _, hs := range w.hashes {
 		hs.Reset()
 	}
@@ -261,6 +277,21 @@ func (w *walker) leaf(h message.Header, raw io.Reader, mediaType string, depth i
 			}
 			if tail != nil {
 				tail.Write(chunk)
+			}
+			if content != nil {
+				if _, err := content.Write(chunk); err == ErrSkipContent {
+					content = nil
+					if len(w.hashes) == 0 && tail == nil && len(w.head) >= sniffLen {
+						// Nothing else wants the bytes: skip to the
+						// part's end without decoding.
+						if _, err := io.Copy(io.Discard, raw); err != nil {
+							if stop := w.stop(); stop != nil {
+								return stop
+							}
+						}
+						break
+					}
+				}
 			}
 		}
 		if errors.Is(err, io.EOF) {

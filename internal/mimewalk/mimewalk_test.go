@@ -496,3 +496,55 @@ func FuzzBase64(f *testing.F) {
 		}
 	})
 }
+
+// sink records what Options.Content hands it; skip makes it want no more
+// after the first write.
+type sink struct {
+	got  []byte
+	skip bool
+}
+
+func (s *sink) Write(p []byte) (int, error) {
+	s.got = append(s.got, p...)
+	if s.skip {
+		return len(p), ErrSkipContent
+	}
+	return len(p), nil
+}
+
+func TestContentWriter(t *testing.T) {
+	big := strings.Repeat("A", 200000) // decodes to 150,000 bytes
+	msg := "Content-Type: multipart/mixed; boundary=b\r\n\r\n" +
+		"--b\r\nContent-Type: application/octet-stream; name=\"one.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQ" + big + "\r\n" +
+		"--b\r\nContent-Type: text/plain; name=\"two.txt\"\r\n\r\nsecond part\r\n--b--\r\n"
+	var sinks []*sink
+	var parts []*Part
+	err := Walk(strings.NewReader(msg), Options{Content: func(p *Part) io.Writer {
+		s := &sink{skip: p.Name == "one.bin"}
+		sinks = append(sinks, s)
+		return s
+	}}, func(p *Part) error {
+		parts = append(parts, p)
+		return nil
+	})
+	if err != nil || len(parts) != 2 || len(sinks) != 2 {
+		t.Fatalf("%v: %d parts, %d sinks", err, len(parts), len(sinks))
+	}
+	if parts[0].Kind != KindExe || len(sinks[0].got) >= 150000 || parts[0].Sums.Size >= 150000 {
+		t.Errorf("skipped part: kind %q, %d bytes written, size %d", parts[0].Kind, len(sinks[0].got), parts[0].Sums.Size)
+	}
+	if string(sinks[1].got) != "second part" {
+		t.Errorf("second part: %q", sinks[1].got)
+	}
+	// With a hash asked for, the whole part is still read.
+	sinks = nil
+	parts = nil
+	Walk(strings.NewReader(msg), Options{SHA256: true, Content: func(p *Part) io.Writer {
+		s := &sink{skip: true}
+		sinks = append(sinks, s)
+		return s
+	}}, func(p *Part) error { parts = append(parts, p); return nil })
+	if parts[0].Sums.Size != 150003 {
+		t.Errorf("hashed part size %d", parts[0].Sums.Size)
+	}
+}

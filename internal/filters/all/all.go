@@ -7,6 +7,7 @@ import (
 	_ "mailguard/internal/filter/attachments"
 	_ "mailguard/internal/filter/capture"
 	_ "mailguard/internal/filter/clamav"
+	_ "mailguard/internal/filter/outbreak"
 	_ "mailguard/internal/filter/quota"
 	_ "mailguard/internal/filter/ratelimit"
 	_ "mailguard/internal/filter/senders"
