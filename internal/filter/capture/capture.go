@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"mailguard/internal/addrpattern"
+	"mailguard/internal/ownmaildir"
 	"mailguard/internal/oneline"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/verdict"
@@ -74,21 +75,18 @@ func New(opts Options) (*Filter, error) {
 		opts.Now = time.Now
 	}
 	if opts.CheckOnly {
-		if err := checkDirs(opts.Dir); err != nil {
+		if err := ownmaildir.Check(opts.Dir); err != nil {
 			return nil, err
 		}
 	} else {
 		if err := os.MkdirAll(filepath.Dir(opts.Dir), 0o755); err != nil {
 			return nil, err
 		}
-		if err := prepareDirs(opts.Dir); err != nil {
+		if err := ownmaildir.Prepare(opts.Dir); err != nil {
 			return nil, err
 		}
 	}
 	host, _ := os.Hostname()
-	// Maildir names must not hold "/" or ":"; the host name comes from the
-	// system, but keep the rule anyway.
-	host = strings.NewReplacer("/", "\\057", ":", "\\072").Replace(host)
 	// The patterns were checked with the configuration; one that is not
 	// a pattern selects nothing.
 	recips, _ := addrpattern.NewSet(opts.Recipients)
@@ -239,15 +237,14 @@ func (c *check) start() {
 		return
 	}
 	now := f.opts.Now()
-	// A unique name from the system alone: time, process, a counter, host.
-	name := fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), f.seq.Add(1), f.host)
-	tmpDir, err := openOwnDir(filepath.Join(f.opts.Dir, "tmp"))
+	name := ownmaildir.Name(now, f.seq.Add(1), f.host)
+	tmpDir, err := ownmaildir.OpenDir(filepath.Join(f.opts.Dir, "tmp"))
 	if err != nil {
 		c.fail("cannot create copy", err)
 		return
 	}
 	c.tmpDir, c.tmpOpen = tmpDir, true
-	file, err := createIn(tmpDir, name)
+	file, err := ownmaildir.CreateIn(tmpDir, name)
 	if err != nil {
 		c.fail("cannot create copy", err)
 		return
@@ -314,11 +311,7 @@ func (c *check) finish() {
 	}
 	c.file = nil
 	if err == nil {
-		var newDir int
-		if newDir, err = openOwnDir(filepath.Join(c.f.opts.Dir, "new")); err == nil {
-			err = syscall.Renameat(c.tmpDir, c.tmp, newDir, c.tmp+fmt.Sprintf(",S=%d", c.size))
-			syscall.Close(newDir)
-		}
+		err = ownmaildir.Deliver(c.tmpDir, c.tmp, c.f.opts.Dir, c.size)
 	}
 	if err != nil {
 		c.fail("cannot finish copy", err)

@@ -12,6 +12,7 @@ import (
 	"mailguard/internal/config"
 	"mailguard/internal/filters"
 	"mailguard/internal/mimewalk"
+	"mailguard/internal/ownmaildir"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/shared"
 )
@@ -116,7 +117,11 @@ func OpenStore(c *Config) (Store, error) {
 }
 
 func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
-	if err := prepareDirs(c.Samples, b.CheckOnly() || b.Offline()); err != nil {
+	prepare := ownmaildir.Prepare
+	if b.CheckOnly() || b.Offline() {
+		prepare = ownmaildir.Check
+	}
+	if err := prepare(c.Samples); err != nil {
 		return nil, filters.KeyError[*config.Error](b, "samples", err)
 	}
 	backend := "memory"

@@ -2,14 +2,14 @@ package outbreak
 
 import (
 	"container/list"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"mailguard/internal/ownmaildir"
 )
 
 // samples keeps the first max_samples copies of each suspect fingerprint
@@ -111,7 +111,6 @@ type keptCopy struct {
 
 func newSamples(dir string, max int, budget, maxCopy int64, window time.Duration, now func() time.Time) *samples {
 	host, _ := os.Hostname()
-	host = strings.NewReplacer("/", "\\057", ":", "\\072").Replace(host)
 	return &samples{dir: dir, max: max, budget: budget, maxCopy: maxCopy, window: window, now: now, host: host,
 		single: list.New(), multi: list.New(), byKey: map[Key][]*list.Element{}, written: map[string]int{}}
 }
@@ -284,13 +283,13 @@ func (s *samples) write(header string, raw *rawCopy) {
 
 func (s *samples) writeFile(header string, raw *rawCopy) error {
 	now := s.now()
-	name := fmt.Sprintf("%d.M%dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), s.seq.Add(1), s.host)
-	tmpDir, err := openOwnDir(filepath.Join(s.dir, "tmp"))
+	name := ownmaildir.Name(now, s.seq.Add(1), s.host)
+	tmpDir, err := ownmaildir.OpenDir(filepath.Join(s.dir, "tmp"))
 	if err != nil {
 		return err
 	}
 	defer syscall.Close(tmpDir)
-	f, err := createIn(tmpDir, name)
+	f, err := ownmaildir.CreateIn(tmpDir, name)
 	if err != nil {
 		return err
 	}
@@ -312,11 +311,7 @@ func (s *samples) writeFile(header string, raw *rawCopy) error {
 		err = cerr
 	}
 	if err == nil {
-		var newDir int
-		if newDir, err = openOwnDir(filepath.Join(s.dir, "new")); err == nil {
-			err = syscall.Renameat(tmpDir, name, newDir, fmt.Sprintf("%s,S=%d", name, int64(len(header))+raw.size()))
-			syscall.Close(newDir)
-		}
+		err = ownmaildir.Deliver(tmpDir, name, s.dir, int64(len(header))+raw.size())
 	}
 	if err != nil {
 		syscall.Unlinkat(tmpDir, name)
