@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"mailguard/internal/addrpattern"
-	"mailguard/internal/ownmaildir"
 	"mailguard/internal/oneline"
+	"mailguard/internal/ownmaildir"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/verdict"
 )
