@@ -185,9 +185,10 @@ func build(c *Config, b *filters.Env) (pipeline.Filter, error) {
 		ctl = openControl(c.Samples, b.Log)
 	}
 	st := backendRef.Value()
-	ctl.Value().serve(st.store)
 	opts.Store, opts.samples = st.store, st.samples
-	return &Filter{opts: opts, backend: backendRef, ctl: ctl}, nil
+	f := &Filter{opts: opts, backend: backendRef, ctl: ctl}
+	ctl.Value().serve(f, st.store)
+	return f, nil
 }
 
 func now(b *filters.Env) func() time.Time {

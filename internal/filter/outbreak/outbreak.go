@@ -84,6 +84,9 @@ func (f *Filter) Macros() map[pipeline.Stage][]string {
 // Close lets go of the filter's hold on its state; the last holder closes
 // the store and the control socket.
 func (f *Filter) Close() error {
+	if f.ctl != nil {
+		f.ctl.Value().closing(f)
+	}
 	err := f.backend.Release()
 	if cerr := f.ctl.Release(); err == nil {
 		err = cerr

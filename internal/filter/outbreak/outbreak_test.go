@@ -362,3 +362,36 @@ func TestReloadKeepsState(t *testing.T) {
 		t.Fatalf("the control socket outlived the last pipeline: %v", err)
 	}
 }
+
+// A reload whose build fails after this filter was built closes the new
+// filter unused: the control socket must go on serving the running
+// filter's holds, not the failed build's closed, empty store.
+func TestFailedReloadKeepsControl(t *testing.T) {
+	dir := t.TempDir()
+	build := func(prev *pipeline.Pipeline, extra string) *pipeline.Pipeline {
+		cfg, err := filters.Parse("t.toml", []byte(fmt.Sprintf("filters = [\"outbreak\"]\n[outbreak]\nmin_networks = 3\nsamples = %q\n%s", filepath.Join(dir, "samples"), extra)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := filters.BuildWith(cfg, pipeline.Env{Log: slog.New(slog.DiscardHandler), Now: time.Now}, filters.BuildOptions{Predecessor: prev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	worm := attachmentMessage("w.exe", payload(12, 8000))
+	running := build(nil, "")
+	defer running.Close()
+	for i := 0; i < 4; i++ {
+		deliver(t, running, fmt.Sprintf("10.8.%d.1", i), "x@y", false, worm)
+	}
+	sock := outbreak.ControlSocket(filepath.Join(dir, "samples"))
+	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 1 {
+		t.Fatalf("before the reload: %+v %v", r, err)
+	}
+	failed := build(running, "window = \"10m\"") // new settings: a store of its own
+	failed.Close()                               // a later filter's file was broken
+	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 1 {
+		t.Fatalf("after a failed reload the socket lost the running holds: %+v %v", r, err)
+	}
+}

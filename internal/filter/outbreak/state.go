@@ -25,6 +25,8 @@ func closeBackend(b *backendState) error { return b.store.Close() }
 type control struct {
 	server *controlServer // nil when the socket could not be opened
 	mu     sync.Mutex
+	owner  *Filter // the filter whose store it serves
+	prev   *Filter // the one before, until it is closed
 	store  Store
 }
 
@@ -34,10 +36,31 @@ func (c *control) current() Store {
 	return c.store
 }
 
-func (c *control) serve(s Store) {
+// serve points the control socket at the store of owner, the filter a
+// build made last, and remembers the one it served until now.
+func (c *control) serve(owner *Filter, s Store) {
 	c.mu.Lock()
-	c.store = s
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	c.prev, c.owner, c.store = c.owner, owner, s
+}
+
+// closing is told that f is being closed. If the socket serves f (a
+// reload built it and then failed), it serves the previous filter's
+// store again: the running filter's holds must stay reachable. If f is
+// that previous filter (a reload that succeeded retires it), it is
+// forgotten.
+func (c *control) closing(f *Filter) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch f {
+	case c.owner:
+		if c.prev != nil {
+			c.owner, c.store = c.prev, c.prev.opts.Store
+		}
+		c.prev = nil
+	case c.prev:
+		c.prev = nil
+	}
 }
 
 func closeControl(c *control) error {
