@@ -69,6 +69,7 @@ type Config struct {
 	// MaxRecipients bounds one message's recipients.
 	MaxRecipients int
 	Log           Log
+	HTTP          HTTP
 	// Warnings are problems that do not stop the configuration from
 	// running, each "FILE:LINE: what".
 	Warnings []string
@@ -111,6 +112,7 @@ type raw struct {
 		SyslogTag       *string `toml:"syslog_tag"`
 		SummaryInterval *string `toml:"summary_interval"`
 	} `toml:"log"`
+	HTTP rawHTTP `toml:"http"`
 }
 
 // Sections maps each known filter's name to a constructor of its section
@@ -137,6 +139,7 @@ func Default(sections Sections) *Config {
 		MaxConnections: DefaultMaxConnections,
 		MaxRecipients:  DefaultMaxRecipients,
 		Log:            Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SummaryInterval: DefaultSummaryInterval},
+		HTTP:           HTTP{Listen: DefaultHTTPListen},
 		Sections:       map[string]Section{},
 	}
 	for name, fresh := range sections {
@@ -215,6 +218,7 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 	field(v, &c.Log.Format, r.Log.Format, "log.format", oneOf("text", "json"))
 	field(v, &c.Log.SyslogTag, r.Log.SyslogTag, "log.syslog_tag", nonEmpty)
 	field(v, &c.Log.SummaryInterval, r.Log.SummaryInterval, "log.summary_interval", parseDuration)
+	checkHTTP(v, c, r.HTTP, file)
 	for _, name := range names {
 		v.checkSection(name, c.Sections[name], slices.Contains(c.Filters, name))
 	}

@@ -49,6 +49,7 @@ type testDaemon struct {
 	dir  string
 	conf string
 	addr string
+	http string // the HTTP listener's address, "" when off
 	logs *syncBuffer
 }
 
@@ -63,7 +64,8 @@ func start(t *testing.T, config string) *testDaemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{ConfigFile: d.conf, Stderr: d.logs, Ready: func(a string) { ready <- a }})
+		done <- Run(ctx, Options{ConfigFile: d.conf, Stderr: d.logs, Ready: func(a string) { ready <- a },
+			HTTPReady: func(a string) { d.http = a }, Version: "test"})
 	}()
 	select {
 	case d.addr = <-ready:
