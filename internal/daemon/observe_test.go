@@ -184,3 +184,98 @@ password_file = %q
 		}
 	}
 }
+
+// clamd, Redis and the DNS server are probed at each scrape: up with
+// their round trip while they answer, down when one stops.
+func TestHealthMetrics(t *testing.T) {
+	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
+	redis := testserver.StartRedis(t)
+	dns := testserver.StartDNS(t, "bl.test", map[string]string{"2.0.0.127": "127.0.0.2"})
+	port := testserver.FreePort(t)
+	d := start(t, fmt.Sprintf(`listen = "LISTEN"
+filters = ["access", "ratelimit", "clamav"]
+[access]
+dnsbl = ["bl.test"]
+dns_server = %q
+[ratelimit]
+backend = %q
+[[ratelimit.rule]]
+name = "per-client"
+event = "message"
+key = "client"
+limit = 100
+window = "1m"
+action = "tempfail"
+[clamav]
+address = %q
+clamd_config = ""
+[http]
+listen = "127.0.0.1:%d"
+`, dns.Server(), redis.URL(), clamd.Address(), port))
+	metricsText := func() string { _, s := httpGet(t, "http://"+d.http+"/metrics", "", ""); return s }
+	text := metricsText()
+	for _, want := range []string{
+		fmt.Sprintf(`mailguard_access_dns_up{target=%q} 1`, dns.Server()),
+		fmt.Sprintf(`mailguard_ratelimit_redis_up{target="127.0.0.1:%d"} 1`, redis.Port),
+		fmt.Sprintf(`mailguard_clamav_clamd_up{target=%q} 1`, clamd.Address()),
+		`mailguard_clamav_clamd_ping_seconds{target=`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	redis.Stop()
+	clamd.Stop()
+	dns.Pause()
+	defer dns.Resume()
+	text = metricsText()
+	for _, want := range []string{
+		fmt.Sprintf(`mailguard_access_dns_up{target=%q} 0`, dns.Server()),
+		fmt.Sprintf(`mailguard_ratelimit_redis_up{target="127.0.0.1:%d"} 0`, redis.Port),
+		fmt.Sprintf(`mailguard_clamav_clamd_up{target=%q} 0`, clamd.Address()),
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("with Redis, clamd and DNS stopped, /metrics lacks %q", want)
+		}
+	}
+	_, page := httpGet(t, "http://"+d.http+"/", "", "")
+	if n := strings.Count(page, ">DOWN<"); n != 3 {
+		t.Errorf("the page shows %d services down, want 3", n)
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", text)
+	}
+}
+
+// Capture's switch and copies; a reload (a new filter, counting from
+// zero) does not send the copies' total back.
+func TestCaptureMetrics(t *testing.T) {
+	port := testserver.FreePort(t)
+	d := start(t, fmt.Sprintf(`listen = "LISTEN"
+filters = ["capture"]
+[capture]
+switch = "capture.on"
+dir = "captured"
+[http]
+listen = "127.0.0.1:%d"
+`, port))
+	metricsText := func() string { _, s := httpGet(t, "http://"+d.http+"/metrics", "", ""); return s }
+	if text := metricsText(); !strings.Contains(text, "mailguard_capture_switch_on 0\n") {
+		t.Fatalf("switch off, /metrics:\n%s", text)
+	}
+	os.WriteFile(filepath.Join(d.dir, "capture.on"), nil, 0o644)
+	time.Sleep(1100 * time.Millisecond) // capture looks at its switch at most once a second
+	a := d.connect("192.0.2.7", nil)
+	a.send("a@example.org", "user@example.edu", "hello\r\n")
+	a.send("a@example.org", "user@example.edu", "hello\r\n")
+	text := metricsText()
+	if !strings.Contains(text, "mailguard_capture_switch_on 1\n") || !strings.Contains(text, `mailguard_capture_writes_total{result="written"} 2`+"\n") {
+		t.Fatalf("switch on, 2 copies, /metrics:\n%s", text)
+	}
+	a.send("a@example.org", "user@example.edu", "hello\r\n") // not scraped before the reload
+	d.reload()
+	d.connect("192.0.2.8", nil).send("a@example.org", "user@example.edu", "hello\r\n")
+	if text := metricsText(); !strings.Contains(text, `mailguard_capture_writes_total{result="written"} 4`+"\n") {
+		t.Fatalf("after a reload and one more copy, /metrics:\n%s", text)
+	}
+}

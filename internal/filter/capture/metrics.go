@@ -13,15 +13,15 @@ func init() { filters.RegisterMetrics(Name, newCollector) }
 
 // collector reports the switch and the copies. The copies are counted by
 // each filter; when a reload replaces the filter, what the old one
-// counted until then is carried over, so the totals never go back. (Copies
-// the old filter writes after that, for the sessions it still serves, are
-// not counted here; the log has them.)
+// counted until the first scrape after the reload is carried over, so the
+// totals never go back. (Copies the old filter writes after that, for
+// the sessions it still serves, are not counted here; the log has them.)
 type collector struct {
-	current             filters.Current
-	on, writes          *prometheus.Desc
-	mu                  sync.Mutex
-	last                *Filter
-	carried, lastCounts [3]uint64
+	current    filters.Current
+	on, writes *prometheus.Desc
+	mu         sync.Mutex
+	last       *Filter
+	carried    [3]uint64
 }
 
 func newCollector(current filters.Current) prometheus.Collector {
@@ -39,18 +39,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	f, _ := c.current().(*Filter)
 	c.mu.Lock()
 	if f != c.last && c.last != nil {
-		for i := range c.carried {
-			c.carried[i] += c.lastCounts[i]
+		for i, n := range counts(c.last) {
+			c.carried[i] += n
 		}
-		c.lastCounts = [3]uint64{}
 	}
 	c.last = f
-	if f != nil {
-		c.lastCounts = [3]uint64{f.Written.Load(), f.Failed.Load(), f.Skipped.Load()}
-	}
 	totals := c.carried
-	for i := range totals {
-		totals[i] += c.lastCounts[i]
+	if f != nil {
+		for i, n := range counts(f) {
+			totals[i] += n
+		}
 	}
 	c.mu.Unlock()
 	for i, result := range []string{"written", "failed", "skipped"} {
@@ -61,4 +59,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		on = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.on, prometheus.GaugeValue, on)
+}
+
+func counts(f *Filter) [3]uint64 {
+	return [3]uint64{f.Written.Load(), f.Failed.Load(), f.Skipped.Load()}
 }
