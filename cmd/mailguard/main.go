@@ -3,6 +3,7 @@
 //
 //	mailguard serve [--config FILE]
 //	mailguard scan --config FILE PATH...
+//	mailguard status [--config FILE] [--url URL] [--json]
 //	mailguard check-config --config FILE
 //	mailguard sigmine --samples PATH... --clean PATH...
 //	mailguard example-config
@@ -46,6 +47,7 @@ type command struct {
 var commands = []command{
 	{"serve", "[--config FILE]", "run the milter daemon (built-in defaults without --config)", runServe},
 	{"scan", "[--config FILE] PATH...", "run stored messages (files, directories, Maildirs) through the filters", runScan},
+	{"status", "[--config FILE] [--url URL]", "what the running daemon is doing: messages, refusals, health (its HTTP listener)", runStatus},
 	{"reload", "--config FILE", "make the daemon that config's pid_file names reread its files; say whether it worked", runReload},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
 	{"sigmine", "--samples PATH --clean PATH", "mine signatures from worm samples, proven against clean mail", runSigmine},

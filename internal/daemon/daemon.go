@@ -68,7 +68,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	counter := stats.NewCounter()
-	obs := newObserver(opts.Version)
+	obs := newObserver(cfg, opts.Version)
 	defer obs.close()
 	env := pipeline.Env{Log: log, Stats: counter, Metrics: obs.core, Now: time.Now}
 	p, err := filters.Build(cfg, env)

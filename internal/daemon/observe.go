@@ -34,15 +34,21 @@ type observer struct {
 	ok      prometheus.Gauge
 }
 
-func newObserver(version string) *observer {
+// newObserver makes the registry; with http.listen "" nobody can read
+// the metrics, so the pipeline gets none (its Core is nil) and pays
+// nothing for them.
+func newObserver(cfg *config.Config, version string) *observer {
 	reg := prometheus.NewRegistry()
-	o := &observer{reg: reg, core: metrics.NewCore(reg, time.Now),
+	o := &observer{reg: reg,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "reloads_total",
 			Help: "Reloads (SIGHUP), by result: ok or failed (the previous configuration kept running)."}, []string{"result"}),
 		loaded: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "config_loaded_timestamp_seconds",
 			Help: "When the configuration now running was loaded (Unix time)."}),
 		ok: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: "config_last_reload_success",
 			Help: "1 if the latest load or reload of the configuration worked, 0 if it failed."}),
+	}
+	if cfg.HTTP.Listen != "" {
+		o.core = metrics.NewCore(reg, time.Now)
 	}
 	o.reloads.WithLabelValues("ok")
 	o.reloads.WithLabelValues("failed")
