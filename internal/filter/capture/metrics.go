@@ -50,12 +50,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			totals[i] += n
 		}
 	}
+	seen := c.carried != [3]uint64{}
 	c.mu.Unlock()
+	if f == nil && !seen {
+		return // capture does not run, and never did
+	}
 	for i, result := range []string{"written", "failed", "skipped"} {
 		ch <- prometheus.MustNewConstMetric(c.writes, prometheus.CounterValue, float64(totals[i]), result)
 	}
+	if f == nil {
+		return // not running now: no switch to report
+	}
 	on := 0.0
-	if f != nil && f.on() {
+	if f.on() {
 		on = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.on, prometheus.GaugeValue, on)
