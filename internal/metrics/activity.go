@@ -76,6 +76,9 @@ func (a *Activity) message() {
 	a.mu.Unlock()
 }
 
+// Decision records a decision (the pipeline does it through Core).
+func (a *Activity) Decision(d Decision) { a.decision(d) }
+
 func (a *Activity) decision(d Decision) {
 	if d.Time.IsZero() {
 		d.Time = a.now()
