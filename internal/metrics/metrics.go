@@ -60,7 +60,9 @@ func NewCore(reg prometheus.Registerer, now func() time.Time) *Core {
 	reg.MustRegister(c.messages, c.verdicts, c.hits, c.failures, c.calls, c.stages)
 	c.stageObsv = map[string]prometheus.Observer{}
 	for _, s := range Stages {
-		c.stageObsv[s] = c.stages.WithLabelValues(s)
+		if s != "connection" && s != "start" { // parts of connect and mail
+			c.stageObsv[s] = c.stages.WithLabelValues(s)
+		}
 	}
 	return c
 }
