@@ -385,9 +385,13 @@ func TestDefaultPortIsFree(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the services database: %v", err)
 	}
+	_, httpPort, _ := net.SplitHostPort(config.DefaultHTTPListen)
+	if httpPort == "9090" || httpPort == "9100" || httpPort == port { // Prometheus, its node exporter, our milter
+		t.Errorf("default http.listen %s is a port others take", config.DefaultHTTPListen)
+	}
 	for _, line := range strings.Split(string(services), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && !strings.HasPrefix(f[0], "#") && f[1] == port+"/tcp" {
-			t.Errorf("default listen %s is registered for %q in /etc/services", config.DefaultListen, f[0])
+		if f := strings.Fields(line); len(f) >= 2 && !strings.HasPrefix(f[0], "#") && (f[1] == port+"/tcp" || f[1] == httpPort+"/tcp") {
+			t.Errorf("default listen %s or http.listen %s: port registered for %q in /etc/services", config.DefaultListen, config.DefaultHTTPListen, f[0])
 		}
 	}
 
