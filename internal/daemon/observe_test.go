@@ -203,7 +203,7 @@ backend = %q
 name = "per-client"
 event = "message"
 key = "client"
-limit = 100
+limit = 1
 window = "1m"
 action = "tempfail"
 [clamav]
@@ -213,8 +213,17 @@ clamd_config = ""
 listen = "127.0.0.1:%d"
 `, dns.Server(), redis.URL(), clamd.Address(), port))
 	metricsText := func() string { _, s := httpGet(t, "http://"+d.http+"/metrics", "", ""); return s }
+	a := d.connect("192.0.2.7", nil)
+	if r := a.send("a@example.org", "user@example.edu", "hello\r\n"); r != "" {
+		t.Fatalf("first message: %s", r)
+	}
+	if r := a.send("a@example.org", "user@example.edu", "hello\r\n"); !strings.HasPrefix(r, "451 4.7.1") {
+		t.Fatalf("second message over the limit of 1: %q", r)
+	}
 	text := metricsText()
 	for _, want := range []string{
+		`mailguard_hits_total{filter="ratelimit",reason="per-client"} 1`,
+		`mailguard_verdicts_total{filter="ratelimit",outcome="tempfailed"} 1`,
 		fmt.Sprintf(`mailguard_access_dns_up{target=%q} 1`, dns.Server()),
 		fmt.Sprintf(`mailguard_ratelimit_redis_up{target="127.0.0.1:%d"} 1`, redis.Port),
 		fmt.Sprintf(`mailguard_clamav_clamd_up{target=%q} 1`, clamd.Address()),
