@@ -30,12 +30,7 @@ func RegisterMetrics(name string, collector func(Current) prometheus.Collector) 
 // reading its filter from the pipeline current returns.
 func RegisterCollectors(reg prometheus.Registerer, current func() *pipeline.Pipeline) error {
 	for _, name := range slices.Sorted(maps.Keys(collectors)) {
-		c := collectors[name](func() pipeline.Filter {
-			if f := current().Filter(name); f != nil {
-				return f
-			}
-			return nil
-		})
+		c := collectors[name](func() pipeline.Filter { return current().Filter(name) })
 		if err := reg.Register(c); err != nil {
 			return err
 		}
