@@ -14,6 +14,7 @@ import (
 
 	"github.com/d--j/go-milter"
 
+	"mailguard/internal/pidfile"
 	"mailguard/internal/testserver"
 	"mailguard/internal/webstatus"
 )
@@ -286,5 +287,22 @@ listen = "127.0.0.1:%d"
 	d.connect("192.0.2.8", nil).send("a@example.org", "user@example.edu", "hello\r\n")
 	if text := metricsText(); !strings.Contains(text, `mailguard_capture_writes_total{result="written"} 4`+"\n") {
 		t.Fatalf("after a reload and one more copy, /metrics:\n%s", text)
+	}
+}
+
+// A new [http] waits for a restart, and the reload says so; the listener
+// stays where it was.
+func TestReloadSaysHTTPWaitsForARestart(t *testing.T) {
+	a, b := testserver.FreePort(t), testserver.FreePort(t)
+	config := "listen = \"LISTEN\"\npid_file = \"mailguard.pid\"\n[http]\nlisten = \"127.0.0.1:%d\"\n"
+	d := start(t, fmt.Sprintf(config, a))
+	d.write(fmt.Sprintf(config, b))
+	st := reloadStatus(t, filepath.Join(d.dir, "mailguard.pid"), pidfile.Status{})
+	want := fmt.Sprintf(`reloaded; these changes wait for a restart: http "127.0.0.1:%d" "" "" -> "127.0.0.1:%d" "" ""`, a, b)
+	if !st.OK || st.Message != want {
+		t.Fatalf("status %q\nwant   %q", st.Message, want)
+	}
+	if code, _ := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", a), "", ""); code != 200 {
+		t.Errorf("the listener moved: %d", code)
 	}
 }
