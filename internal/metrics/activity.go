@@ -10,17 +10,17 @@ import (
 // Decision is one decision as the status page lists it. Every string in
 // it came from the SMTP client or the MTA: whoever shows it escapes it.
 type Decision struct {
-	Time    time.Time
-	Client  string
-	From    string
-	Rcpts   []string // the first few; MoreRcpts counts the others
-	More    int
-	Verdict string // "accept", "reject 550 5.7.0 VIRUS FOUND", ...
-	Filter  string
-	Reason  string
+	Time    time.Time `json:"time"`
+	Client  string    `json:"client"`
+	From    string    `json:"from"`
+	Rcpts   []string  `json:"rcpts"` // the first few; More counts the others
+	More    int       `json:"more_rcpts,omitempty"`
+	Verdict string    `json:"verdict"` // "accept", "reject 550 5.7.0 VIRUS FOUND", ...
+	Filter  string    `json:"filter,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
 	// Key is the refusal's stable name ("virus:WORM_SOBIG.B"), "" for
 	// an accepted message.
-	Key string
+	Key string `json:"key,omitempty"`
 }
 
 // Activity keeps a day of minute buckets (messages, refusals by reason)
