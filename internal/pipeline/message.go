@@ -174,7 +174,7 @@ func (m *Message) active(i int, st Stage) bool {
 // run calls stage st on every check that takes part. The first final
 // verdict becomes the message's; after it only observers are called.
 func (m *Message) run(st Stage, name string, fn func(context.Context, Check) (verdict.Verdict, error)) verdict.Verdict {
-	defer m.p.timeStage(name, time.Now())
+	defer m.p.timeStage(name, m.p.stageClock())
 	for i := range m.p.members {
 		if !m.active(i, st) {
 			continue
@@ -202,7 +202,7 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 	if m.final.Final() {
 		return m.final
 	}
-	defer m.p.timeStage("rcpt", time.Now())
+	defer m.p.timeStage("rcpt", m.p.stageClock())
 	if v, over := m.rcptLimits(rcpt); over {
 		// One line for the first recipient over the limit; the rest are
 		// counted and told at the end, or 100,000 RCPTs make as many lines.

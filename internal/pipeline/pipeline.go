@@ -209,9 +209,21 @@ func stageIndex(stage string) int {
 	return -1
 }
 
+// stageClock is the start of a stage to time: zero without metrics, so
+// a daemon without them reads no clock for it.
+func (p *Pipeline) stageClock() time.Time {
+	if p.env.Metrics == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
 // timeStage observes a whole stage's time since start, if there are
 // metrics.
 func (p *Pipeline) timeStage(stage string, start time.Time) {
+	if start.IsZero() {
+		return
+	}
 	if o := p.env.Metrics.StageTimer(stage); o != nil {
 		o.Observe(time.Since(start).Seconds())
 	}
