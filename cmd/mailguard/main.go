@@ -3,6 +3,7 @@
 //
 //	mailguard serve [--config FILE]
 //	mailguard scan --config FILE PATH...
+//	mailguard status [--config FILE] [--url URL] [--json]
 //	mailguard check-config --config FILE
 //	mailguard sigmine --samples PATH... --clean PATH...
 //	mailguard outbreak list|release ID --config FILE
@@ -49,6 +50,7 @@ type command struct {
 var commands = []command{
 	{"serve", "[--config FILE] [--allow-root]", "run the milter daemon (built-in defaults without --config)", runServe},
 	{"scan", "[--config FILE] PATH...", "run stored messages (files, directories, Maildirs) through the filters", runScan},
+	{"status", "[--config FILE] [--url URL]", "what the running daemon is doing: messages, refusals, health (its HTTP listener)", runStatus},
 	{"reload", "--config FILE", "make the daemon that config's pid_file names reread its files; say whether it worked", runReload},
 	{"check-config", "--config FILE", "check a configuration and the files it names; report every problem", runCheckConfig},
 	{"sigmine", "--samples PATH --clean PATH", "mine signatures from worm samples, proven against clean mail", runSigmine},
@@ -123,7 +125,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailguard serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr, AllowRoot: *allowRoot}); err != nil {
+	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr, AllowRoot: *allowRoot, Version: versionString()}); err != nil {
 		fmt.Fprintf(stderr, "mailguard serve: %v\n", err)
 		return 1
 	}

@@ -77,6 +77,7 @@ type Config struct {
 	// it has a configuration file).
 	AllowRoot bool
 	Log       Log
+	HTTP      HTTP
 	// Warnings are problems that do not stop the configuration from
 	// running, each "FILE:LINE: what".
 	Warnings []string
@@ -135,6 +136,7 @@ type raw struct {
 		RemoteQueue     *int    `toml:"remote_queue"`
 		SummaryInterval *string `toml:"summary_interval"`
 	} `toml:"log"`
+	HTTP rawHTTP `toml:"http"`
 }
 
 // Sections maps each known filter's name to a constructor of its section
@@ -162,6 +164,7 @@ func Default(sections Sections) *Config {
 		MaxRecipients:  DefaultMaxRecipients,
 		Log: Log{Target: "stderr", Level: "info", Format: "text", SyslogTag: "mailguard", SyslogFacility: "mail", SyslogSocket: DefaultSyslogSocket,
 			RemoteQueue: DefaultRemoteQueue, SummaryInterval: DefaultSummaryInterval},
+		HTTP:     HTTP{Listen: DefaultHTTPListen},
 		Sections: map[string]Section{},
 	}
 	for name, fresh := range sections {
@@ -247,6 +250,7 @@ func Parse(file string, data []byte, sections Sections) (*Config, error) {
 		c.AllowRoot = *r.AllowRoot
 	}
 	field(v, &c.Log.SummaryInterval, r.Log.SummaryInterval, "log.summary_interval", parseDuration)
+	checkHTTP(v, c, r.HTTP, file)
 	for _, name := range names {
 		v.checkSection(name, c.Sections[name], slices.Contains(c.Filters, name))
 	}

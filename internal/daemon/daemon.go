@@ -41,6 +41,11 @@ type Options struct {
 	// AllowRoot lets the daemon run as root (serve --allow-root), as the
 	// configuration's allow_root does.
 	AllowRoot bool
+	// HTTPReady, if set, is called with the HTTP listener's address
+	// (metrics, status page) once serving; "" when it is off.
+	HTTPReady func(addr string)
+	// Version is reported by the metrics and the status page.
+	Version string
 }
 
 // Run serves until ctx ends or SIGTERM/SIGINT arrives, then drains.
@@ -74,7 +79,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	counter := stats.NewCounter()
-	env := pipeline.Env{Log: log, Stats: counter, Now: time.Now}
+	obs := newObserver(cfg, opts.Version)
+	defer obs.close()
+	env := pipeline.Env{Log: log, Stats: counter, Metrics: obs.core, Now: time.Now}
 	p, err := filters.Build(cfg, env)
 	if err != nil {
 		return err
@@ -100,6 +107,14 @@ func Run(ctx context.Context, opts Options) error {
 	// At the end, the last pipeline's filters close (Redis clients, clamd
 	// sessions) once the drain is over.
 	defer func() { door.Pipeline().Retire() }()
+	if err := obs.start(cfg, door, log); err != nil {
+		ln.Close()
+		door.Pipeline().Retire()
+		return err
+	}
+	if opts.HTTPReady != nil {
+		opts.HTTPReady(obs.Addr())
+	}
 	started := cfg // what the listener, the door and the log were set up with
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration: " + w)
@@ -166,6 +181,7 @@ func Run(ctx context.Context, opts Options) error {
 			startReload()
 		case o := <-reloaded:
 			cfg, reloading = o.cfg, false
+			obs.reloaded(cfg, door.Pipeline(), o.err, o.pending)
 			if pidPath != "" {
 				seq++
 				st := pidfile.Status{Seq: seq, OK: o.err == nil, Message: "reloaded"}
@@ -252,6 +268,7 @@ func restartNeeded(started, cfg *config.Config) []string {
 	diff("log.format", started.Log.Format, cfg.Log.Format)
 	diff("log.syslog_tag", started.Log.SyslogTag, cfg.Log.SyslogTag)
 	diff("log.summary_interval", started.Log.SummaryInterval, cfg.Log.SummaryInterval)
+	diff("http", fmt.Sprintf("%q %q %q", started.HTTP.Listen, started.HTTP.User, started.HTTP.PasswordFile), fmt.Sprintf("%q %q %q", cfg.HTTP.Listen, cfg.HTTP.User, cfg.HTTP.PasswordFile))
 	return out
 }
 

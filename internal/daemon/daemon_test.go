@@ -49,6 +49,7 @@ type testDaemon struct {
 	dir  string
 	conf string
 	addr string
+	http string // the HTTP listener's address, "" when off
 	logs *syncBuffer
 }
 
@@ -63,7 +64,8 @@ func start(t *testing.T, config string) *testDaemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{ConfigFile: d.conf, AllowRoot: true, Stderr: d.logs, Ready: func(a string) { ready <- a }})
+		done <- Run(ctx, Options{ConfigFile: d.conf, AllowRoot: true, Stderr: d.logs, Ready: func(a string) { ready <- a },
+			HTTPReady: func(a string) { d.http = a }, Version: "test"})
 	}()
 	select {
 	case d.addr = <-ready:
@@ -383,9 +385,15 @@ func TestDefaultPortIsFree(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the services database: %v", err)
 	}
+	_, httpPort, _ := net.SplitHostPort(config.DefaultHTTPListen)
+	// Prometheus, its node exporter, our milter, and the port the README
+	// gives the Dovecot policy door.
+	if httpPort == "9090" || httpPort == "9100" || httpPort == port || httpPort == "8898" {
+		t.Errorf("default http.listen %s is a port others take", config.DefaultHTTPListen)
+	}
 	for _, line := range strings.Split(string(services), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && !strings.HasPrefix(f[0], "#") && f[1] == port+"/tcp" {
-			t.Errorf("default listen %s is registered for %q in /etc/services", config.DefaultListen, f[0])
+		if f := strings.Fields(line); len(f) >= 2 && !strings.HasPrefix(f[0], "#") && (f[1] == port+"/tcp" || f[1] == httpPort+"/tcp") {
+			t.Errorf("default listen %s or http.listen %s: port registered for %q in /etc/services", config.DefaultListen, config.DefaultHTTPListen, f[0])
 		}
 	}
 

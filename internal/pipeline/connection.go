@@ -72,6 +72,7 @@ func (cn *Connection) stage(st Stage, name string, fn func(ConnState, context.Co
 	if cn.final.Final() {
 		return cn.final
 	}
+	defer cn.p.timeStage(name, cn.p.stageClock())
 	env := &Envelope{Conn: cn.conn}
 	for i, state := range cn.states {
 		if state == nil {

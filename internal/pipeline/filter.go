@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"mailguard/internal/metrics"
 	"mailguard/internal/oneline"
 	"mailguard/internal/stats"
 	"mailguard/internal/verdict"
@@ -495,7 +496,10 @@ const DefaultTimeout = 10 * time.Second
 type Env struct {
 	Log   *slog.Logger
 	Stats *stats.Counter
-	Now   func() time.Time
+	// Metrics, if not nil, hears what Stats hears and times every call
+	// (Prometheus, the status page).
+	Metrics *metrics.Core
+	Now     func() time.Time
 	// MaxRecipients bounds one message's recipients; 0 is
 	// DefaultMaxRecipients.
 	MaxRecipients int

@@ -49,6 +49,7 @@ func (cn *Connection) Begin(delivered Stage, allowed Modification, from, args st
 	if p.env.Stats != nil {
 		p.env.Stats.Message()
 	}
+	p.env.Metrics.Message()
 	if cn.final.Final() { // logged at its stage
 		m.final, m.env.final, m.logged = cn.final, cn.final, true
 	}
@@ -138,17 +139,20 @@ func (m *Message) logFinal() {
 // the final verdict's action and filter, else what the caller says
 // ("accepted" at the end, "aborted" when closed before it).
 func (m *Message) countOutcome(otherwise string) {
-	if m.counted || m.p.env.Stats == nil {
+	if m.counted {
 		return
 	}
 	m.counted = true
-	if !m.final.Final() {
-		m.p.env.Stats.Verdict(otherwise, "")
-		return
+	outcome, filter := otherwise, ""
+	if m.final.Final() {
+		outcome = map[verdict.Action]string{verdict.Reject: "rejected", verdict.TempFail: "tempfailed",
+			verdict.Discard: "discarded", verdict.Accept: "accepted"}[m.final.Action]
+		filter = m.final.Filter
 	}
-	outcome := map[verdict.Action]string{verdict.Reject: "rejected", verdict.TempFail: "tempfailed",
-		verdict.Discard: "discarded", verdict.Accept: "accepted"}[m.final.Action]
-	m.p.env.Stats.Verdict(outcome, m.final.Filter)
+	if m.p.env.Stats != nil {
+		m.p.env.Stats.Verdict(outcome, filter)
+	}
+	m.p.env.Metrics.Verdict(outcome, filter)
 }
 
 // active reports whether member i takes part in stage st now: it has a
@@ -170,6 +174,7 @@ func (m *Message) active(i int, st Stage) bool {
 // run calls stage st on every check that takes part. The first final
 // verdict becomes the message's; after it only observers are called.
 func (m *Message) run(st Stage, name string, fn func(context.Context, Check) (verdict.Verdict, error)) verdict.Verdict {
+	defer m.p.timeStage(name, m.p.stageClock())
 	for i := range m.p.members {
 		if !m.active(i, st) {
 			continue
@@ -197,6 +202,7 @@ func (m *Message) Rcpt(rcpt, args string) verdict.Verdict {
 	if m.final.Final() {
 		return m.final
 	}
+	defer m.p.timeStage("rcpt", m.p.stageClock())
 	if v, over := m.rcptLimits(rcpt); over {
 		// One line for the first recipient over the limit; the rest are
 		// counted and told at the end, or 100,000 RCPTs make as many lines.
@@ -309,6 +315,7 @@ func (m *Message) End() verdict.Verdict {
 		if m.p.env.Log.Enabled(context.Background(), slog.LevelDebug) {
 			m.p.env.Log.Debug("decision", "verdict", "accept", envAttrs(&m.env))
 		}
+		m.p.record(&m.env, "accept", "", "", "", "")
 	}
 	return v
 }

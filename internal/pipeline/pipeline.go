@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"mailguard/internal/metrics"
 	"mailguard/internal/verdict"
 )
 
@@ -34,6 +37,9 @@ type Pipeline struct {
 	macros    map[Stage][]string
 	env       Env
 	life      lifecycle
+	// timers[i][s] times member i's calls at metrics.Stages[s]; nil
+	// without metrics.
+	timers [][]prometheus.Observer
 }
 
 // New builds a pipeline. Filters run in the order given.
@@ -60,6 +66,15 @@ func New(env Env, members ...Member) *Pipeline {
 			}
 			for st, names := range mu.Macros() {
 				p.macros[st] = append(p.macros[st], names...)
+			}
+		}
+	}
+	if env.Metrics != nil {
+		p.timers = make([][]prometheus.Observer, len(members))
+		for i, m := range p.members {
+			p.timers[i] = make([]prometheus.Observer, len(metrics.Stages))
+			for s, name := range metrics.Stages {
+				p.timers[i][s] = env.Metrics.CallTimer(m.Filter.Name(), name)
 			}
 		}
 	}
@@ -114,9 +129,15 @@ func (p *Pipeline) Filters() []string {
 // policy verdict and a log line. The boolean reports a failure.
 func (p *Pipeline) call(parent context.Context, i int, env *Envelope, stage string, fn func(ctx context.Context) (verdict.Verdict, error)) (v verdict.Verdict, failed bool) {
 	m := &p.members[i]
-	ctx := newLazyCtx(parent, time.Now().Add(m.Timeout))
+	start := time.Now()
+	ctx := newLazyCtx(parent, start.Add(m.Timeout))
 	env.caller = m
 	defer func() {
+		if p.timers != nil {
+			if s := stageIndex(stage); s >= 0 {
+				p.timers[i][s].Observe(time.Since(start).Seconds())
+			}
+		}
 		env.caller = nil
 		if r := recover(); r != nil {
 			p.env.Log.Error("filter panicked", "filter", m.Filter.Name(), "stage", stage,
@@ -157,7 +178,55 @@ func (p *Pipeline) failure(ctx *lazyCtx, parent context.Context, m *Member, env 
 			"error", err.Error(), "on_error", m.OnError.String(), envAttrs(env))
 	}
 	p.count(name, reason)
+	p.env.Metrics.Failure(name, reason)
 	return m.OnError.verdictFor(name, reason)
+}
+
+// stageIndex is stage's place in metrics.Stages, or -1.
+func stageIndex(stage string) int {
+	switch stage {
+	case "connection":
+		return 0
+	case "connect":
+		return 1
+	case "helo":
+		return 2
+	case "start":
+		return 3
+	case "mail":
+		return 4
+	case "rcpt":
+		return 5
+	case "header":
+		return 6
+	case "eoh":
+		return 7
+	case "body":
+		return 8
+	case "eom":
+		return 9
+	}
+	return -1
+}
+
+// stageClock is the start of a stage to time: zero without metrics, so
+// a daemon without them reads no clock for it.
+func (p *Pipeline) stageClock() time.Time {
+	if p.env.Metrics == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// timeStage observes a whole stage's time since start, if there are
+// metrics.
+func (p *Pipeline) timeStage(stage string, start time.Time) {
+	if start.IsZero() {
+		return
+	}
+	if o := p.env.Metrics.StageTimer(stage); o != nil {
+		o.Observe(time.Since(start).Seconds())
+	}
 }
 
 func cancelCause(ctx context.Context) string {
@@ -171,6 +240,32 @@ func (p *Pipeline) count(filter, reason string) {
 	if p.env.Stats != nil {
 		p.env.Stats.Hit(filter, reason)
 	}
+	p.env.Metrics.Hit(filter, reason)
+}
+
+// record tells the status page of a decision.
+func (p *Pipeline) record(env *Envelope, verdict, filter, reason, key, rcpt string) {
+	if p.env.Metrics == nil {
+		return
+	}
+	d := metrics.Decision{Verdict: verdict, Filter: filter, Reason: LogField(reason), Key: key}
+	if env != nil {
+		d.From = LogField(env.From)
+		if env.Conn != nil {
+			d.Client = LogField(env.Conn.Addr)
+		}
+		rcpts := env.Rcpts
+		if rcpt != "" {
+			rcpts = []string{rcpt}
+		}
+		n := min(len(rcpts), metrics.MaxRcpts)
+		d.Rcpts = make([]string, n)
+		for i := range n {
+			d.Rcpts[i] = LogField(rcpts[i])
+		}
+		d.More = len(rcpts) - n
+	}
+	p.env.Metrics.Decision(d)
 }
 
 // maxLoggedRcpts bounds the recipients one log line lists, and
@@ -230,6 +325,7 @@ func (p *Pipeline) logDecision(env *Envelope, v verdict.Verdict, rcpt string) {
 	if !v.Policy {
 		p.count(v.Filter, v.CounterKey())
 	}
+	p.record(env, v.String(), v.Filter, v.Reason, v.Filter+":"+v.CounterKey(), rcpt)
 }
 
 // logMonitor writes what a filter in monitor mode would have done.
