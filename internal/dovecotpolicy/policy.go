@@ -19,7 +19,6 @@ import (
 
 	"mailguard/internal/pipeline"
 	"mailguard/internal/ratecount"
-	"mailguard/internal/stats"
 )
 
 // Event is what a rule counts.
@@ -104,7 +103,13 @@ type Options struct {
 	Message         string // told to Dovecot with a refusal
 	Timeout         time.Duration
 	Log             *slog.Logger
-	Stats           *stats.Counter
+	Stats           Hits
+}
+
+// Hits counts events under the summary's keys: a *stats.Counter, or the
+// daemon's pipeline.Env, which also feeds the metrics.
+type Hits interface {
+	Hit(filter, reason string)
 }
 
 // Policy decides and counts. It is immutable; a reload builds a new one.

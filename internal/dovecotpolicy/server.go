@@ -16,7 +16,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"mailguard/internal/stats"
 )
 
 // Limits on what one request may cost. Dovecot's requests are a few
@@ -70,7 +69,7 @@ type state struct {
 type Handler struct {
 	state atomic.Pointer[state]
 	log   *slog.Logger
-	stats *stats.Counter
+	stats Hits
 	// Bad requests and failures are each logged at most once per
 	// quietEvery: a flood must not flood the log.
 	bad, failure quietLog
@@ -142,7 +141,7 @@ func (q *quietLog) allow(now time.Time) (bool, int) {
 }
 
 // NewHandler returns a handler for the policy and the section's keys.
-func NewHandler(p *Policy, c *Config, log *slog.Logger, st *stats.Counter) *Handler {
+func NewHandler(p *Policy, c *Config, log *slog.Logger, st Hits) *Handler {
 	h := &Handler{log: log, stats: st}
 	h.bodyPool.New = func() any { return new(bytes.Buffer) }
 	h.set(p, c)

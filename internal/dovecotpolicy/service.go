@@ -71,7 +71,7 @@ func Start(cfg *config.Config, env pipeline.Env) (*Service, error) {
 		return nil, fmt.Errorf("[%s] listen on %s: %w", Name, c.Listen, err)
 	}
 	s.addr = ln.Addr()
-	s.handler = NewHandler(next.policy, c, env.Log, env.Stats)
+	s.handler = NewHandler(next.policy, c, env.Log, env)
 	s.commit(next)
 	s.server = newServer(s.handler, env.Log, readTimeout)
 	go func() { s.served <- s.server.Serve(netutil.LimitListener(ln, MaxConnections)) }()
@@ -140,7 +140,7 @@ func (s *Service) Prepare(cfg *config.Config) (*Next, error) {
 	exempt, _ := parseExempt(c.Exempt) // checked
 	n.policy = New(Options{Rules: rules, Counter: n.counter, Backend: c.Backend, Exempt: exempt,
 		RememberSuccess: c.RememberSuccess.Duration, Monitor: c.Mode == "monitor", RejectOnError: c.OnError == "reject",
-		Message: c.Message, Timeout: c.Timeout.Duration, Log: s.env.Log, Stats: s.env.Stats})
+		Message: c.Message, Timeout: c.Timeout.Duration, Log: s.env.Log, Stats: s.env})
 	return n, nil
 }
 

@@ -505,6 +505,15 @@ type Env struct {
 	MaxRecipients int
 }
 
+// Hit counts one event under the summary's key ("filter:reason") and in
+// the metrics: what a front door or a filter counts reaches both.
+func (e Env) Hit(filter, reason string) {
+	if e.Stats != nil {
+		e.Stats.Hit(filter, reason)
+	}
+	e.Metrics.Hit(filter, reason)
+}
+
 // DefaultMaxRecipients is Postfix's smtpd_recipient_limit: what an MTA
 // takes per message anyway.
 const DefaultMaxRecipients = 1000

@@ -236,12 +236,7 @@ func cancelCause(ctx context.Context) string {
 	return ctx.Err().Error()
 }
 
-func (p *Pipeline) count(filter, reason string) {
-	if p.env.Stats != nil {
-		p.env.Stats.Hit(filter, reason)
-	}
-	p.env.Metrics.Hit(filter, reason)
-}
+func (p *Pipeline) count(filter, reason string) { p.env.Hit(filter, reason) }
 
 // record tells the status page of a decision.
 func (p *Pipeline) record(env *Envelope, verdict, filter, reason, key, rcpt string) {
