@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
-
 )
 
 // Limits on what one request may cost. Dovecot's requests are a few
