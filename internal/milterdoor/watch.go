@@ -155,6 +155,9 @@ func (s *session) runWatch(quit chan struct{}, eom bool, cn *pipeline.Connection
 		defer t.Stop()
 		tick = t.C
 		s.w.conn.SetWriteDeadline(time.Now().Add(s.w.idle))
+		// The session's own writes wait without a deadline set unless
+		// they set one: none may be left behind to expire.
+		defer s.w.conn.SetWriteDeadline(time.Time{})
 	}
 	for {
 		if s.door.beforeWatchSelect != nil {

@@ -113,6 +113,7 @@ func (b *largeBudget) give(n int) {
 // calls as with one large buffer.
 type wireConn struct {
 	conn        net.Conn
+	raw         *rawIO // conn's reads and writes as raw system calls, if a socket
 	buf         []byte // small[:] or *big
 	r, w        int    // unread bytes: buf[r:w]
 	small       [smallBufferSize]byte
@@ -126,7 +127,7 @@ type wireConn struct {
 }
 
 func newWireConn(c net.Conn, idle time.Duration, budget *largeBudget) *wireConn {
-	w := &wireConn{conn: c, idle: idle, budget: budget, out: make([]byte, 0, 512)}
+	w := &wireConn{conn: c, raw: newRawIO(c), idle: idle, budget: budget, out: make([]byte, 0, 512)}
 	w.buf = w.small[:]
 	return w
 }
@@ -190,7 +191,7 @@ func (w *wireConn) fill(n int) error {
 		w.r = 0
 	}
 	for w.w-w.r < n {
-		m, err := w.conn.Read(w.buf[w.w:])
+		m, err := w.read(w.buf[w.w:])
 		w.w += m
 		if err != nil {
 			if w.w-w.r >= n {
@@ -259,7 +260,7 @@ func (w *wireConn) readLarge(n int) (byte, []byte, error) {
 	for len(w.large) < n {
 		if w.r == w.w && len(w.large) < cap(w.large) {
 			// Room left by the last growth: read straight into it.
-			m, err := w.conn.Read(w.large[len(w.large):min(cap(w.large), n)])
+			m, err := w.read(w.large[len(w.large):min(cap(w.large), n)])
 			if !w.budget.take(m) {
 				return 0, nil, errLargeBudget
 			}
@@ -270,7 +271,7 @@ func (w *wireConn) readLarge(n int) (byte, []byte, error) {
 			continue
 		}
 		if w.r == w.w { // into the read buffer, then appended
-			m, err := w.conn.Read(w.buf)
+			m, err := w.read(w.buf)
 			w.r, w.w = 0, m
 			if m == 0 && err != nil {
 				return 0, nil, unexpectedEOF(err)
@@ -295,12 +296,32 @@ func unexpectedEOF(err error) error {
 	return err
 }
 
-// writePacket sends one reply in one write.
+// read reads what the connection has, up to len(b) bytes.
+func (w *wireConn) read(b []byte) (int, error) {
+	if w.raw != nil {
+		return w.raw.Read(b)
+	}
+	return w.conn.Read(b)
+}
+
+// writePacket sends one reply in one write. A reply nearly always fits
+// the socket's buffer at once; only one that does not waits, and only
+// then is the write deadline set (setting it costs more than the write).
 func (w *wireConn) writePacket(code byte, data []byte) error {
 	w.out = binary.BigEndian.AppendUint32(w.out[:0], uint32(len(data)+1))
 	w.out = append(append(w.out, code), data...)
+	if w.raw == nil {
+		w.conn.SetWriteDeadline(time.Now().Add(w.idle))
+		_, err := w.conn.Write(w.out)
+		return err
+	}
+	n, err := w.raw.Write(w.out, false)
+	if err != errWouldBlock {
+		return err
+	}
 	w.conn.SetWriteDeadline(time.Now().Add(w.idle))
-	_, err := w.conn.Write(w.out)
+	_, err = w.raw.Write(w.out[n:], true)
+	w.conn.SetWriteDeadline(time.Time{}) // the next write may not wait: it sets its own
 	return err
 }
 

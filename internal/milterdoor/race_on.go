@@ -1,0 +1,6 @@
+//go:build race
+
+package milterdoor
+
+// raceBuild: see newRawIO.
+const raceBuild = true
