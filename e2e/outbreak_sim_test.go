@@ -17,7 +17,7 @@ import (
 	"mailguard/internal/loadgen"
 )
 
-var outbreakFull = flag.Bool("outbreak.full", false, "TestOutbreakSimulationThroughPostfix at the issue's size: 300 worm copies, 1,000 clean messages, a 300-copy newsletter")
+var outbreakFull = flag.Bool("outbreak.full", false, "TestOutbreakSimulationThroughPostfix at full size: 300 worm copies, 1,000 clean messages, a 300-copy newsletter")
 
 // xclientSend sends one message through Postfix as client addr (XCLIENT)
 // and returns the reply to the end of DATA ("250 ...", "451 ...").
@@ -79,7 +79,7 @@ func attachmentMail(from, name, ctype string, data []byte) []byte {
 // with risky attachments of its own, a newsletter from one network, a
 // document from 5, mixed. At most min_networks (+1) worm copies are
 // delivered, nothing else is held. With -args -outbreak.full, at the
-// issue's size.
+// full size.
 func TestOutbreakSimulationThroughPostfix(t *testing.T) {
 	const minNetworks = 10
 	worms, clean, newsletter, document := 40, 100, 40, 20

@@ -10,8 +10,8 @@ import (
 	"mailguard/internal/pipeline"
 )
 
-// Full runs the tests at the sizes (-args -outbreak.full).
-var Full = flag.Bool("outbreak.full", false, "run the simulation and the measurements at the issue's size: 300 worm copies from 300 networks, 1,000 clean messages, 1,000,000 fingerprints")
+// Full runs the tests at full size (-args -outbreak.full).
+var Full = flag.Bool("outbreak.full", false, "run the simulation and the measurements at full size: 300 worm copies from 300 networks, 1,000 clean messages, 1,000,000 fingerprints")
 
 func fullFlag() *bool { return Full }
 

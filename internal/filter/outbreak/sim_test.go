@@ -217,7 +217,7 @@ max_samples = 50
 // min_networks networks, nothing else is, the samples hold the worm, and
 // sigmine's signatures from them refuse every copy and no clean message.
 // `go test ./internal/filter/outbreak -run TestOutbreakSimulation -outbreak.full -v`
-// runs it at the issue's size and logs the figures.
+// runs it at full size and logs the figures.
 func TestOutbreakSimulation(t *testing.T) {
 	sz := sizes()
 	dir := t.TempDir()
