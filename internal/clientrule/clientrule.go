@@ -161,3 +161,17 @@ func (l List) HasHelo() bool {
 	}
 	return false
 }
+
+// Network is the network a client is counted by when one host is not the
+// unit: its /24 for IPv4, its /64 for IPv6 (one site's or one customer's
+// usual allocation), so a client cannot escape a per-network count by
+// hopping addresses within it.
+func Network(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	bits := 24
+	if a.Is6() {
+		bits = 64
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}

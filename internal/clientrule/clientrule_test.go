@@ -1,6 +1,7 @@
 package clientrule
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -78,4 +79,17 @@ func FuzzParse(f *testing.F) {
 			r.Match(NewClient(addr, host, helo))
 		}
 	})
+}
+
+func TestNetwork(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.77":          "192.0.2.0/24",
+		"::ffff:192.0.2.77":   "192.0.2.0/24", // a mapped IPv4 client is an IPv4 client
+		"2001:db8:1:2:3::4":   "2001:db8:1:2::/64",
+		"2001:db8:1:3:ffff::": "2001:db8:1:3::/64",
+	} {
+		if got := Network(netip.MustParseAddr(in)).String(); got != want {
+			t.Errorf("Network(%s) = %s, want %s", in, got, want)
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"mailguard/internal/clientrule"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/ratecount"
 )
@@ -169,12 +170,7 @@ func (p *Policy) key(r Rule, client netip.Addr, login string) (string, bool) {
 		if !client.IsValid() {
 			return "", false
 		}
-		bits := 24
-		if client.Is6() {
-			bits = 64
-		}
-		pfx, _ := client.Prefix(bits)
-		value = pfx.String()
+		value = clientrule.Network(client).String()
 	case KeyUser:
 		if login == "" {
 			return "", false

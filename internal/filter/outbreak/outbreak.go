@@ -275,13 +275,7 @@ func network(env *pipeline.Envelope) string {
 	if err != nil {
 		return "local"
 	}
-	a = a.Unmap()
-	bits := 24
-	if a.Is6() {
-		bits = 64
-	}
-	p, _ := a.Prefix(bits)
-	return p.String()
+	return clientrule.Network(a).String()
 }
 
 // standing is one attachment's, after its copy was counted.

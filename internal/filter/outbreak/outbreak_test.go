@@ -320,14 +320,7 @@ func FuzzMessage(f *testing.F) {
 func TestReloadKeepsState(t *testing.T) {
 	dir := t.TempDir()
 	reload := func(prev *pipeline.Pipeline, extra string) *pipeline.Pipeline {
-		cfg, err := filters.Parse("t.toml", []byte(fmt.Sprintf("filters = [\"outbreak\"]\n[outbreak]\nmin_networks = 3\nsamples = %q\n%s", filepath.Join(dir, "samples"), extra)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := filters.BuildWith(cfg, pipeline.Env{Log: slog.New(slog.DiscardHandler), Now: time.Now}, filters.BuildOptions{Predecessor: prev})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := buildAfter(t, dir, prev, extra)
 		if prev != nil {
 			prev.Retire()
 		}
@@ -368,19 +361,8 @@ func TestReloadKeepsState(t *testing.T) {
 // filter's holds, not the failed build's closed, empty store.
 func TestFailedReloadKeepsControl(t *testing.T) {
 	dir := t.TempDir()
-	build := func(prev *pipeline.Pipeline, extra string) *pipeline.Pipeline {
-		cfg, err := filters.Parse("t.toml", []byte(fmt.Sprintf("filters = [\"outbreak\"]\n[outbreak]\nmin_networks = 3\nsamples = %q\n%s", filepath.Join(dir, "samples"), extra)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := filters.BuildWith(cfg, pipeline.Env{Log: slog.New(slog.DiscardHandler), Now: time.Now}, filters.BuildOptions{Predecessor: prev})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	worm := attachmentMessage("w.exe", payload(12, 8000))
-	running := build(nil, "")
+	running := buildAfter(t, dir, nil, "")
 	defer running.Close()
 	for i := 0; i < 4; i++ {
 		deliver(t, running, fmt.Sprintf("10.8.%d.1", i), "x@y", false, worm)
@@ -389,9 +371,24 @@ func TestFailedReloadKeepsControl(t *testing.T) {
 	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 1 {
 		t.Fatalf("before the reload: %+v %v", r, err)
 	}
-	failed := build(running, "window = \"10m\"") // new settings: a store of its own
-	failed.Close()                               // a later filter's file was broken
+	failed := buildAfter(t, dir, running, "window = \"10m\"") // new settings: a store of its own
+	failed.Close()                                            // a later filter's file was broken
 	if r, err := outbreak.Ask(context.Background(), sock, outbreak.Request{Op: "list"}); err != nil || len(r.Records) != 1 {
 		t.Fatalf("after a failed reload the socket lost the running holds: %+v %v", r, err)
 	}
+}
+
+// buildAfter builds a pipeline of the outbreak filter (min_networks 3,
+// samples in dir, and extra settings) as a reload after prev would.
+func buildAfter(t *testing.T, dir string, prev *pipeline.Pipeline, extra string) *pipeline.Pipeline {
+	t.Helper()
+	cfg, err := filters.Parse("t.toml", []byte(fmt.Sprintf("filters = [\"outbreak\"]\n[outbreak]\nmin_networks = 3\nsamples = %q\n%s", filepath.Join(dir, "samples"), extra)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := filters.BuildWith(cfg, pipeline.Env{Log: slog.New(slog.DiscardHandler), Now: time.Now}, filters.BuildOptions{Predecessor: prev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -181,12 +181,7 @@ func (r Rule) counterKey(client netip.Addr, value string) (string, bool) {
 		if !client.IsValid() {
 			return "", false
 		}
-		bits := 24
-		if client.Is6() {
-			bits = 64
-		}
-		p, _ := client.Prefix(bits)
-		k = p.String()
+		k = clientrule.Network(client).String()
 	default:
 		k = strings.ToLower(value)
 		if k == "" {
