@@ -45,12 +45,38 @@ key = "client"
 limit = %d
 window = "1h"
 `, redis.port, limit)
+	// The three Postfix instances start at once: each start takes
+	// seconds on a loaded machine, mostly waiting.
 	var mx []*manyMXHost
 	for i := 0; i < hosts; i++ {
 		d := startMailguard(t, config, nil)
-		p := startPostfixConf(t, false, fmt.Sprintf("myhostname = mx%d.test.example\n", i+1),
+		p := preparePostfix(t, false, fmt.Sprintf("myhostname = mx%d.test.example\n", i+1),
 			fmt.Sprintf("inet:127.0.0.1:%d", milterPort(t, d.port, "postfix")), "user@example.edu")
 		mx = append(mx, &manyMXHost{mailguard: d, postfix: p})
+	}
+	t.Cleanup(func() { // and stop at once, before each one's own cleanup
+		var wg sync.WaitGroup
+		for _, h := range mx {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				exec.Command("postfix", "-c", h.postfix.dir, "stop").Run()
+				waitForMasterExit(h.postfix.dir)
+			}()
+		}
+		wg.Wait()
+	})
+	launched := make(chan error, hosts)
+	for _, h := range mx {
+		go func() { launched <- h.postfix.launch() }()
+	}
+	for range mx {
+		if err := <-launched; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range mx {
+		h.postfix.waitReady(t)
 	}
 	start := time.Now()
 	var (

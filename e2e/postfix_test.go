@@ -38,6 +38,19 @@ func startPostfixWith(t *testing.T, chroot bool, milter string, mailboxes ...str
 // startPostfixConf starts the private Postfix with extra main.cf lines.
 func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes ...string) *postfix {
 	t.Helper()
+	p := preparePostfix(t, chroot, extra, milter, mailboxes...)
+	if err := p.launch(); err != nil {
+		t.Fatal(err)
+	}
+	p.waitReady(t)
+	return p
+}
+
+// preparePostfix writes a private Postfix's configuration, to be started
+// with launch (several may start at once) and waitReady; it is stopped
+// and removed when the test ends.
+func preparePostfix(t *testing.T, chroot bool, extra, milter string, mailboxes ...string) *postfix {
+	t.Helper()
 	requireCommands(t, map[string]string{"postfix": "postfix", "swaks": "swaks"})
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -119,18 +132,28 @@ smtpd_banner = $myhostname ESMTP
 		forgetConfigDir(dir)
 		os.RemoveAll(dir)
 	})
+	return p
+}
+
+// launch starts a prepared Postfix; it may run on any goroutine.
+func (p *postfix) launch() error {
 	for _, args := range [][]string{{"set-permissions"}, {"start"}} {
-		cmd := exec.Command("postfix", append([]string{"-c", dir}, args...)...)
+		cmd := exec.Command("postfix", append([]string{"-c", p.dir}, args...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
-			t.Fatalf("postfix %s: %v\n%s\n%s", args[0], err, out, log)
+			log, _ := os.ReadFile(filepath.Join(p.dir, "maillog"))
+			return fmt.Errorf("postfix %s: %v\n%s\n%s", args[0], err, out, log)
 		}
 	}
+	return nil
+}
+
+// waitReady waits for a launched Postfix to listen.
+func (p *postfix) waitReady(t *testing.T) {
+	t.Helper()
 	waitForPort(t, p.port, "postfix", func() string {
-		log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+		log, _ := os.ReadFile(filepath.Join(p.dir, "maillog"))
 		return string(log)
 	})
-	return p
 }
 
 // privateMaster turns Debian's master.cf into one for a private instance:
