@@ -48,9 +48,10 @@ window = "1h"
 	// The three Postfix instances start at once: each start takes
 	// seconds on a loaded machine, mostly waiting.
 	var mx []*manyMXHost
+	ports := freePorts(t, hosts)
 	for i := 0; i < hosts; i++ {
 		d := startMailguard(t, config, nil)
-		p := preparePostfix(t, false, fmt.Sprintf("myhostname = mx%d.test.example\n", i+1),
+		p := preparePostfix(t, ports[i], false, fmt.Sprintf("myhostname = mx%d.test.example\n", i+1),
 			fmt.Sprintf("inet:127.0.0.1:%d", milterPort(t, d.port, "postfix")), "user@example.edu")
 		mx = append(mx, &manyMXHost{mailguard: d, postfix: p})
 	}
@@ -75,8 +76,9 @@ window = "1h"
 			t.Fatal(err)
 		}
 	}
-	for _, h := range mx {
+	for i, h := range mx {
 		h.postfix.waitReady(t)
+		h.postfix.checkBanner(t, fmt.Sprintf("mx%d.test.example", i+1))
 	}
 	start := time.Now()
 	var (
@@ -197,6 +199,28 @@ window = "1h"
 type manyMXHost struct {
 	mailguard *daemon
 	postfix   *postfix
+}
+
+// checkBanner fails the test unless every one of a few connections to
+// the port meets this instance's banner: a port picked as free may be
+// taken meanwhile by another Postfix (another test's), and Postfix's
+// smtpd shares a port with another instance on it instead of failing to
+// start. (The probes come from 127.0.0.1 and send no MAIL FROM: the
+// message limit does not count them.)
+func (p *postfix) checkBanner(t *testing.T, host string) {
+	t.Helper()
+	for i := 0; i < 4; i++ {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.port), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		banner, err := textproto.NewConn(c).ReadLine()
+		c.Close()
+		if err != nil || !strings.HasPrefix(banner, "220 "+host+" ") {
+			t.Fatalf("port %d, meant for %s, answers %q (%v): another Postfix listens there too", p.port, host, banner, err)
+		}
+	}
 }
 
 // manyMXAttempt is one message sent, and what the sender was told.

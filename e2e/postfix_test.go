@@ -38,7 +38,7 @@ func startPostfixWith(t *testing.T, chroot bool, milter string, mailboxes ...str
 // startPostfixConf starts the private Postfix with extra main.cf lines.
 func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes ...string) *postfix {
 	t.Helper()
-	p := preparePostfix(t, chroot, extra, milter, mailboxes...)
+	p := preparePostfix(t, freePort(t), chroot, extra, milter, mailboxes...)
 	if err := p.launch(); err != nil {
 		t.Fatal(err)
 	}
@@ -46,10 +46,12 @@ func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes
 	return p
 }
 
-// preparePostfix writes a private Postfix's configuration, to be started
-// with launch (several may start at once) and waitReady; it is stopped
-// and removed when the test ends.
-func preparePostfix(t *testing.T, chroot bool, extra, milter string, mailboxes ...string) *postfix {
+// preparePostfix writes the configuration of a private Postfix on port,
+// to be started with launch (several may start at once) and waitReady;
+// it is stopped and removed when the test ends. Instances started side by
+// side need ports taken together (freePorts): Postfix's smtpd listener
+// shares a port with another Postfix on it instead of failing to start.
+func preparePostfix(t *testing.T, port int, chroot bool, extra, milter string, mailboxes ...string) *postfix {
 	t.Helper()
 	requireCommands(t, map[string]string{"postfix": "postfix", "swaks": "swaks"})
 	if os.Geteuid() != 0 {
@@ -63,7 +65,7 @@ func preparePostfix(t *testing.T, chroot bool, extra, milter string, mailboxes .
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
-	p := &postfix{dir: dir, port: freePort(t), mail: filepath.Join(dir, "mail")}
+	p := &postfix{dir: dir, port: port, mail: filepath.Join(dir, "mail")}
 	for _, sub := range []string{"queue", "data", "mail"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			t.Fatal(err)
@@ -77,13 +79,16 @@ func preparePostfix(t *testing.T, chroot bool, extra, milter string, mailboxes .
 		fmt.Fprintf(&vmailbox, "%s %s/\n", m, user)
 	}
 	write(t, filepath.Join(dir, "vmailbox"), vmailbox.String())
+	hostname := "myhostname = mx.test.example\n"
+	if strings.Contains(extra, "myhostname") {
+		hostname = "" // extra names the host
+	}
 	write(t, filepath.Join(dir, "main.cf"), fmt.Sprintf(`compatibility_level = 3.6
 queue_directory = %[1]s/queue
 data_directory = %[1]s/data
 meta_directory = /etc/postfix
 mail_owner = postfix
-myhostname = mx.test.example
-mydomain = test.example
+%[5]smydomain = test.example
 myorigin = test.example
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
@@ -104,7 +109,7 @@ smtp_dns_support_level = disabled
 maillog_file = %[1]s/maillog
 maillog_file_prefixes = /var, /tmp
 smtpd_banner = $myhostname ESMTP
-`, dir, milter, mailUID, mailGID)+extra)
+`, dir, milter, mailUID, mailGID, hostname)+extra)
 	master, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
 		t.Fatal(err)
