@@ -59,6 +59,22 @@ func run(t *testing.T, env []string, name string, args ...string) error {
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort(t *testing.T) int { return testserver.FreePort(t) }
 
+// freePorts returns n distinct loopback TCP ports that were free a moment
+// ago: taken at once, where n calls of freePort may return one port twice.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
+}
+
 func waitForPort(t *testing.T, port int, what string, logs func() string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

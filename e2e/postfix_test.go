@@ -38,6 +38,21 @@ func startPostfixWith(t *testing.T, chroot bool, milter string, mailboxes ...str
 // startPostfixConf starts the private Postfix with extra main.cf lines.
 func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes ...string) *postfix {
 	t.Helper()
+	p := preparePostfix(t, freePort(t), chroot, extra, milter, mailboxes...)
+	if err := p.launch(); err != nil {
+		t.Fatal(err)
+	}
+	p.waitReady(t)
+	return p
+}
+
+// preparePostfix writes the configuration of a private Postfix on port,
+// to be started with launch (several may start at once) and waitReady;
+// it is stopped and removed when the test ends. Instances started side by
+// side need ports taken together (freePorts): Postfix's smtpd listener
+// shares a port with another Postfix on it instead of failing to start.
+func preparePostfix(t *testing.T, port int, chroot bool, extra, milter string, mailboxes ...string) *postfix {
+	t.Helper()
 	requireCommands(t, map[string]string{"postfix": "postfix", "swaks": "swaks"})
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -50,7 +65,7 @@ func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
-	p := &postfix{dir: dir, port: freePort(t), mail: filepath.Join(dir, "mail")}
+	p := &postfix{dir: dir, port: port, mail: filepath.Join(dir, "mail")}
 	for _, sub := range []string{"queue", "data", "mail"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			t.Fatal(err)
@@ -64,13 +79,16 @@ func startPostfixConf(t *testing.T, chroot bool, extra, milter string, mailboxes
 		fmt.Fprintf(&vmailbox, "%s %s/\n", m, user)
 	}
 	write(t, filepath.Join(dir, "vmailbox"), vmailbox.String())
+	hostname := "myhostname = mx.test.example\n"
+	if strings.Contains(extra, "myhostname") {
+		hostname = "" // extra names the host
+	}
 	write(t, filepath.Join(dir, "main.cf"), fmt.Sprintf(`compatibility_level = 3.6
 queue_directory = %[1]s/queue
 data_directory = %[1]s/data
 meta_directory = /etc/postfix
 mail_owner = postfix
-myhostname = mx.test.example
-mydomain = test.example
+%[5]smydomain = test.example
 myorigin = test.example
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
@@ -91,7 +109,7 @@ smtp_dns_support_level = disabled
 maillog_file = %[1]s/maillog
 maillog_file_prefixes = /var, /tmp
 smtpd_banner = $myhostname ESMTP
-`, dir, milter, mailUID, mailGID)+extra)
+`, dir, milter, mailUID, mailGID, hostname)+extra)
 	master, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
 		t.Fatal(err)
@@ -119,18 +137,28 @@ smtpd_banner = $myhostname ESMTP
 		forgetConfigDir(dir)
 		os.RemoveAll(dir)
 	})
+	return p
+}
+
+// launch starts a prepared Postfix; it may run on any goroutine.
+func (p *postfix) launch() error {
 	for _, args := range [][]string{{"set-permissions"}, {"start"}} {
-		cmd := exec.Command("postfix", append([]string{"-c", dir}, args...)...)
+		cmd := exec.Command("postfix", append([]string{"-c", p.dir}, args...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
-			t.Fatalf("postfix %s: %v\n%s\n%s", args[0], err, out, log)
+			log, _ := os.ReadFile(filepath.Join(p.dir, "maillog"))
+			return fmt.Errorf("postfix %s: %v\n%s\n%s", args[0], err, out, log)
 		}
 	}
+	return nil
+}
+
+// waitReady waits for a launched Postfix to listen.
+func (p *postfix) waitReady(t *testing.T) {
+	t.Helper()
 	waitForPort(t, p.port, "postfix", func() string {
-		log, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+		log, _ := os.ReadFile(filepath.Join(p.dir, "maillog"))
 		return string(log)
 	})
-	return p
 }
 
 // privateMaster turns Debian's master.cf into one for a private instance:

@@ -6,9 +6,10 @@
 // window (one minute of a "1m" limit, say), and the count "in the last
 // minute" is the current window's plus the previous window's weighted by
 // how much of it still lies within the last minute. It needs two numbers
-// per key, is exact when events are spread evenly, and never lets more
-// than the limit through in any window-long stretch by more than the
-// previous window's rounding.
+// per key, is exact when events are spread evenly, and counts at most the
+// limit in each fixed window. It takes the previous window's events as
+// spread evenly: when they bunched at its end, a window-long stretch
+// across the two windows sees more than the limit, at worst twice it.
 //
 // A holder count (a concurrency limit) is a set of holders per key, not a
 // number: each session adds its own name and removes it when it ends, so
