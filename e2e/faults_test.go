@@ -120,6 +120,27 @@ func (d *faultDaemon) settle(t *testing.T, base usage, slack int) usage {
 	}
 }
 
+// warmUsage is the daemon's usage after n sessions at once, each from
+// a client of its own: a goroutine that served a session waits 10 s for
+// the next before it ends, so measured after a burst as large as the
+// test's own, the count need not wait for those to end.
+func (d *faultDaemon) warmUsage(t *testing.T, n int) usage {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r, err := oneMessage(d.port, fmt.Sprintf("198.51.100.%d", i+1), "hello\r\n"); r != "" || err != nil {
+				t.Errorf("warming up: %q %v", r, err)
+			}
+		}()
+	}
+	wg.Wait()
+	d.idle(t)
+	return d.usage(t)
+}
+
 // stop sends SIGTERM and requires a clean exit (status 0: also no data
 // race found, under -race) within the drain.
 func (d *faultDaemon) stop(t *testing.T) {
@@ -544,4 +565,182 @@ func TestFaultClamdDiesAndHangs(t *testing.T) {
 		t.Logf("on_error %s: before %v, after %v", map[bool]string{true: "tempfail", false: "accept"}[d == tempfail], base[i], d.settle(t, base[i], 2))
 		d.stop(t)
 	}
+}
+
+// TestFaultRedisHangsAndRestarts: two daemons count messages per client
+// (2 a minute) in one Redis, one with the default on_error ("accept"),
+// one with on_error = "tempfail". Redis stopped (SIGSTOP): within its
+// 500 ms answer time each message gets the daemon's on_error, a burst of
+// sessions included; resumed, counting goes on. Redis killed: the same,
+// and restarted empty, counting starts again.
+func TestFaultRedisHangsAndRestarts(t *testing.T) {
+	redis := testserver.StartRedis(t)
+	section := func(onError string) string {
+		return `[ratelimit]
+backend = "` + redis.URL() + `"
+timeout = "5s"
+` + onError + `[[ratelimit.rule]]
+name = "msg-per-client"
+event = "message"
+key = "client"
+limit = 2
+window = "1m"
+`
+	}
+	accept := startFaultDaemon(t, "filters = [\"ratelimit\"]\n", section(""), nil)
+	tempfail := startFaultDaemon(t, "filters = [\"ratelimit\"]\n", section("on_error = \"tempfail\"\n"), nil)
+	daemons := []*faultDaemon{accept, tempfail}
+	name := map[*faultDaemon]string{accept: "on_error accept", tempfail: "on_error tempfail"}
+	client := 0
+	// counts: a new client's third message in the minute is refused, on
+	// each daemon.
+	counts := func() error {
+		for _, d := range daemons {
+			client++
+			addr := fmt.Sprintf("10.0.%d.%d", client/250, client%250+1)
+			for i, want := range []string{"", "", "451 4.7.1"} {
+				r, err := oneMessage(d.port, addr, "hello\r\n")
+				if err != nil || want == "" && r != "" || !strings.HasPrefix(r, want) {
+					return fmt.Errorf("%s, message %d from %s: %q %v, want %q", name[d], i+1, addr, r, err, want)
+				}
+			}
+		}
+		return nil
+	}
+	// countsAgain waits for counting to resume (the client pool
+	// reconnects by itself).
+	countsAgain := func(what string) {
+		t.Helper()
+		since := time.Now()
+		for err := counts(); err != nil; err = counts() {
+			if time.Since(since) > 20*time.Second {
+				t.Fatalf("%s, counting did not resume: %v", what, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("%s: counting again after %.1f s", what, time.Since(since).Seconds())
+	}
+	// fails: every message gets the daemon's on_error, a burst of ten
+	// sessions from one client (over its limit) at once.
+	fails := func(what string) {
+		t.Helper()
+		want := map[*faultDaemon]string{accept: "", tempfail: "451 4.3.0"}
+		var wg sync.WaitGroup
+		for _, d := range daemons {
+			client++
+			addr := fmt.Sprintf("10.1.%d.%d", client/250, client%250+1)
+			for range 10 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r, err := oneMessage(d.port, addr, "hello\r\n")
+					if err != nil || want[d] == "" && r != "" || !strings.HasPrefix(r, want[d]) {
+						t.Errorf("%s, %s: %q %v, want %q", what, name[d], r, err, want[d])
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		for _, d := range daemons {
+			if len(d.lines("filter failed", "filter=ratelimit")) == 0 {
+				t.Errorf("%s, %s: Redis's failure not logged as filter failed:\n%s", what, name[d], d.logs)
+			}
+		}
+	}
+	if err := counts(); err != nil {
+		t.Fatal(err)
+	}
+	var base []usage
+	for _, d := range daemons {
+		base = append(base, d.warmUsage(t, 10))
+	}
+
+	redis.Pause()
+	fails("Redis stopped")
+	redis.Resume()
+	countsAgain("Redis resumed")
+
+	redis.Kill()
+	fails("Redis killed")
+	redis.Start()
+	countsAgain("Redis restarted")
+
+	for i, d := range daemons {
+		if l := d.lines("filter timed out"); len(l) != 0 {
+			t.Errorf("%s: a Redis failure waited for the filter's timeout:\n%s", name[d], strings.Join(l, "\n"))
+		}
+		t.Logf("%s: before %v, after %v", name[d], base[i], d.settle(t, base[i], 2))
+		d.stop(t)
+	}
+}
+
+// TestFaultDNSServerHangs: the DNS blocklist's server stops answering
+// (SIGSTOP). A client listed before stays refused (the answer is
+// cached); one listed but not yet asked about, and bursts of unlisted
+// ones, are accepted within dnsbl_timeout (A DNS failure never refuses
+// mail, on_error "accept"), logged as failures, not as the filter's
+// timeout; the goroutines do not pile up from burst to burst. Once the
+// server answers again, the listed client is refused.
+func TestFaultDNSServerHangs(t *testing.T) {
+	dns := testserver.StartDNS(t, "bl.test", map[string]string{"2.0.0.127": "127.0.0.2", "3.0.0.127": "127.0.0.2"})
+	d := startFaultDaemon(t, "filters = [\"access\"]\n", `[access]
+dnsbl = ["bl.test"]
+dns_server = "`+dns.Server()+`"
+dnsbl_timeout = "500ms"
+timeout = "5s"
+`, nil)
+	const listed = "550 5.7.1 Service unavailable; client [127.0.0.%d] blocked using bl.test"
+	expectVerdict(t, d.port, "127.0.0.2", "hello\r\n", fmt.Sprintf(listed, 2))
+	base := d.warmUsage(t, 10)
+
+	dns.Pause()
+	defer dns.Resume()
+	expectVerdict(t, d.port, "127.0.0.2", "hello\r\n", fmt.Sprintf(listed, 2))
+	expectVerdict(t, d.port, "127.0.0.3", "hello\r\n", "")
+	// A scrape waits 2 s for its own DNS probe now: one per burst.
+	var rounds []usage
+	for round := range 2 {
+		var wg sync.WaitGroup
+		for i := range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				addr := fmt.Sprintf("10.2.%d.%d", round, i+1)
+				if r, err := oneMessage(d.port, addr, "hello\r\n"); r != "" || err != nil {
+					t.Errorf("%s with the DNS server hung: %q %v", addr, r, err)
+				}
+			}()
+		}
+		wg.Wait()
+		rounds = append(rounds, d.usage(t))
+	}
+	t.Logf("with the DNS server hung, after each burst of 10 sessions: %v", rounds)
+	if rounds[1].goroutines > rounds[0].goroutines+2 || rounds[1].fds > rounds[0].fds+2 {
+		t.Errorf("goroutines pile up while the DNS server hangs: %v", rounds)
+	}
+	if n := len(d.lines("filter failed", "filter=access", "bl.test")); n != 21 {
+		t.Errorf("%d DNS failures logged, want one per unanswered client (21)", n)
+	}
+	if l := d.lines("filter timed out"); len(l) != 0 {
+		t.Errorf("a DNS failure waited for the filter's timeout:\n%s", strings.Join(l, "\n"))
+	}
+
+	dns.Resume()
+	resumed := time.Now()
+	for {
+		r, err := oneMessage(d.port, "127.0.0.3", "hello\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r == fmt.Sprintf(listed, 3) {
+			break
+		}
+		if time.Since(resumed) > 20*time.Second {
+			t.Fatalf("the DNS server answers again, and the listed client: %q", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("the listed client refused again %.1f s after the DNS server resumed", time.Since(resumed).Seconds())
+	t.Logf("before %v, after %v", base, d.settle(t, base, 2))
+	d.stop(t)
 }
