@@ -9,10 +9,12 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -741,6 +743,138 @@ timeout = "5s"
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("the listed client refused again %.1f s after the DNS server resumed", time.Since(resumed).Seconds())
+	t.Logf("before %v, after %v", base, d.settle(t, base, 2))
+	d.stop(t)
+}
+
+// TestFaultCaptureDiskFills: capture copies every message, refused ones
+// too, into a 1 MB tmpfs of its own. A copy that fills the disk midway
+// is lost, its partial file removed (which frees the space again: the
+// next small copy is written); with the disk full, no copy is written.
+// Throughout, every message gets the verdict it would get without
+// capture, and the daemon runs on; with room again, copies resume.
+func TestFaultCaptureDiskFills(t *testing.T) {
+	dir := t.TempDir()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("mounting a tmpfs needs root")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	copies := filepath.Join(dir, "maildir")
+	d := startFaultDaemon(t, "filters = [\"virus\", \"capture\"]\n", `[virus]
+signatures = "signatures"
+[capture]
+switch = "capture.on"
+dir = "`+copies+`"
+include_rejected = true
+`, map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n", "capture.on": ""})
+	line := "R0lGODlhAQABAIAAAP8AAAAAACwAAAAAAQABAAACAkQBADsAbcdefghijklmnopqrstuvwxyz0123\r\n"
+	small := strings.Repeat(line, 100) + "END\r\n"
+	large := strings.Repeat(line, 4000) + "END\r\n" // 312 KB
+	worm := "x\r\n" + sobig + "\r\n"
+	written := func() int {
+		entries, err := os.ReadDir(filepath.Join(copies, "new"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	noPartials := func(what string) {
+		t.Helper()
+		if tmp, _ := os.ReadDir(filepath.Join(copies, "tmp")); len(tmp) != 0 {
+			t.Errorf("%s: %d partial copies left in tmp/", what, len(tmp))
+		}
+	}
+	failed := func() int {
+		return int(d.metrics(t)[`mailguard_capture_writes_total{result="failed"}`])
+	}
+	expectVerdict(t, d.port, "192.0.2.1", small, "")
+	expectVerdict(t, d.port, "192.0.2.1", worm, "550 5.7.0 VIRUS FOUND")
+	if n := written(); n != 2 {
+		t.Fatalf("%d copies with room on the disk, want 2", n)
+	}
+	base := d.warmUsage(t, 4)
+
+	// Fill the disk but for 100 KB: the large copy fills it midway.
+	filler := filepath.Join(dir, "filler")
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int(st.Bavail) * int(st.Bsize)
+	if err := os.WriteFile(filler, make([]byte, free-100<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := written()
+	expectVerdict(t, d.port, "192.0.2.2", large, "")
+	noPartials("a copy that filled the disk")
+	if n := failed(); n != 1 {
+		t.Errorf("%d failed copies counted, want 1", n)
+	}
+	expectVerdict(t, d.port, "192.0.2.3", small, "")
+	if n := written(); n != before+1 {
+		t.Errorf("after a failed copy, a small one that fits: %d copies written, want %d", n-before, 1)
+	}
+
+	// Full: nothing is copied, nothing changes a verdict.
+	f, err := os.OpenFile(filler, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 1<<20)); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the disk: %v", err)
+	}
+	f.Close()
+	before = written()
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, want := small, ""
+			if i%2 == 1 {
+				body, want = worm, "550 5.7.0 VIRUS FOUND"
+			}
+			if r, err := oneMessage(d.port, fmt.Sprintf("192.0.2.%d", 10+i), body); err != nil || want == "" && r != "" || !strings.HasPrefix(r, want) {
+				t.Errorf("with the disk full: %q %v, want %q", r, err, want)
+			}
+		}()
+	}
+	wg.Wait()
+	noPartials("the disk full")
+	if n := written(); n != before {
+		t.Errorf("%d copies written to a full disk", n-before)
+	}
+	if n := failed(); n != 5 {
+		t.Errorf("%d failed copies counted, want 5", n)
+	}
+	if l := d.lines("capture:", "message not copied, mail flows on", "no space left on device"); len(l) != 5 {
+		t.Errorf("%d log lines say a copy was lost to a full disk, want 5:\n%s", len(l), d.logs)
+	}
+
+	// Room again: copies resume, whole.
+	os.Remove(filler)
+	before = written()
+	expectVerdict(t, d.port, "192.0.2.20", large, "")
+	if n := written(); n != before+1 {
+		t.Fatalf("with room again, %d copies written, want 1", n-before)
+	}
+	entries, _ := os.ReadDir(filepath.Join(copies, "new"))
+	latest := ""
+	for _, e := range entries {
+		if b, err := os.ReadFile(filepath.Join(copies, "new", e.Name())); err == nil && strings.Contains(string(b), "192.0.2.20") {
+			latest = string(b)
+		}
+	}
+	if !strings.HasSuffix(latest, large) {
+		t.Errorf("the copy after the disk had room again is not whole (%d bytes)", len(latest))
+	}
+	noPartials("room again")
 	t.Logf("before %v, after %v", base, d.settle(t, base, 2))
 	d.stop(t)
 }
