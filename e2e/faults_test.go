@@ -878,3 +878,61 @@ include_rejected = true
 	t.Logf("before %v, after %v", base, d.settle(t, base, 2))
 	d.stop(t)
 }
+
+// TestFaultGarbageSignaturesThenSIGHUP: the signature file replaced by
+// garbage of several kinds, each followed by SIGHUP. Each reload is
+// refused with a log line naming the file and what is wrong, the
+// metrics say the last reload failed, and the running signatures go on
+// refusing the worm; a good file then loads.
+func TestFaultGarbageSignaturesThenSIGHUP(t *testing.T) {
+	good := "WORM_SOBIG.B =\n" + sobig + "\n"
+	d := startFaultDaemon(t, "max_file_size = \"1M\"\n", "[virus]\nsignatures = \"signatures\"\n", map[string]string{"signatures": good})
+	sigs := filepath.Join(d.dir, "signatures")
+	random := make([]byte, 64<<10)
+	for i := range random {
+		random[i] = byte(i*7919 + i>>8*31) // bytes of every value, NULs and line ends among them
+	}
+	garbage := []struct {
+		name, why string
+		write     func() error
+	}{
+		{"random bytes", "signatures:1: NUL byte in line", func() error { return os.WriteFile(sigs, random, 0o644) }},
+		{"empty", "no signatures", func() error { return os.WriteFile(sigs, nil, 0o644) }},
+		{"cut off in the pattern", "signatures:1: signature WORM_SOBIG.B: pattern is 10 bytes, the minimum is 16",
+			func() error { return os.WriteFile(sigs, []byte("WORM_SOBIG.B =\n"+sobig[:10]), 0o644) }},
+		{"a byte-order mark", "signatures:1: the file starts with a UTF-8 byte-order mark",
+			func() error { return os.WriteFile(sigs, []byte("\xef\xbb\xbf"+good), 0o644) }},
+		{"too large", "file too large: 1740000 bytes, at most 1048576", func() error { return os.WriteFile(sigs, []byte(strings.Repeat(good, 20000)), 0o644) }},
+		{"gone", "no such file", func() error { return os.Remove(sigs) }},
+	}
+	for i, g := range garbage {
+		if err := g.write(); err != nil {
+			t.Fatal(err)
+		}
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		for deadline := time.Now().Add(10 * time.Second); len(d.lines("reload failed")) <= i; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no reload failure logged:\n%s", g.name, d.logs)
+			}
+		}
+		line := d.lines("reload failed")[i]
+		if !strings.Contains(line, sigs) && !strings.Contains(line, "signatures:") || !strings.Contains(line, g.why) {
+			t.Errorf("%s: the log line does not say %q of the file:\n%s", g.name, g.why, line)
+		}
+		t.Logf("%s: %.300s", g.name, line[strings.Index(line, "msg="):])
+		m := d.metrics(t)
+		if m["mailguard_config_last_reload_success"] != 0 || m[`mailguard_reloads_total{result="failed"}`] != float64(i+1) {
+			t.Errorf("%s: metrics: last reload success %v, failed reloads %v", g.name, m["mailguard_config_last_reload_success"], m[`mailguard_reloads_total{result="failed"}`])
+		}
+		expectVerdict(t, d.port, "192.0.2.1", "x\r\n"+sobig+"\r\n", "550 5.7.0 VIRUS FOUND")
+		expectVerdict(t, d.port, "192.0.2.1", "hello\r\n", "")
+	}
+	os.WriteFile(sigs, []byte(good+"WORM_KLEZ.H =\n"+klez+"\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitForLog(t, d.daemon, "msg=reloaded")
+	expectVerdict(t, d.port, "192.0.2.1", "x\r\n"+klez+"\r\n", "550 5.7.0 VIRUS FOUND")
+	if m := d.metrics(t); m["mailguard_config_last_reload_success"] != 1 {
+		t.Errorf("a good file loaded, and the metrics say the last reload failed")
+	}
+	d.stop(t)
+}
