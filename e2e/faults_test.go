@@ -81,7 +81,9 @@ type usage struct {
 	goroutines, fds int
 }
 
-func (u usage) String() string { return fmt.Sprintf("%d goroutines, %d open descriptors", u.goroutines, u.fds) }
+func (u usage) String() string {
+	return fmt.Sprintf("%d goroutines, %d open descriptors", u.goroutines, u.fds)
+}
 
 func (d *faultDaemon) usage(t *testing.T) usage {
 	t.Helper()
