@@ -320,9 +320,8 @@ dir = "`+filepath.Join(capture, "copies")+`"
 	// A body of a few chunks, so that "mid-body" is mid-stream to clamd.
 	body := strings.Repeat("R0lGODlhAQABAIAAAP8AAAAAACwAAAAAAQABAAACAkQBADsAbcdefghijklmnopqrstuvwxyz0123\r\n", 3000)
 	expectVerdict(t, d.port, "192.0.2.200", "hello\r\n", "")
-	expectVerdict(t, d.port, "192.0.2.200", virus, "550 5.7.0 VIRUS FOUND: "+testserver.TestStringName)
-	d.idle(t)
-	base := d.usage(t)
+	expectVerdict(t, d.port, "192.0.2.201", virus, "550 5.7.0 VIRUS FOUND: "+testserver.TestStringName)
+	base := d.warmUsage(t, 4)
 	t.Logf("before: %v", base)
 
 	// Each cut runs the dialogue up to a stage, then the MTA hangs up.
@@ -382,10 +381,16 @@ dir = "`+filepath.Join(capture, "copies")+`"
 		}
 		return fmt.Errorf("no stage %q", stage)
 	}
-	copies := 1 // the clean message above
+	copies := 1 + 4 // the clean messages above
+	var clients []string
 	for i, c := range order {
-		client := fmt.Sprintf("192.0.2.%d", i+1)
 		for n := range 4 {
+			// A client of its own: the next session of a client whose
+			// last one the daemon has not yet seen go would be refused at
+			// connect (its concurrency slot still held), before it takes
+			// anything.
+			client := fmt.Sprintf("192.0.2.%d", 4*i+n+1)
+			clients = append(clients, client)
 			m, err := openSession(d.port)
 			if err != nil {
 				t.Fatalf("%s: %v", c.stage, err)
@@ -394,23 +399,24 @@ dir = "`+filepath.Join(capture, "copies")+`"
 				t.Fatalf("%s: %v", c.stage, err)
 			}
 			m.hangUp(n%2 == 1)
-			// The next from this client waits until the daemon has seen
-			// this one go: else its concurrency slot, still held, would
-			// refuse the next at connect, before it takes anything.
-			d.idle(t)
 		}
-		// The client's slot is free again, and clamd connections are there.
-		expectVerdict(t, d.port, client, "hello\r\n", "")
-		d.idle(t) // its slot is given back once the daemon has read the QUIT
-		expectVerdict(t, d.port, client, virus, "550 5.7.0 VIRUS FOUND")
 		d.idle(t)
+		// clamd connections are there.
+		expectVerdict(t, d.port, fmt.Sprintf("198.51.100.%d", 2*i+1), "hello\r\n", "")
+		expectVerdict(t, d.port, fmt.Sprintf("198.51.100.%d", 2*i+2), virus, "550 5.7.0 VIRUS FOUND")
+		copies++
+	}
+	// Every client's slot is free again.
+	d.idle(t)
+	for _, client := range clients {
+		expectVerdict(t, d.port, client, "hello\r\n", "")
 		copies++
 	}
 	if l := d.lines("panic"); len(l) != 0 {
 		t.Fatalf("a session panicked:\n%s", d.logs)
 	}
 	after := d.settle(t, base, 2)
-	t.Logf("after %d hang-ups at %d stages and %d whole messages: %v", 4*len(order), len(order), 2*len(order), after)
+	t.Logf("after %d hang-ups at %d stages and %d whole messages: %v", len(clients), len(order), 2*len(order)+len(clients), after)
 	if tmp, _ := os.ReadDir(filepath.Join(capture, "copies", "tmp")); len(tmp) != 0 {
 		t.Errorf("%d partial copies left in capture's tmp/", len(tmp))
 	}
