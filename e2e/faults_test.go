@@ -286,10 +286,11 @@ func expectVerdict(t *testing.T, port int, client, body, want string) {
 // blocklist question, a concurrency slot (limit 1 per client, so one
 // not given back refuses the client's next session), a clamd connection
 // (2 at most, so two kept would leave the next message without one),
-// a capture file in tmp/. After each stage the same client's next
-// session is accepted and a test virus refused; at the end the daemon's
-// goroutines and descriptors are back where they were and capture's
-// tmp/ is empty.
+// a capture file in tmp/. After each stage a clean message is accepted
+// and a test virus refused (by clamd); at the end every client that hung
+// up gets in again, the daemon's goroutines and descriptors are back
+// where they were, capture's tmp/ is empty, and it holds a copy of each
+// accepted message.
 func TestFaultMTAHangsUpAtEveryStage(t *testing.T) {
 	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
 	dns := testserver.StartDNS(t, "bl.test", map[string]string{"2.0.0.127": "127.0.0.2"})
