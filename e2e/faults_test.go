@@ -484,9 +484,10 @@ func (m *mtaSession) finish(rest string) (string, error) {
 // answers 451 4.3.0, the accept one delivers, and so while clamd is
 // down; restarted, both scan again. clamd stopped (SIGSTOP) with a
 // message streamed and one just begun: each gets its on_error at the
-// filter's timeout; resumed (SIGCONT), both scan again. Neither daemon
-// stops, and their goroutines and descriptors come back to where they
-// were.
+// filter's timeout; resumed (SIGCONT), both scan again. clamd killed
+// while it owes verdicts (stopped, then SIGKILL): on_error at once, not
+// at the timeout. Neither daemon stops, and their goroutines and
+// descriptors come back to where they were.
 func TestFaultClamdDiesAndHangs(t *testing.T) {
 	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
 	section := "[clamav]\naddress = \"" + clamd.Address() + "\"\nclamd_config = \"\"\ntimeout = \"3s\"\n"
@@ -573,6 +574,34 @@ func TestFaultClamdDiesAndHangs(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("scanning again %.1f s after clamd resumed", time.Since(resumed).Seconds())
+
+	// Killed while it holds whole messages (stopped, so that they wait
+	// for its verdict): its death is noticed, not waited out.
+	timedOut := map[*faultDaemon]int{}
+	for _, d := range daemons {
+		timedOut[d] = len(d.lines("filter timed out", "filter=clamav"))
+	}
+	clamd.Hang()
+	for _, d := range daemons {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := oneMessage(d.port, "192.0.2.6", "hello\r\n")
+			check("message whose verdict clamd owed when it was killed", d, r, err)
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // the messages' ends sent (had they not been, the same replies are due)
+	clamd.Kill()
+	wg.Wait()
+	for _, d := range daemons {
+		if n := len(d.lines("filter timed out", "filter=clamav")); n != timedOut[d] {
+			t.Errorf("clamd's death waited out as a time-out:\n%s", d.logs)
+		}
+	}
+	clamd.Start()
+	if err := scans(); err != nil {
+		t.Fatalf("clamd restarted again: %v", err)
+	}
 	for i, d := range daemons {
 		t.Logf("on_error %s: before %v, after %v", map[bool]string{true: "tempfail", false: "accept"}[d == tempfail], base[i], d.settle(t, base[i], 2))
 		d.stop(t)
