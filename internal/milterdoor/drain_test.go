@@ -80,3 +80,53 @@ func TestDrainBeginsNoMessageOnAClosedConnection(t *testing.T) {
 }
 
 var _ net.Conn = closeConn{}
+
+// writeConn runs onWrite at each write, as if the drain looked at the
+// session at that very moment.
+type writeConn struct {
+	discardConn
+	onWrite func()
+}
+
+func (c writeConn) Write(p []byte) (int, error) {
+	c.onWrite()
+	return len(p), nil
+}
+
+// A message's end is answered before the session counts as idle: a
+// drain that looks while the answer is being written leaves the
+// connection open. (The session was marked idle first, and a drain
+// closed the connection under the answer; the message was counted and
+// logged as decided, and its MTA never heard the verdict.)
+func TestDrainLeavesTheAnswerToAnEnd(t *testing.T) {
+	sigs, _ := sigfile.Parse("f", strings.NewReader("S = uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDya\n"))
+	vf, _ := virus.New(sigs, virus.Options{})
+	p := pipeline.New(pipeline.Env{Log: logging.Discard(), Now: time.Now}, pipeline.Member{Filter: vf})
+	d := New(p, logging.Discard(), Options{})
+	var s *session
+	atEnd, drained := false, false
+	conn := writeConn{onWrite: func() { drained = drained || atEnd && s.drainIfIdle() }}
+	s = &session{door: d, w: &wireConn{conn: conn, idle: time.Minute}, pipe: p, delivered: pipeline.AllStages}
+	for _, pkt := range []struct {
+		cmd  byte
+		data string
+	}{
+		{'C', "mx.example.org\x004\x00\x19192.0.2.1\x00"},
+		{'M', "<a@example.org>\x00"},
+		{'R', "<u@example.edu>\x00"},
+		{'B', "uqZpmpiQhHhwL2RpmqZpYFxYVFCmaZqmTEhEQDya"},
+		{'E', ""},
+	} {
+		atEnd = pkt.cmd == 'E'
+		if _, err := s.dispatch(pkt.cmd, []byte(pkt.data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if drained {
+		t.Fatal("the drain closed the connection while the end of the message was being answered")
+	}
+	if s.inMessage() {
+		t.Fatal("still in a message after its end was answered")
+	}
+	s.closeConnection()
+}

@@ -355,6 +355,10 @@ func (s *session) endOfMessage(data []byte) error {
 		return s.w.writePacket(replyAccept, nil)
 	}
 	msg := s.msg
+	// The message ends once its answer is written: until then a drain
+	// must not take the session for idle and close the connection under
+	// the answer.
+	defer s.endMessage()
 	v := s.guarded(true, func() verdict.Verdict {
 		if len(data) > 0 { // a last body chunk may ride on the end-of-body packet
 			msg.Body(data)
@@ -364,7 +368,6 @@ func (s *session) endOfMessage(data []byte) error {
 	})
 	env := msg.Envelope()
 	removed, headers := env.Removed, env.Headers()
-	s.endMessage()
 	s.macros.clearFrom(int(milter.StageMail))
 	if v.Final() {
 		code, payload := reply(v)
