@@ -285,6 +285,7 @@ timeout = "5s"
 			}()
 		}
 		wg.Wait()
+		d.quiet(t) // the next burst finds the goroutines of this one waiting for work
 	}
 	// One scrape (it waits 2 s for its own DNS probe now): the sessions'
 	// lookups are over, none waits on.

@@ -103,6 +103,34 @@ func (d *faultDaemon) idle(t *testing.T) {
 	}
 }
 
+// quiet waits until no milter connection of the daemon's is open or
+// half-closed (a session closes its socket once it has released what it
+// held). Unlike idle it needs no scrape, which waits for the health
+// probes of servers that may be hung.
+func (d *faultDaemon) quiet(t *testing.T) {
+	t.Helper()
+	local := fmt.Sprintf(":%04X", d.port)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", d.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		open := 0
+		for _, line := range strings.Split(string(table), "\n") {
+			// sl local_address rem_address st: 01 established, 08 close wait
+			if f := strings.Fields(line); len(f) > 3 && strings.HasSuffix(f[1], local) && (f[3] == "01" || f[3] == "08") {
+				open++
+			}
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d milter connections still open:\n%s", open, d.logs)
+		}
+	}
+}
+
 // settle waits until goroutines and descriptors are back to base (plus
 // slack, for a scrape's own connection ending). A goroutine that served
 // a milter connection waits 10 s for the next before it ends, so this
