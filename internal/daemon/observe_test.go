@@ -221,7 +221,13 @@ listen = "127.0.0.1:%d"
 	if r := a.send("a@example.org", "user@example.edu", "hello\r\n"); !strings.HasPrefix(r, "451 4.7.1") {
 		t.Fatalf("second message over the limit of 1: %q", r)
 	}
+	// The refused message is counted when it ends (the MTA's abort), which
+	// may come after the reply the client has read.
 	text := metricsText()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(text, `outcome="tempfailed"`) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		text = metricsText()
+	}
 	for _, want := range []string{
 		`mailguard_hits_total{filter="ratelimit",reason="per-client"} 1`,
 		`mailguard_verdicts_total{filter="ratelimit",outcome="tempfailed"} 1`,

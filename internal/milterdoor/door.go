@@ -268,9 +268,7 @@ func (d *Door) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	for s := range d.sessions {
-		if !s.inMessage.Load() {
-			s.w.conn.Close()
-		}
+		s.drainIfIdle()
 	}
 	d.mu.Unlock()
 

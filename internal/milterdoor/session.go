@@ -35,8 +35,31 @@ type session struct {
 	macros    macroStore
 	msg       *pipeline.Message
 	phase     phase // how far the message has come
-	inMessage atomic.Bool
+	state     atomic.Int32
 	watch     watch
+}
+
+// A session's state, which the drain and the session change atomically:
+// either the session begins a message first, and the drain lets it
+// finish, or the drain closes the idle connection first, and the session
+// begins no message on it, even one whose MAIL it had already read.
+const (
+	stateIdle      int32 = iota // between messages
+	stateInMessage              // from MAIL to the end of the message
+	stateDrained                // closed by the drain while idle
+)
+
+// inMessage reports whether a message is under way.
+func (s *session) inMessage() bool { return s.state.Load() == stateInMessage }
+
+// drainIfIdle closes the connection if no message is under way and
+// reports whether it did.
+func (s *session) drainIfIdle() bool {
+	if !s.state.CompareAndSwap(stateIdle, stateDrained) {
+		return false
+	}
+	s.w.conn.Close()
+	return true
 }
 
 func (s *session) serve() {
@@ -71,7 +94,7 @@ func (s *session) serve() {
 		if cmd == cmdEOB || cmd == cmdAbort {
 			s.w.releaseIdle() // between messages: see releaseIdle
 		}
-		if done || !s.inMessage.Load() && s.door.shuttingDown() {
+		if done || !s.inMessage() && s.door.shuttingDown() {
 			return
 		}
 	}
@@ -174,7 +197,7 @@ func (s *session) endMessage() {
 		s.msg = nil
 	}
 	s.phase = phaseNone
-	s.inMessage.Store(false)
+	s.state.CompareAndSwap(stateInMessage, stateIdle)
 }
 
 // phase is how far a message has come. An MTA sends a message's commands
@@ -237,7 +260,9 @@ func (s *session) dispatch(cmd byte, data []byte) (done bool, err error) {
 		if len(args) == 0 {
 			return false, errors.New("MAIL without a sender")
 		}
-		s.inMessage.Store(true)
+		if !s.state.CompareAndSwap(stateIdle, stateInMessage) {
+			return true, nil // the drain closed the connection: no new message
+		}
 		s.phase = phaseEnvelope
 		cn := s.connection()
 		return false, s.guardedReply(cmdMail, func() verdict.Verdict {
@@ -330,6 +355,10 @@ func (s *session) endOfMessage(data []byte) error {
 		return s.w.writePacket(replyAccept, nil)
 	}
 	msg := s.msg
+	// The message ends once its answer is written: until then a drain
+	// must not take the session for idle and close the connection under
+	// the answer.
+	defer s.endMessage()
 	v := s.guarded(true, func() verdict.Verdict {
 		if len(data) > 0 { // a last body chunk may ride on the end-of-body packet
 			msg.Body(data)
@@ -339,7 +368,6 @@ func (s *session) endOfMessage(data []byte) error {
 	})
 	env := msg.Envelope()
 	removed, headers := env.Removed, env.Headers()
-	s.endMessage()
 	s.macros.clearFrom(int(milter.StageMail))
 	if v.Final() {
 		code, payload := reply(v)

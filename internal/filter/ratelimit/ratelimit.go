@@ -234,7 +234,11 @@ func (f *Filter) refuse(r Rule, key string, count int64, how Refusal) verdict.Ve
 	} else {
 		v = verdict.TempFailf(verdict.CodeLocalError, verdict.EnhSecurityTemp, "Rate limit exceeded, try again later")
 	}
-	v.Reason = fmt.Sprintf("%s over %d %ss per %s (%d counted)", key, r.Limit, r.Event, r.Window, count)
+	if r.Event == Concurrency { // no window: sessions open now
+		v.Reason = fmt.Sprintf("%s over %d sessions at once (%d counted)", key, r.Limit, count)
+	} else {
+		v.Reason = fmt.Sprintf("%s over %d %ss per %s (%d counted)", key, r.Limit, r.Event, r.Window, count)
+	}
 	v.Key = r.Name
 	return v
 }

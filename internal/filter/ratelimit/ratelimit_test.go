@@ -107,6 +107,9 @@ func TestConcurrency(t *testing.T) {
 	if v1.Final() || v2.Final() || v3.Code != 451 {
 		t.Fatalf("%v %v %v", v1, v2, v3)
 	}
+	if want := "192.0.2.1 over 2 sessions at once (2 counted)"; !strings.HasSuffix(v3.Reason, want) {
+		t.Errorf("reason %q, want it to end %q", v3.Reason, want)
+	}
 	a.Close()
 	d, v4 := connect(p, "192.0.2.1")
 	if v4.Final() {
