@@ -43,7 +43,7 @@ func archives(o Options) []Message {
 			zw.Close()
 			return b.Bytes()
 		}),
-		zipped("zip-deflate-bomb", "a zip of one file of 200 MiB of zeros, deflated to about 200 KiB", func() []byte {
+		zipped("zip-deflate-bomb", fmt.Sprintf("a zip of one file of %d MiB of zeros, deflated to about %d KiB", o.Zeros, o.Zeros), func() []byte {
 			var b bytes.Buffer
 			zw := zip.NewWriter(&b)
 			zw.RegisterCompressor(zip.Deflate, func(out io.Writer) (io.WriteCloser, error) {
@@ -51,7 +51,7 @@ func archives(o Options) []Message {
 			})
 			fw, _ := zw.CreateHeader(&zip.FileHeader{Name: "zeros.txt", Method: zip.Deflate})
 			zeros := make([]byte, 1<<20)
-			for i := 0; i < 200; i++ {
+			for i := 0; i < o.Zeros; i++ {
 				fw.Write(zeros)
 			}
 			zw.Close()

@@ -42,6 +42,8 @@ type Options struct {
 	Attachment int64
 	// Recipients is how many recipients the many-recipients message has.
 	Recipients int
+	// Zeros is how many MiB of zeros the deflate bomb inflates to.
+	Zeros int
 	// Local is a local mailbox ("user@example.edu") that gets the
 	// messages; Remote a domain the MTA accepts for any local part (so
 	// a hostile recipient reaches the milter).
@@ -53,7 +55,7 @@ type Options struct {
 
 // Full are the sizes the long run uses.
 func Full(o Options) Options {
-	o.Big, o.Attachment, o.Recipients = 50<<20, 30<<20, 2000
+	o.Big, o.Attachment, o.Recipients, o.Zeros = 50<<20, 30<<20, 2000, 200
 	return o
 }
 
@@ -125,6 +127,9 @@ func Corpus(o Options) []Message {
 	}
 	if o.Recipients == 0 {
 		o.Recipients = 2000
+	}
+	if o.Zeros == 0 {
+		o.Zeros = 32
 	}
 	var c []Message
 	add := func(m Message) {
