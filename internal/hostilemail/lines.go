@@ -27,6 +27,14 @@ func lines(o Options) []Message {
 			}
 			w.WriteString("\r\nbody\r\n")
 		})},
+		{Name: "part-header-9000", What: "a part header of 9,000 short fields (under the 10,000 limit), then the name setup.exe", Size: 200 << 10, Write: buffered(func(w *bufio.Writer) {
+			w.WriteString(header("part header 9000", "MIME-Version: 1.0", "Content-Type: multipart/mixed; boundary=\"h\""))
+			w.WriteString("\r\n--h\r\nContent-Type: application/octet-stream\r\n")
+			for i := 0; i < 9000; i++ {
+				fmt.Fprintf(w, "X-F%d: v\r\n", i)
+			}
+			w.WriteString("Content-Disposition: attachment; filename=\"setup.exe\"\r\n\r\nTVqQAAMAAAAEAAAA\r\n--h--\r\n")
+		})},
 		{Name: "body-line-1m", What: "a body line of 1 MB", Size: 1 << 20, Write: buffered(func(w *bufio.Writer) {
 			w.WriteString(header("body line 1m") + "\r\n")
 			repeat(w, "0123456789abcdef", 1<<20)
