@@ -43,6 +43,7 @@ type smtpTranscript struct {
 	Data  smtpReply // the reply to DATA (354)
 	End   smtpReply // the reply to the final dot
 	Err   error     // the connection failed (closed by the server, say)
+	Sent  int64     // bytes of content sent after DATA (before dot-stuffing)
 }
 
 // Outcome sums the transcript up: "MAIL 501 5.1.7", or "RCPT 250 2.1.5 x2,
@@ -159,6 +160,7 @@ func sendRaw(port int, m hostilemail.Message) smtpTranscript {
 	if err := m.Write(stuffer); err != nil {
 		return fail(err)
 	}
+	tr.Sent = stuffer.n
 	if !stuffer.lineStart || stuffer.last != '\n' || stuffer.prev != '\r' {
 		w.WriteString("\r\n")
 	}
@@ -197,9 +199,11 @@ type dotStuffer struct {
 	w          *bufio.Writer
 	lineStart  bool
 	prev, last byte
+	n          int64 // bytes written to it
 }
 
 func (d *dotStuffer) Write(p []byte) (int, error) {
+	d.n += int64(len(p))
 	start := 0
 	for i, c := range p {
 		if d.lineStart && c == '.' {

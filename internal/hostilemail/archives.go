@@ -13,7 +13,7 @@ import (
 // archives: zip bombs of every sort, as attachments.
 func archives(o Options) []Message {
 	zipped := func(name, what string, build func() []byte) Message {
-		return Message{Name: name, What: what, Size: 300 << 10, Write: func(w io.Writer) error {
+		return Message{Name: name, What: what, Write: func(w io.Writer) error {
 			return attach(w, name, "files.zip", "application/zip", build())
 		}}
 	}
@@ -34,10 +34,10 @@ func archives(o Options) []Message {
 			zw.Close()
 			return b.Bytes()
 		}),
-		zipped("zip-names-20000", "a zip of 20,000 empty files", func() []byte {
+		zipped("zip-names", fmt.Sprintf("a zip of %d empty files", o.ZipNames), func() []byte {
 			var b bytes.Buffer
 			zw := zip.NewWriter(&b)
-			for i := 0; i < 20000; i++ {
+			for i := 0; i < o.ZipNames; i++ {
 				zw.CreateHeader(&zip.FileHeader{Name: fmt.Sprintf("file-%05d.txt", i), Method: zip.Store})
 			}
 			zw.Close()

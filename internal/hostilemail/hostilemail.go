@@ -26,8 +26,6 @@ type Message struct {
 	NullSender bool
 	// Params follow MAIL FROM:<...> ("SIZE=104857600", "SMTPUTF8").
 	Params string
-	// Size is about how many bytes Write writes.
-	Size int64
 	// Write writes the content after DATA: lines ending in CRLF (unless
 	// the message is about other line ends), not dot-stuffed, without
 	// the final ".". The sender stuffs dots and ends it.
@@ -44,6 +42,9 @@ type Options struct {
 	Recipients int
 	// Zeros is how many MiB of zeros the deflate bomb inflates to.
 	Zeros int
+	// Fields is how many header fields the header of many fields has,
+	// ZipNames how many names the zip of many names has.
+	Fields, ZipNames int
 	// Local is a local mailbox ("user@example.edu") that gets the
 	// messages; Remote a domain the MTA accepts for any local part (so
 	// a hostile recipient reaches the milter).
@@ -53,9 +54,33 @@ type Options struct {
 	Signature, Blocked string
 }
 
+// Defaults gives the sizes o leaves zero those of the default test run:
+// small enough for a short run, each still past the limit it tests.
+func Defaults(o Options) Options {
+	if o.Big == 0 {
+		o.Big = 3 << 20
+	}
+	if o.Attachment == 0 {
+		o.Attachment = 2 << 20
+	}
+	if o.Fields == 0 {
+		o.Fields = 20000
+	}
+	if o.Recipients == 0 {
+		o.Recipients = 1200
+	}
+	if o.ZipNames == 0 {
+		o.ZipNames = 12000
+	}
+	if o.Zeros == 0 {
+		o.Zeros = 8
+	}
+	return o
+}
+
 // Full are the sizes the long run uses.
 func Full(o Options) Options {
-	o.Big, o.Attachment, o.Recipients, o.Zeros = 50<<20, 30<<20, 2000, 200
+	o.Big, o.Attachment, o.Recipients, o.Zeros, o.Fields, o.ZipNames = 50<<20, 30<<20, 2000, 200, 100000, 20000
 	return o
 }
 
@@ -119,18 +144,7 @@ func (r *rng) fill(b []byte) {
 
 // Corpus is every hostile message, the control messages among them.
 func Corpus(o Options) []Message {
-	if o.Big == 0 {
-		o.Big = 8 << 20
-	}
-	if o.Attachment == 0 {
-		o.Attachment = 6 << 20
-	}
-	if o.Recipients == 0 {
-		o.Recipients = 2000
-	}
-	if o.Zeros == 0 {
-		o.Zeros = 32
-	}
+	o = Defaults(o)
 	var c []Message
 	add := func(m Message) {
 		if m.From == "" && !m.NullSender {
@@ -170,5 +184,5 @@ func Corpus(o Options) []Message {
 // nothing to refuse.
 func Clean(name, to string) Message {
 	s := header(name) + "\r\nA plain message.\r\n"
-	return Message{Name: name, What: "a plain message", From: "sender@example.org", To: []string{to}, Size: int64(len(s)), Write: text(s)}
+	return Message{Name: name, What: "a plain message", From: "sender@example.org", To: []string{to}, Write: text(s)}
 }

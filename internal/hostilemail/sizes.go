@@ -10,7 +10,7 @@ import (
 // sizes: bodies and attachments far larger than mail usually is.
 func sizes(o Options) []Message {
 	big := func(name, what, last string) Message {
-		return Message{Name: name, What: what, Size: o.Big, Write: buffered(func(w *bufio.Writer) {
+		return Message{Name: name, What: what, Write: buffered(func(w *bufio.Writer) {
 			w.WriteString(header(name) + "\r\n")
 			repeat(w, "The quick brown fox jumps over the lazy dog, again and again and again.\r\n", o.Big)
 			w.WriteString(last)
@@ -20,11 +20,11 @@ func sizes(o Options) []Message {
 		big("big-body", fmt.Sprintf("a plain body of %d MiB", o.Big>>20), ""),
 		big("big-body-worm-last", fmt.Sprintf("a plain body of %d MiB, a worm's signature line at its very end", o.Big>>20), o.Signature+"\r\n"),
 		{Name: "big-attachment", What: fmt.Sprintf("a base64 attachment of %d MiB (random bytes named report.pdf)", o.Attachment>>20),
-			Size: o.Attachment, Write: bigAttachment("report.pdf", o.Attachment)},
+			Write: bigAttachment("report.pdf", o.Attachment)},
 		{Name: "big-attachment-exe", What: fmt.Sprintf("a base64 attachment of %d MiB named setup.exe", o.Attachment>>20),
-			Size: o.Attachment, Write: bigAttachment("setup.exe", o.Attachment)},
+			Write: bigAttachment("setup.exe", o.Attachment)},
 		{Name: "size-declared-100m", What: "MAIL FROM with SIZE=104857600, over the MTA's message_size_limit",
-			Params: "SIZE=104857600", Size: 100, Write: text(header("declared size") + "\r\nsmall really\r\n")},
+			Params: "SIZE=104857600", Write: text(header("declared size") + "\r\nsmall really\r\n")},
 	}
 }
 
