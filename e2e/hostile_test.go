@@ -23,7 +23,7 @@ import (
 // filter on. MAILGUARD_HOSTILE_FULL=1 (scripts/hostile) sends it at full
 // size: a 50 MiB body, a 30 MiB attachment.
 func hostileOptions() hostilemail.Options {
-	o := hostilemail.Options{Local: "user@example.edu", Remote: "bulk.example", Signature: sobig, Blocked: "news@pest.example"}
+	o := hostilemail.Options{Local: "user@example.edu", Remote: "bulk.example", Signature: sobig, Blocked: "news@pest.example", Virus: testserver.EICAR}
 	if os.Getenv("MAILGUARD_HOSTILE_FULL") != "" {
 		return hostilemail.Full(o)
 	}
@@ -48,6 +48,9 @@ var hostileReplies = map[string]string{
 	"encoding-junk":   hostileOK,
 	// virus: the signature line, however deep its part.
 	"worm-nested-19": "RCPT 250 2.1.5 x1; END 550 5.7.0 VIRUS FOUND",
+	// clamav: clamd finds its test file however deep (within its own
+	// MaxRecursion, 17).
+	"virus-nested-15": "RCPT 250 2.1.5 x1; END 550 5.7.0 VIRUS FOUND: " + testserver.EICARName,
 	// Postfix keeps header_size_limit (100 KiB) of a header section and
 	// drops the rest of it.
 	"header-line-1m":   hostileOK,

@@ -50,8 +50,9 @@ type Options struct {
 	// a hostile recipient reaches the milter).
 	Local, Remote string
 	// Signature is a line the virus filter knows; Blocked a header From:
-	// address the local mailbox blocks.
-	Signature, Blocked string
+	// address the local mailbox blocks; Virus a file the virus scanner
+	// (clamd) knows.
+	Signature, Blocked, Virus string
 }
 
 // Defaults gives the sizes o leaves zero those of the default test run:

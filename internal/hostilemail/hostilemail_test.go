@@ -20,7 +20,7 @@ func (c *countingHash) Write(p []byte) (int, error) {
 // Every message writes the same bytes each time, has an envelope, and the
 // large ones are as large as the options say.
 func TestCorpusDeterministicAndSized(t *testing.T) {
-	o := Defaults(Options{Local: "user@example.edu", Remote: "bulk.example", Signature: "SIG", Blocked: "x@pest.example"})
+	o := Defaults(Options{Local: "user@example.edu", Remote: "bulk.example", Signature: "SIG", Blocked: "x@pest.example", Virus: "VIRUS"})
 	first := map[string][32]byte{}
 	for round := 0; round < 2; round++ {
 		for _, m := range Corpus(o) {

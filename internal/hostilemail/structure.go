@@ -2,6 +2,7 @@ package hostilemail
 
 import (
 	"bufio"
+	"encoding/base64"
 	"fmt"
 	"strings"
 )
@@ -93,6 +94,19 @@ func structure(o Options) []Message {
 		fmt.Fprintf(&worm, "--w%02d--\r\n", i)
 	}
 	c = append(c, msg("worm-nested-19", "a worm's signature line in a part 19 levels deep", worm.String()))
+
+	// The scanner's test file attached 15 levels deep, in 8-bit junk.
+	var deep strings.Builder
+	deep.WriteString(header("virus deep", "MIME-Version: 1.0"))
+	for i := 0; i < 15; i++ {
+		fmt.Fprintf(&deep, "Content-Type: multipart/mixed; boundary=\"v%02d\"\r\n\r\n\xff\xfe junk before the part\r\n--v%02d\r\n", i, i)
+	}
+	deep.WriteString("Content-Type: application/octet-stream; name=\"invoice.com\"\r\nContent-Disposition: attachment; filename=\"invoice.com\"\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString([]byte(o.Virus)) + "\r\n")
+	for i := 14; i >= 0; i-- {
+		fmt.Fprintf(&deep, "--v%02d--\r\n", i)
+	}
+	c = append(c, msg("virus-nested-15", "the virus scanner's test file attached 15 levels deep, 8-bit junk in every preamble", deep.String()))
 	return c
 }
 
