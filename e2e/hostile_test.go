@@ -493,25 +493,33 @@ func checkHostileTrace(t *testing.T, trace, dir string) {
 			continue
 		}
 		writes++
-		var target string
+		// Every path the call names (rename and link name two).
+		var targets []string
 		if name == "bind" {
 			i := strings.Index(args, `sun_path="`)
 			if i < 0 {
 				continue
 			}
-			target = strings.SplitN(args[i+len(`sun_path="`):], `"`, 2)[0]
-		} else if pm := path.FindStringSubmatch(args); pm != nil {
-			target = pm[3]
-			if !filepath.IsAbs(target) && pm[2] != "" {
-				target = filepath.Join(pm[2], target)
+			targets = append(targets, strings.SplitN(args[i+len(`sun_path="`):], `"`, 2)[0])
+		} else {
+			for _, pm := range path.FindAllStringSubmatch(args, -1) {
+				target := pm[3]
+				if !filepath.IsAbs(target) && pm[2] != "" {
+					target = filepath.Join(pm[2], target)
+				}
+				targets = append(targets, target)
 			}
 		}
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(dir, target) // relative to the daemon's folder, its working directory
-		}
-		ok := false
-		for _, a := range allowed {
-			ok = ok || target == a || strings.HasPrefix(target, a+"/")
+		ok := len(targets) > 0
+		for _, target := range targets {
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(dir, target) // relative to the daemon's folder, its working directory
+			}
+			in := false
+			for _, a := range allowed {
+				in = in || target == a || strings.HasPrefix(target, a+"/")
+			}
+			ok = ok && in
 		}
 		if !ok {
 			outside++
