@@ -15,6 +15,26 @@ const (
 	maxSectionBytes = 1 << 20
 )
 
+// Of a header section, the parser is given only the fields the walk
+// reads (see readField), at most maxReadFields of them: the rest, however
+// many under the limits above, are counted and dropped, so a section of
+// 10,000 short fields is not held at 60 times its size. A section with
+// more fields the walk reads than any mail client writes is past a limit:
+// a name in the last of them must not go unseen.
+const maxReadFields = 64
+
+// readField says whether the walk reads a field of this name (the parser
+// trims blanks around it and ignores case).
+func readField(name []byte) bool {
+	name = bytes.Trim(name, " \t")
+	for _, f := range []string{"Content-Type", "Content-Disposition", "Content-Transfer-Encoding"} {
+		if bytes.EqualFold(name, []byte(f)) {
+			return true
+		}
+	}
+	return false
+}
+
 // maxKey bounds the bytes of a header line held back until its colon
 // shows whether it is a field the parser takes (RFC 5322's line limit).
 const maxKey = 998
@@ -89,7 +109,9 @@ type sections struct {
 	prefix   int    // whether it starts a boundary line (maybe, no, yes)
 	broken   int    // it is a boundary with words after it: 1 a delimiter, 2 the final one
 	firstHdr bool   // the next line is a header section's first
+	drop     bool   // the current header line (a field the walk does not read, or its continuation) is not passed
 	fields   int
+	read     int // fields passed to the parser
 	bytes    int
 }
 
@@ -131,7 +153,7 @@ func (s *sections) fill() {
 			if s.state == inHeader && s.count(end) {
 				return
 			}
-			if s.state != inPreamble && s.broken == 0 {
+			if s.state != inPreamble && s.broken == 0 && !(s.state == inHeader && s.drop) {
 				s.out = append(s.out, data[:end]...)
 			}
 			if i >= 0 {
@@ -232,20 +254,31 @@ func (s *sections) decidePart(c byte) {
 		return
 	}
 	if len(s.line) == 1 && (c == ' ' || c == '\t') {
-		// A continuation line; the parser refuses one that starts a
-		// header.
-		s.release(s.firstHdr)
+		// A continuation line goes where its field goes; the parser
+		// refuses one that starts a header.
+		s.drop = s.drop || s.firstHdr
+		s.release(false)
 		return
 	}
 	if c == ':' || s.prefix == no && len(s.line) <= len(s.dash)+2 {
 		// (Just found no boundary: a boundary may hold a colon.)
 		if i := bytes.IndexByte(s.line, ':'); i >= 0 {
-			s.release(!validKey(s.line[:i]))
+			key := s.line[:i]
+			s.drop = !validKey(key) || !readField(key)
+			if !s.drop {
+				s.read++
+				if s.read > maxReadFields {
+					s.limit(&LimitError{"max_header", maxReadFields})
+					return
+				}
+			}
+			s.release(false)
 			return
 		}
 	}
 	if len(s.line) > maxKey {
-		s.release(true)
+		s.drop = true // no field: the parser would skip it
+		s.release(false)
 	}
 }
 
@@ -299,12 +332,12 @@ func (s *sections) brokenKind(line []byte) int {
 }
 
 // release passes the line held so far, made one the parser skips if
-// skip, and the rest of the line after it.
+// skip, and the rest of the line after it (in a header, unless dropped).
 func (s *sections) release(skip bool) {
 	if len(s.line) > 0 {
 		s.last = s.line[len(s.line)-1]
 	}
-	if s.state != inPreamble {
+	if s.state != inPreamble && !(s.state == inHeader && s.drop) {
 		if skip {
 			s.out = append(s.out, ':')
 		}
@@ -350,8 +383,7 @@ func (s *sections) decideLine() {
 			s.state = inRest
 		}
 	case s.state == inHeader:
-		s.out = append(s.out, ':') // a line without a colon: skipped
-		s.out = append(s.out, line...)
+		s.drop = true // a line without a colon: the parser would skip it
 		s.field()
 	case s.state != inPreamble:
 		s.out = append(s.out, line...)
@@ -388,7 +420,7 @@ func (s *sections) next(final bool) {
 		s.state = inRest
 		return
 	}
-	s.state, s.fields, s.bytes, s.firstHdr = inHeader, 0, 0, true
+	s.state, s.fields, s.read, s.bytes, s.firstHdr, s.drop = inHeader, 0, 0, 0, true, false
 }
 
 // endLine ends a line that passed.
