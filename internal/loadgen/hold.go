@@ -21,9 +21,12 @@ import (
 type HoldState int
 
 const (
+	// HoldSilent: connected, nothing sent (the milter waits for the
+	// option negotiation, until its negotiation timeout).
+	HoldSilent HoldState = iota
 	// HoldIdle: negotiated, one 10 KB message done, waiting for the next
 	// (an SMTP session between messages).
-	HoldIdle HoldState = iota
+	HoldIdle
 	// HoldMidMessage: in a message's body: the envelope, the header, its
 	// end and one 65,535-byte body chunk sent, the next chunk not yet.
 	HoldMidMessage
@@ -33,7 +36,7 @@ const (
 )
 
 func (s HoldState) String() string {
-	return [...]string{"idle", "mid-message", "tarpitted"}[s]
+	return [...]string{"silent", "idle", "mid-message", "tarpitted"}[s]
 }
 
 // HoldOptions say what to hold.
@@ -84,6 +87,17 @@ func Hold(o HoldOptions) (*Held, error) {
 		go func() {
 			defer wg.Done()
 			for range next {
+				if o.State == HoldSilent {
+					c, err := net.DialTimeout(o.Network, o.Address, 10*time.Second)
+					if err != nil {
+						fail(err)
+						continue
+					}
+					mu.Lock()
+					h.conns = append(h.conns, c)
+					mu.Unlock()
+					continue
+				}
 				s, c, err := dialSession(o.Network, o.Address, o.Timeout)
 				if err != nil {
 					fail(err)
@@ -127,17 +141,13 @@ func Hold(o HoldOptions) (*Held, error) {
 
 // holdMessage brings a session to the idle or mid-message state.
 func holdMessage(s *milter.ClientSession, o HoldOptions) error {
-	if _, err := s.Conn("held.example.org", milter.FamilyInet, 40000, o.Client); err != nil {
-		return err
-	}
-	if _, err := s.Helo("held.example.org"); err != nil {
-		return err
-	}
 	body := textBody(10_000)
 	if o.State == HoldMidMessage {
 		body = textBody(65535)
 	}
 	steps := []func() (*milter.Action, error){
+		func() (*milter.Action, error) { return s.Conn("held.example.org", milter.FamilyInet, 40000, o.Client) },
+		func() (*milter.Action, error) { return s.Helo("held.example.org") },
 		func() (*milter.Action, error) { return s.Mail("sender@example.org", "") },
 		func() (*milter.Action, error) { return s.Rcpt("user@example.edu", "") },
 		s.DataStart,
@@ -152,7 +162,7 @@ func holdMessage(s *milter.ClientSession, o HoldOptions) error {
 			return err
 		}
 		if act.Type != milter.ActionContinue {
-			return fmt.Errorf("held message refused: %s", verdictName(act))
+			return fmt.Errorf("held connection refused: %s", verdictName(act))
 		}
 	}
 	if o.State == HoldMidMessage {
@@ -259,6 +269,8 @@ type MemoryOptions struct {
 	// (a ratelimit rule of limit 1 with a long tarpit); "" skips the
 	// tarpitted state.
 	TarpitClient string
+	// Silent adds the silent state (connected, nothing sent) first.
+	Silent bool
 	// Settle is the wait before each sample; default 2 s (a tarpitted
 	// session's watch starts after 1 s).
 	Settle  time.Duration
@@ -284,6 +296,8 @@ type MemoryReport struct {
 // MeasureConnections holds Count idle connections, then Count more in
 // mid-message, then (with TarpitClient) Count tarpitted ones, all open at
 // once at the end, and reports what each state added per connection.
+// With Silent, it then holds Count silent ones (the milter closes them
+// at its negotiation timeout, so they come last).
 func MeasureConnections(o MemoryOptions) (*MemoryReport, error) {
 	if o.Count <= 0 {
 		return nil, errors.New("no connections to measure")
@@ -301,6 +315,9 @@ func MeasureConnections(o MemoryOptions) (*MemoryReport, error) {
 	if o.TarpitClient != "" {
 		states = append(states, HoldTarpitted)
 	}
+	if o.Silent { // last: the milter closes them at its negotiation timeout
+		states = append(states, HoldSilent)
+	}
 	var held []*Held
 	defer func() {
 		for _, h := range held {
@@ -308,7 +325,11 @@ func MeasureConnections(o MemoryOptions) (*MemoryReport, error) {
 		}
 	}()
 	for _, st := range states {
-		h, err := Hold(HoldOptions{Network: o.Network, Address: o.Address, Count: o.Count, State: st, Client: o.TarpitClient, Timeout: o.Timeout})
+		client := ""
+		if st == HoldTarpitted {
+			client = o.TarpitClient
+		}
+		h, err := Hold(HoldOptions{Network: o.Network, Address: o.Address, Count: o.Count, State: st, Client: client, Timeout: o.Timeout})
 		if err != nil {
 			return rep, fmt.Errorf("%s: %w", st, err)
 		}
@@ -318,7 +339,11 @@ func MeasureConnections(o MemoryOptions) (*MemoryReport, error) {
 		if err != nil {
 			return rep, err
 		}
+		// Per connection the milter holds: refused ones cost nothing.
 		n := float64(max(1, h.Len()))
+		if s.Sessions >= 0 && prev.Sessions >= 0 {
+			n = float64(max(1, s.Sessions-prev.Sessions))
+		}
 		rep.States = append(rep.States, StateCost{State: st, Held: h.Len(), Sessions: s.Sessions,
 			RSSPerConn: float64(s.RSS-prev.RSS) / n, GoPerConn: float64(s.Go()-prev.Go()) / n,
 			GoroutinesPer: float64(s.Goroutines-prev.Goroutines) / n})
