@@ -202,7 +202,7 @@ func slowLoad(args []string, stdout, stderr io.Writer) int {
 	pid := fs.String("pid", "", "the milter's process `ID` or pid FILE, for its memory")
 	metrics := fs.String("metrics", "", "the milter's metrics `URL` (mailguard's /metrics), for its Go memory and sessions")
 	maxRatio := fs.Float64("max-ratio", 0, "fail if the fast connections' p99 with the slow ones exceeds this many times the p99 without (0: report only)")
-	maxPerConn := fs.Int64("max-per-conn", 0, "fail if the milter's resident memory with the slow connections alone grew by more than this many `BYTES` per slow connection (0: report only)")
+	maxPerConn := fs.Int64("max-per-conn", 0, "fail if the milter's peak resident memory grew by more than this many `BYTES` per slow connection (0: report only)")
 	slowOnly := fs.Duration("slow-only", 5*time.Second, "how long the slow connections run alone, for their memory, before the fast ones join")
 	fastPause := fs.Duration("fast-pause", 250*time.Millisecond, "pause between batches of fast connections")
 	if err := fs.Parse(args); err != nil {
@@ -275,13 +275,14 @@ func slowLoad(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "latency ratio with/without: p50 %.2f  p99 %.2f\n", r50, r99)
 	fastErrs := before.errors + during.errors + after.errors
 	fmt.Fprintf(stdout, "fast verdicts:%s; errors %d\n", verdictList(mergeVerdicts(before, during, after)), fastErrs)
-	perConn := float64(slowPeak.RSS-base.RSS) / float64(max(1, res.PeakOpen))
+	open := float64(max(1, res.PeakOpen))
+	perConn := float64(peak.RSS-base.RSS) / open
 	if pidN > 0 || *metrics != "" {
-		fmt.Fprintf(stdout, "milter memory: %s before; %s with the slow connections alone (%.1f KB per slow connection); %s at the peak with the fast ones too\n",
-			kb(base.RSS), kb(slowPeak.RSS), perConn/1024, kb(peak.RSS))
+		fmt.Fprintf(stdout, "milter resident memory: %s before; %s with the slow connections alone (%.1f KB per slow connection); %s at the peak (%.1f KB per slow connection)\n",
+			kb(base.RSS), kb(slowPeak.RSS), float64(slowPeak.RSS-base.RSS)/open/1024, kb(peak.RSS), perConn/1024)
 		if *metrics != "" {
-			fmt.Fprintf(stdout, "milter Go heap and stacks: %s before; %s with the slow connections alone (%.1f KB per slow connection); %s at the peak; %d sessions at most\n",
-				kb(base.Go()), kb(slowPeak.Go()), float64(slowPeak.Go()-base.Go())/float64(max(1, res.PeakOpen))/1024, kb(peak.Go()), peak.Sessions)
+			fmt.Fprintf(stdout, "milter Go heap and stacks: %s before; %s with the slow connections alone; %s at the peak; %d sessions at most\n",
+				kb(base.Go()), kb(slowPeak.Go()), kb(peak.Go()), peak.Sessions)
 		}
 	}
 	failed := false
@@ -299,7 +300,7 @@ func slowLoad(args []string, stdout, stderr io.Writer) int {
 		failed = true
 	}
 	if *maxPerConn > 0 && (pidN > 0 || *metrics != "") && perConn > float64(*maxPerConn) {
-		fmt.Fprintf(stderr, "milterbench slow: %.0f bytes per slow connection, over %d\n", perConn, *maxPerConn)
+		fmt.Fprintf(stderr, "milterbench slow: peak resident memory grew by %.0f bytes per slow connection, over %d\n", perConn, *maxPerConn)
 		failed = true
 	}
 	if failed {
