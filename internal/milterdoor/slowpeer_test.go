@@ -1,12 +1,15 @@
 package milterdoor_test
 
 import (
+	"context"
 	"encoding/binary"
+	"strings"
 	"testing"
 	"time"
 
 	"mailguard/internal/milterdoor"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/verdict"
 )
 
 // A connection that keeps sending packets is not idle, however short the
@@ -57,5 +60,28 @@ func TestTrickledPacketTimesOut(t *testing.T) {
 	}()
 	if !closedWithin(r.c, 5*time.Second) {
 		t.Fatal("a trickling peer outlived the idle timeout")
+	}
+}
+
+// A filter that works longer than the idle timeout, while the MTA waits
+// for the answer, is not cut short: the connection is busy, not idle,
+// and the watch beside the stage must not take the idle deadline for
+// the MTA hanging up.
+func TestLongStageOutlastsIdleTimeout(t *testing.T) {
+	f := &apiFilter{eom: func(ctx context.Context, _ *pipeline.Envelope) (verdict.Verdict, error) {
+		select {
+		case <-time.After(1500 * time.Millisecond):
+			return verdict.Pass, nil
+		case <-ctx.Done():
+			return verdict.Pass, ctx.Err()
+		}
+	}}
+	td := startDoorWith(t, milterdoor.Options{IdleTimeout: 500 * time.Millisecond, WatchDelay: 100 * time.Millisecond},
+		pipeline.Member{Filter: f, OnError: pipeline.OnErrorTempFail, Timeout: 10 * time.Second})
+	s := newSession(t, td)
+	connect(t, s)
+	assertAccept(t, sendMessage(t, s, []byte("hello\r\n"), 100))
+	if logs := td.log(); strings.Contains(logs, "filter calls cancelled") {
+		t.Errorf("a busy stage was taken for the MTA giving up:\n%s", logs)
 	}
 }
