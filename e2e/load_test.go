@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,6 +85,16 @@ func TestLoadMemoryPerConnection(t *testing.T) {
 	// The first tarpitted connection is within its limit, and may end.
 	if want := 3 * loadConns; rep.Peak.Sessions < want-1 {
 		t.Errorf("%d sessions with all held, want %d", rep.Peak.Sessions, want)
+	}
+	noRaces(t, d)
+}
+
+// noRaces fails the test if the daemon (built with the race detector when
+// the tests run with it) reported a data race.
+func noRaces(t *testing.T, d *daemon) {
+	t.Helper()
+	if strings.Contains(d.logs.String(), "WARNING: DATA RACE") {
+		t.Error("the daemon reported a data race")
 	}
 }
 
@@ -167,7 +178,7 @@ func TestLoadSlowConnections(t *testing.T) {
 		t.Errorf("slow connections: %+v", res)
 	}
 	perSlow := float64(peak.Go()-base.Go()) / float64(res.PeakOpen)
-	t.Logf("Go heap and stacks: %d KB before, %d KB at the peak: %.1f KB per slow connection (fast ones' garbage included)", base.Go()>>10, peak.Go()>>10, perSlow/1024)
+	t.Logf("Go heap and stacks: %d KB before, %d KB at the peak: %.1f KB per slow connection (at the peak, with the fast ones)", base.Go()>>10, peak.Go()>>10, perSlow/1024)
 	if perSlow > perConnBound[loadgen.HoldMidMessage]*raceFactor()*2 {
 		t.Errorf("%.0f bytes per slow connection", perSlow)
 	}
@@ -188,6 +199,7 @@ func TestLoadSlowConnections(t *testing.T) {
 	// The daemon keeps serving, with nothing left open.
 	fast()
 	waitSessions(t, metrics, 0)
+	noRaces(t, d)
 }
 
 func sobigVerdict(m *loadgen.Message) string {
