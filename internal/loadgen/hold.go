@@ -53,9 +53,9 @@ type HoldOptions struct {
 // Held connections, open until Close.
 type Held struct {
 	conns    []net.Conn
-	sessions []*milter.ClientSession
-	waiting  sync.WaitGroup // connect stages waiting in a tarpit
-	Failed   int            // connections that did not reach the state
+	sessions []*milter.ClientSession // kept with their connections, mid-message
+	waiting  sync.WaitGroup          // connect stages waiting in a tarpit
+	Failed   int                     // connections that did not reach the state
 	FirstErr error
 }
 

@@ -15,10 +15,11 @@ import (
 )
 
 // This file drives slow connections: many milter connections open at
-// once, each sending its packets spaced out, as an MTA under a load of
-// slow SMTP clients would. Unlike Run's connections, these write every
-// packet as it comes (no VSTREAM buffer), so the milter sees each one
-// arrive on its own, after a pause.
+// once, each sending its packets spaced out, as slow SMTP clients pace
+// an MTA's connect, HELO and envelope stages (and as a local peer could
+// pace all of them). Unlike Run's connections, these write every packet
+// as it comes (no VSTREAM buffer), so the milter sees each one arrive on
+// its own, after a pause.
 
 // SlowOptions for a run of slow connections.
 type SlowOptions struct {
@@ -233,7 +234,8 @@ func (c *captureDialer) Dial(network, address string) (net.Conn, error) {
 	return conn, err
 }
 
-// session opens one milter session with its own dialer.
+// dialSession opens one milter session with a dialer of its own, and
+// returns its connection too.
 func dialSession(network, address string, timeout time.Duration) (*milter.ClientSession, net.Conn, error) {
 	d := &captureDialer{d: net.Dialer{Timeout: 10 * time.Second}}
 	c := milter.NewClient(network, address, milter.WithDialer(d),
