@@ -57,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return sigs(args[1:], stdout, stderr)
 	case "worm":
 		return worm(args[1:], stdout, stderr)
+	case "slow":
+		return slow(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "milterbench: unknown command %q (want gen, sigs, worm or run)\n", args[0])
 	return 2

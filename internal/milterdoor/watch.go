@@ -132,6 +132,11 @@ func (s *session) startWatch() {
 		}
 		return
 	}
+	// The MTA waits for our answer: the connection is busy, not idle,
+	// so the watch's read waits without the idle deadline (a filter may
+	// take longer than idle_timeout) until a byte comes or guarded wakes
+	// it. Set here, under w.mu, so it cannot undo guarded's wake-up.
+	s.w.conn.SetReadDeadline(time.Time{})
 	w.quit = make(chan struct{})
 	w.wg.Add(1)
 	go s.runWatch(w.quit, w.eom, w.cn, w.msg)

@@ -123,11 +123,15 @@ type wireConn struct {
 	consumed    int // bytes of the previous packet still to discard
 	out         []byte
 	idle        time.Duration
+	refresh     time.Duration // how often the idle deadline may be moved on
 	deadlineSet time.Time
 }
 
 func newWireConn(c net.Conn, idle time.Duration, budget *largeBudget) *wireConn {
-	w := &wireConn{conn: c, raw: newRawIO(c), idle: idle, budget: budget, out: make([]byte, 0, 512)}
+	// Once a second, or twice per idle timeout if that is shorter: an
+	// active connection must never outlast a deadline set long ago.
+	refresh := min(time.Second, idle/2)
+	w := &wireConn{conn: c, raw: newRawIO(c), idle: idle, refresh: refresh, budget: budget, out: make([]byte, 0, 512)}
 	w.buf = w.small[:]
 	return w
 }
@@ -219,8 +223,10 @@ func (w *wireConn) readPacket() (byte, []byte, error) {
 	w.consumed = 0
 	w.dropLarge()
 	// Refresh the idle deadline at most once a second: setting it costs
-	// more than reading a small packet.
-	if now := time.Now(); now.Sub(w.deadlineSet) > time.Second {
+	// more than reading a small packet. It is set before a packet, not
+	// during one, so a peer that trickles a packet's bytes is closed at
+	// the idle timeout counted from the packet's start.
+	if now := time.Now(); now.Sub(w.deadlineSet) > w.refresh {
 		w.conn.SetReadDeadline(now.Add(w.idle))
 		w.deadlineSet = now
 	}
