@@ -119,7 +119,7 @@ func summaries(d *daemon) (messages, aborted int) {
 	return messages, aborted
 }
 
-const loadConfig = `[ratelimit]
+const faultLoadConfig = `[ratelimit]
 [[ratelimit.rule]]
 name = "sessions"
 event = "concurrency"
@@ -144,7 +144,7 @@ func TestFaultSIGHUPUnderLoad(t *testing.T) {
 		false: "WORM_SOBIG.B =\n" + sobig + "\n",
 		true:  "WORM_SOBIG.B =\n" + sobig + "\nWORM_KLEZ.H =\n" + klez + "\n",
 	}
-	d := startFaultDaemon(t, "filters = [\"ratelimit\", \"virus\"]\n", loadConfig, map[string]string{"signatures": sigs[false]})
+	d := startFaultDaemon(t, "filters = [\"ratelimit\", \"virus\"]\n", faultLoadConfig, map[string]string{"signatures": sigs[false]})
 	l := startLoad(d.port, 8, false)
 	const reloads = 10
 	for i := range reloads {
@@ -179,7 +179,7 @@ func TestFaultSIGHUPUnderLoad(t *testing.T) {
 // message of the load the daemon had begun (its final summary counts
 // them: none aborted); the daemon exits with status 0.
 func TestFaultSIGTERMUnderLoad(t *testing.T) {
-	d := startFaultDaemon(t, "filters = [\"ratelimit\", \"virus\"]\ndrain_timeout = \"20s\"\n", loadConfig,
+	d := startFaultDaemon(t, "filters = [\"ratelimit\", \"virus\"]\ndrain_timeout = \"20s\"\n", faultLoadConfig,
 		map[string]string{"signatures": "WORM_SOBIG.B =\n" + sobig + "\n"})
 	held := []*mtaSession{
 		midMessage(t, d.port, "192.0.2.1", "first half\r\n"),
