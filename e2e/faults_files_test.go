@@ -188,7 +188,12 @@ func TestFaultGarbageSignaturesThenSIGHUP(t *testing.T) {
 			t.Errorf("%s: the log line does not say %q of the file:\n%s", g.name, g.why, line)
 		}
 		t.Logf("%s: %.300s", g.name, line[strings.Index(line, "msg="):])
+		// The metrics follow the log line: the daemon's loop records the
+		// outcome once the reload returns.
 		m := d.metrics(t)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && m[`mailguard_reloads_total{result="failed"}`] != float64(i+1); time.Sleep(20 * time.Millisecond) {
+			m = d.metrics(t)
+		}
 		if m["mailguard_config_last_reload_success"] != 0 || m[`mailguard_reloads_total{result="failed"}`] != float64(i+1) {
 			t.Errorf("%s: metrics: last reload success %v, failed reloads %v", g.name, m["mailguard_config_last_reload_success"], m[`mailguard_reloads_total{result="failed"}`])
 		}
