@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"mailguard/internal/loadgen"
+	"mailguard/internal/testserver"
+)
+
+// The default run sends a short soak; scripts/soak sends 1,000,000
+// messages through the same test (-soak.messages).
+var (
+	soakMessages    = flag.Int("soak.messages", 6000, "messages the soak sends (scripts/soak: 1,000,000)")
+	soakConnections = flag.Int("soak.connections", 16, "milter connections at once in the soak")
+)
+
+// soakLongRun is the run from which memory and open files must stay
+// within soakGrowth of the sample taken after the first tenth.
+const (
+	soakLongRun = 100_000
+	soakGrowth  = 1.10
+	// A short run (the default test run, under the race detector) has
+	// not reached its working set after a tenth: it gets room to grow.
+	soakShortGrowth = 2.0
+)
+
+// TestSoak sends mixed traffic (clean, infected, EICAR through a real
+// clamd, over-quota and blocked recipients, refused attachments, clients
+// on a DNS blocklist served by a real dnsmasq, clients over a concurrency
+// limit, a spreading worm, captured mail, transactions aborted and
+// connections dropped mid-message, several messages per connection)
+// through `mailguard serve` with every filter on. Every message's verdict
+// is known beforehand: none may be wrong, none may fail, the daemon may
+// log no error, and its memory and open files at the end must be within
+// 10% of where they were after the first tenth of the run.
+func TestSoak(t *testing.T) {
+	n := *soakMessages
+	clamd := testserver.StartClamd(t, testserver.ClamdOptions{})
+	dns := testserver.StartDNS(t, loadgen.MixZone, loadgen.MixListed())
+	dir := t.TempDir()
+	mix, err := loadgen.NewMix(dir, loadgen.MixServers{Clamd: clamd.Address(), ClamdName: testserver.EICARName, DNS: dns.Server()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions, planned := 0, 0
+	for planned < n {
+		planned += len(mix.Session(sessions).Messages)
+		sessions++
+	}
+
+	sock := filepath.Join(dir, "milter.sock")
+	cfg := fmt.Sprintf("listen = %q\n", "unix:"+sock) + mix.Config(fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	cfgFile := filepath.Join(dir, "mailguard.toml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A million messages log hundreds of thousands of decisions: into a
+	// file, not the test's memory.
+	logFile, err := os.Create(filepath.Join(dir, "mailguard.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(filepath.Join(binDir, "mailguard"), "serve", "--config", cfgFile, "--allow-root")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	waitForSocket(t, sock, logFile.Name())
+
+	res, err := loadgen.Run(loadgen.Options{Network: "unix", Address: sock, Plan: mix.Session, Sessions: sessions,
+		Concurrency: *soakConnections, PIDs: []int{cmd.Process.Pid}, SampleEvery: max(1, planned/10), Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		t.Fatalf("mailguard exited during the soak:\n%s", logTail(logFile.Name(), 30))
+	default:
+	}
+
+	t.Logf("soak: %d messages (and %d parallel connections) in %d sessions, %d connections at once: %s, %.0f messages/s",
+		res.Messages, res.Probes, sessions, *soakConnections, res.Elapsed.Round(time.Second), res.Rate())
+	first, end := res.Samples[min(1, len(res.Samples)-1)], res.Samples[len(res.Samples)-1]
+	peak := first
+	for _, s := range res.Samples[1:] {
+		if s.RSSKB > peak.RSSKB {
+			peak.RSSKB, peak.Messages = s.RSSKB, s.Messages
+		}
+		peak.FDs = max(peak.FDs, s.FDs)
+	}
+	for _, s := range res.Samples {
+		t.Logf("  after %8d messages: rss %7d kB  (peak so far %7d kB)  open files %4d", s.Messages, s.RSSKB, s.PeakKB, s.FDs)
+	}
+	t.Logf("soak: rss after the first tenth %d kB, at the end %d kB (%+.1f%%), highest sample after the first tenth %d kB, VmHWM %d kB; open files %d, at the end %d, most %d",
+		first.RSSKB, end.RSSKB, 100*(float64(end.RSSKB)/float64(first.RSSKB)-1), peak.RSSKB, end.PeakKB, first.FDs, end.FDs, peak.FDs)
+	t.Logf("soak: verdicts (class | expected | got | count):\n%s", verdictTable(res))
+	t.Logf("soak: %d wrong verdicts, %d errors", res.Wrong, res.Errors)
+
+	if res.Errors > 0 {
+		t.Errorf("%d messages failed; first: %s", res.Errors, res.FirstError)
+	}
+	if res.Wrong > 0 {
+		t.Errorf("%d wrong verdicts; first: %s", res.Wrong, res.FirstWrong)
+	}
+	if res.Messages != planned {
+		t.Errorf("%d messages got a verdict, %d planned", res.Messages, planned)
+	}
+	if problem := loadgen.MixCheck(res); problem != "" {
+		t.Error(problem)
+	}
+	// Every captured message is in the capture Maildir, and nothing else.
+	captured := 0
+	for o, c := range res.Table {
+		if o.Class == "captured" && o.Got == "accept" {
+			captured += c
+		}
+	}
+	copies, err := os.ReadDir(filepath.Join(dir, "capture", "new"))
+	if err != nil && captured > 0 {
+		t.Error(err)
+	}
+	if len(copies) != captured {
+		t.Errorf("%d copies in the capture Maildir, %d messages captured", len(copies), captured)
+	}
+	if bad := daemonErrors(t, logFile.Name()); len(bad) > 0 {
+		t.Errorf("mailguard logged %d errors, first: %s", len(bad), bad[0])
+	}
+
+	growth := soakGrowth
+	if planned < soakLongRun {
+		growth = soakShortGrowth
+	}
+	if float64(end.RSSKB) > growth*float64(first.RSSKB) || float64(peak.RSSKB) > growth*float64(first.RSSKB) {
+		t.Errorf("resident memory grew: %d kB after the first tenth, %d kB at the end, %d kB at most; allowed %.0f%% more",
+			first.RSSKB, end.RSSKB, peak.RSSKB, 100*(growth-1))
+	}
+	// Open files: the listener, logs, clamd's pooled connections, the
+	// DNS and HTTP sockets; a few more at the end is noise, not a leak.
+	if float64(end.FDs) > growth*float64(first.FDs) {
+		t.Errorf("open files grew: %d after the first tenth, %d at the end", first.FDs, end.FDs)
+	}
+}
+
+func waitForSocket(t *testing.T, sock, log string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+	}
+	t.Fatalf("mailguard did not listen on %s:\n%s", sock, logTail(log, 30))
+}
+
+// verdictTable prints the run's verdict table, one line per class,
+// expected and actual reply.
+func verdictTable(res *loadgen.Result) string {
+	rows := slices.SortedFunc(maps.Keys(res.Table), func(a, b loadgen.Outcome) int {
+		return strings.Compare(a.Class+"\x00"+a.Expect+"\x00"+a.Got, b.Class+"\x00"+b.Expect+"\x00"+b.Got)
+	})
+	var b strings.Builder
+	for _, o := range rows {
+		mark := ""
+		if o.Expect != "" && o.Expect != o.Got {
+			mark = "  WRONG"
+		}
+		expect := o.Expect
+		if expect == "" {
+			expect = "(see below)"
+		}
+		fmt.Fprintf(&b, "  %-40s | %-50s | %-50s | %8d%s\n", o.Class, expect, o.Got, res.Table[o], mark)
+	}
+	fmt.Fprintf(&b, "  (%s: exactly %d copies pass, every later one is held)\n", loadgen.ClassOutbreak, loadgen.MixMinNetworks)
+	return b.String()
+}
+
+// daemonErrors are the daemon's log lines at level ERROR or of a filter
+// that failed.
+func daemonErrors(t *testing.T, log string) []string {
+	f, err := os.Open(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var bad []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if l := sc.Text(); strings.Contains(l, "level=ERROR") || strings.Contains(l, "filter failed") || strings.Contains(l, "panic") {
+			bad = append(bad, l)
+		}
+	}
+	return bad
+}
+
+func logTail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
