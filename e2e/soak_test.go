@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,7 +64,8 @@ func TestSoak(t *testing.T) {
 	}
 
 	sock := filepath.Join(dir, "milter.sock")
-	cfg := fmt.Sprintf("listen = %q\n", "unix:"+sock) + mix.Config(fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := fmt.Sprintf("listen = %q\n", "unix:"+sock) + mix.Config(httpAddr)
 	cfgFile := filepath.Join(dir, "mailguard.toml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -92,7 +96,10 @@ func TestSoak(t *testing.T) {
 	waitForSocket(t, sock, logFile.Name())
 
 	res, err := loadgen.Run(loadgen.Options{Network: "unix", Address: sock, Plan: mix.Session, Sessions: sessions,
-		Concurrency: *soakConnections, PIDs: []int{cmd.Process.Pid}, SampleEvery: max(1, planned/10), Timeout: time.Minute})
+		Concurrency: *soakConnections, PIDs: []int{cmd.Process.Pid}, SampleEvery: max(1, planned/10), Timeout: time.Minute,
+		OnSample: func(s loadgen.Sample) {
+			t.Logf("  %s: %d messages, rss %d kB, open files %d", time.Now().Format(time.TimeOnly), s.Messages, s.RSSKB, s.FDs)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +153,14 @@ func TestSoak(t *testing.T) {
 	if len(copies) != captured {
 		t.Errorf("%d copies in the capture Maildir, %d messages captured", len(copies), captured)
 	}
+	// The daemon's own counters tell the same story.
+	metrics := scrapeMetrics(t, httpAddr)
+	t.Logf("soak: the daemon's counters:\n%s", metricsLines(metrics, "mailguard_messages_total", "mailguard_verdicts_total", "mailguard_capture_writes_total", "mailguard_filter_errors"))
+	for series, want := range countersFromTable(res) {
+		if got := metrics[series]; got != float64(want) {
+			t.Errorf("%s is %.0f; the verdicts say %d", series, got, want)
+		}
+	}
 	if bad := daemonErrors(t, logFile.Name()); len(bad) > 0 {
 		t.Errorf("mailguard logged %d errors, first: %s", len(bad), bad[0])
 	}
@@ -179,7 +194,14 @@ func waitForSocket(t *testing.T, sock, log string) {
 // verdictTable prints the run's verdict table, one line per class,
 // expected and actual reply.
 func verdictTable(res *loadgen.Result) string {
-	rows := slices.SortedFunc(maps.Keys(res.Table), func(a, b loadgen.Outcome) int {
+	// The blocklist's reply names the client: one row for all clients.
+	table := map[loadgen.Outcome]int{}
+	client := regexp.MustCompile(`\[[0-9.]+\]`)
+	for o, n := range res.Table {
+		o.Expect, o.Got = client.ReplaceAllString(o.Expect, "[CLIENT]"), client.ReplaceAllString(o.Got, "[CLIENT]")
+		table[o] += n
+	}
+	rows := slices.SortedFunc(maps.Keys(table), func(a, b loadgen.Outcome) int {
 		return strings.Compare(a.Class+"\x00"+a.Expect+"\x00"+a.Got, b.Class+"\x00"+b.Expect+"\x00"+b.Got)
 	})
 	var b strings.Builder
@@ -192,7 +214,7 @@ func verdictTable(res *loadgen.Result) string {
 		if expect == "" {
 			expect = "(see below)"
 		}
-		fmt.Fprintf(&b, "  %-40s | %-50s | %-50s | %8d%s\n", o.Class, expect, o.Got, res.Table[o], mark)
+		fmt.Fprintf(&b, "  %-40s | %-50s | %-50s | %8d%s\n", o.Class, expect, o.Got, table[o], mark)
 	}
 	fmt.Fprintf(&b, "  (%s: exactly %d copies pass, every later one is held)\n", loadgen.ClassOutbreak, loadgen.MixMinNetworks)
 	return b.String()
@@ -221,4 +243,84 @@ func logTail(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// countersFromTable is what the daemon's counters must say after the run,
+// from the verdicts the load tool saw.
+func countersFromTable(res *loadgen.Result) map[string]int {
+	verdicts := func(filter, outcome string) string {
+		return fmt.Sprintf("mailguard_verdicts_total{filter=%q,outcome=%q}", filter, outcome)
+	}
+	want := map[string]int{"mailguard_messages_total": res.Messages, `mailguard_capture_writes_total{result="failed"}`: 0}
+	for o, n := range res.Table {
+		if o.Class == "parallel connection" {
+			continue
+		}
+		var series []string
+		switch got := o.Got; {
+		case got == "accept" || strings.HasSuffix(got, "; accept"):
+			series = append(series, verdicts("", "accepted"))
+			if o.Class == "captured" {
+				series = append(series, `mailguard_capture_writes_total{result="written"}`)
+			}
+		case got == loadgen.VerdictAborted || got == loadgen.VerdictHungUp,
+			got == loadgen.ReplyMailboxFull, got == loadgen.ReplySender && o.Class == "blocked sender":
+			// Ended before the data: every recipient refused, or the
+			// MTA gave up.
+			series = append(series, verdicts("", "aborted"))
+		case got == loadgen.ReplyVirus:
+			series = append(series, verdicts("virus", "rejected"))
+		case strings.HasPrefix(got, loadgen.ReplyClamd):
+			series = append(series, verdicts("clamav", "rejected"))
+		case got == loadgen.ReplyAttachment:
+			series = append(series, verdicts("attachments", "rejected"))
+		case got == loadgen.ReplySender:
+			series = append(series, verdicts("senders", "rejected"))
+		case got == loadgen.ReplyHeld:
+			series = append(series, verdicts("outbreak", "tempfailed"))
+		case strings.HasPrefix(o.Class, "refused client"):
+			series = append(series, verdicts("access", "rejected"))
+		}
+		for _, s := range series {
+			want[s] += n
+		}
+	}
+	return want
+}
+
+// scrapeMetrics reads the daemon's metrics: series → value.
+func scrapeMetrics(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); i > 0 && err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// metricsLines prints the series whose names start with one of prefixes.
+func metricsLines(m map[string]float64, prefixes ...string) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		for _, p := range prefixes {
+			if strings.HasPrefix(k, p) {
+				fmt.Fprintf(&b, "  %s %.0f\n", k, m[k])
+				break
+			}
+		}
+	}
+	return b.String()
 }

@@ -439,17 +439,25 @@ recipients = [%q]
 		MixMinNetworks, p("samples"), m.servers.Clamd, p("capture.on"), p("capture"), mixCapture)
 }
 
+// MixClients is how many client addresses the ordinary sessions come
+// from, in turn: a site's regular correspondents. Caches and counts kept
+// per client (DNS blocklist answers, rate limit windows) hold as many,
+// and fill within the first MixClients sessions.
+const MixClients = 20000
+
 // Session is session i of the mix. About one session in a hundred is a
 // worm copy from a network of its own, two in a hundred come from a
 // client on the DNS blocklist or the deny list, two open a second
 // connection from their client while they are open (refused by the
-// concurrency limit). Every session's client is its own (and so never
-// meets the concurrency limit), but for those refused clients, which the
-// rate limits exempt. The others carry 1 to 6 messages of every kind.
+// concurrency limit). No two sessions at once come from one client (a
+// client comes back MixClients sessions later), so none meets the
+// concurrency limit, but for the refused clients, which the rate limits
+// exempt. The others carry 1 to 6 messages of every kind.
 func (m *Mix) Session(i int) Session {
 	r := rand.New(rand.NewPCG(uint64(i), 77))
-	s := Session{Client: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)}
-	refusal := ""
+	c := i % MixClients
+	s := Session{Client: fmt.Sprintf("10.%d.%d.%d", c>>16&255, c>>8&255, c&255)}
+	refusal, refusedClass := "", ""
 	switch k := r.IntN(100); {
 	case k == 0:
 		w := m.worm
@@ -461,9 +469,9 @@ func (m *Mix) Session(i int) Session {
 		return s
 	case k == 1:
 		s.Client = fmt.Sprintf("192.0.2.%d", 1+r.IntN(20))
-		refusal = fmt.Sprintf(ReplyListed, s.Client, MixZone)
+		refusal, refusedClass = fmt.Sprintf(ReplyListed, s.Client, MixZone), "refused client: on the DNS blocklist"
 	case k == 2:
-		s.Client, refusal = fmt.Sprintf("203.0.113.%d", r.IntN(256)), ReplyAccess
+		s.Client, refusal, refusedClass = fmt.Sprintf("203.0.113.%d", r.IntN(256)), ReplyAccess, "refused client: on the deny list"
 	case k <= 4:
 		s.Parallel = ReplyRateLimit
 	}
@@ -471,7 +479,7 @@ func (m *Mix) Session(i int) Session {
 	for j := 0; j < n; j++ {
 		msg := m.message(r, i, j)
 		if refusal != "" {
-			msg.Expect, msg.Class = refusal, "refused client: "+msg.Class
+			msg.Expect, msg.Class = refusal, refusedClass
 		}
 		s.Messages = append(s.Messages, msg)
 		if msg.Stop == Hangup {

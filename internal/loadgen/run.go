@@ -35,6 +35,8 @@ type Options struct {
 	// SampleEvery, with PIDs, samples the milter's memory and open files
 	// each time this many more messages are done (see Result.Samples).
 	SampleEvery int
+	// OnSample, if set, is told of each sample as it is taken (progress).
+	OnSample func(Sample)
 }
 
 // Session is one SMTP session as the MTA shows it to the milter: one
@@ -292,6 +294,9 @@ func (r *runner) sampleWhileRunning(res *Result) (stop func()) {
 			if n := r.done.Load(); n >= next {
 				if s, err := samplePIDs(r.o.PIDs); err == nil {
 					res.Samples = append(res.Samples, s.Sample(int(n)))
+					if r.o.OnSample != nil {
+						r.o.OnSample(s.Sample(int(n)))
+					}
 				}
 				next = (n/int64(r.o.SampleEvery) + 1) * int64(r.o.SampleEvery)
 			}
