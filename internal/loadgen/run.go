@@ -74,8 +74,8 @@ type Result struct {
 	FirstError     string
 	Elapsed        time.Duration
 	Latencies      []time.Duration // per message, sorted
-	Verdicts       map[string]int
-	RepliesPerMsg  float64 // milter replies per message after option negotiation
+	Verdicts       map[string]int  // by reply code and enhanced code ("550 5.7.0"), "accept"...
+	RepliesPerMsg  float64         // milter replies per message after option negotiation
 	CPU            time.Duration
 	RSSBeforeKB    int
 	RSSAfterKB     int
@@ -328,7 +328,7 @@ func (t *tally) record(m *Message, got string, lat time.Duration) {
 
 // count puts the verdict in the table.
 func (t *tally) count(m *Message, got string) {
-	t.verdicts[got]++
+	t.verdicts[shortVerdict(got)]++
 	t.table[Outcome{m.Class, m.Expect, got}]++
 	if m.Expect != "" && got != m.Expect {
 		t.wrong++
@@ -547,6 +547,15 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn net.Conn) 
 		return "", err
 	}
 	return partial(verdictName(act)), nil
+}
+
+// shortVerdict is a reply's code and enhanced code ("550 5.7.0"), for
+// Result.Verdicts; other verdicts are themselves.
+func shortVerdict(v string) string {
+	if len(v) > 9 && v[0] >= '2' && v[0] <= '5' && v[3] == ' ' {
+		return v[:9]
+	}
+	return v
 }
 
 // verdictName names the milter's reply: "accept", "reject", "tempfail",
