@@ -150,6 +150,13 @@ func (c *postfixConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// hangup sends what is buffered and closes the socket without the
+// protocol's QUIT.
+func (c *postfixConn) hangup() {
+	c.w.Flush()
+	c.Conn.Close()
+}
+
 func (c *postfixConn) Close() error {
 	c.w.Flush()
 	return c.Conn.Close()
@@ -161,7 +168,7 @@ func (c *postfixConn) Close() error {
 type countingDialer struct {
 	d       net.Dialer
 	replies *atomic.Int64
-	last    net.Conn
+	last    *postfixConn
 }
 
 func (d *countingDialer) Dial(network, address string) (net.Conn, error) {
@@ -169,8 +176,8 @@ func (d *countingDialer) Dial(network, address string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.last = c
-	return &postfixConn{Conn: c, w: bufio.NewWriterSize(c, postfixBufferSize), replies: d.replies}, nil
+	d.last = &postfixConn{Conn: c, w: bufio.NewWriterSize(c, postfixBufferSize), replies: d.replies}
+	return d.last, nil
 }
 
 // Run replays the corpus (or the plan) against the milter.
@@ -451,7 +458,7 @@ func (r *runner) parallel(client, helo string, family milter.ProtoFamily, macros
 // ended it, with the recipients refused before it when only some were.
 // A message planned to stop early returns VerdictAborted or VerdictHungUp
 // if the milter let it get that far.
-func transaction(s *milter.ClientSession, m *Message, chunk int, conn net.Conn) (string, error) {
+func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixConn) (string, error) {
 	sender, rcpts := m.Sender, m.Rcpts
 	if sender == "" {
 		sender = "sender@example.org"
@@ -535,10 +542,10 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn net.Conn) 
 	case Abort:
 		return partial(VerdictAborted), s.Abort(nil)
 	case Hangup:
-		// A dropped SMTP connection: Postfix closes the milter socket
-		// without a word.
+		// The MTA dies: what it wrote reaches the milter, then the
+		// socket closes without a word.
 		if conn != nil {
-			conn.Close()
+			conn.hangup()
 		}
 		return partial(VerdictHungUp), nil
 	}
