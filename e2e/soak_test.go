@@ -25,7 +25,7 @@ import (
 // The default run sends a short soak; scripts/soak sends 1,000,000
 // messages through the same test (-soak.messages).
 var (
-	soakMessages    = flag.Int("soak.messages", 6000, "messages the soak sends (scripts/soak: 1,000,000)")
+	soakMessages    = flag.Int("soak.messages", 4000, "messages the soak sends (scripts/soak: 1,000,000)")
 	soakConnections = flag.Int("soak.connections", 16, "milter connections at once in the soak")
 )
 
