@@ -163,8 +163,8 @@ func (c *postfixConn) Close() error {
 }
 
 // countingDialer dials Postfix-like connections and remembers the last
-// one, so that a session can hang up on the milter the way a dropped SMTP
-// connection does (without the milter protocol's QUIT).
+// one, so that a session can hang up on the milter the way an MTA process
+// that dies does (without the milter protocol's QUIT).
 type countingDialer struct {
 	d       net.Dialer
 	replies *atomic.Int64
