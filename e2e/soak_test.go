@@ -27,6 +27,7 @@ import (
 var (
 	soakMessages    = flag.Int("soak.messages", 4000, "messages the soak sends (scripts/soak: 1,000,000)")
 	soakConnections = flag.Int("soak.connections", 16, "milter connections at once in the soak")
+	soakClients     = flag.Int("soak.clients", loadgen.MixClients, "client addresses the ordinary sessions come from, in turn (at most 16777216)")
 )
 
 // soakLongRun is the run from which memory and open files must stay
@@ -57,6 +58,7 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mix.Clients = *soakClients
 	sessions, planned := 0, 0
 	for planned < n {
 		planned += len(mix.Session(sessions).Messages)

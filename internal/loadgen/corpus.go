@@ -226,6 +226,10 @@ type MixServers struct {
 // bodies with envelopes, clients and sizes that vary with the session's
 // number, so a plan of any length costs no memory beyond the pool.
 type Mix struct {
+	// Clients is how many addresses the ordinary sessions come from, in
+	// turn (NewMix: MixClients); at most 1<<24, from 10.0.0.0 up.
+	Clients int
+
 	dir      string
 	servers  MixServers
 	clean    []Message
@@ -239,7 +243,7 @@ type Mix struct {
 // NewMix writes the daemon's data for the mix into dir and makes the
 // message pool.
 func NewMix(dir string, servers MixServers) (*Mix, error) {
-	m := &Mix{dir: dir, servers: servers}
+	m := &Mix{Clients: MixClients, dir: dir, servers: servers}
 	if err := m.writeFiles(); err != nil {
 		return nil, err
 	}
@@ -450,12 +454,12 @@ const MixClients = 20000
 // client on the DNS blocklist or the deny list, two open a second
 // connection from their client while they are open (refused by the
 // concurrency limit). No two sessions at once come from one client (a
-// client comes back MixClients sessions later), so none meets the
+// client comes back Clients sessions later), so none meets the
 // concurrency limit, but for the refused clients, which the rate limits
 // exempt. The others carry 1 to 6 messages of every kind.
 func (m *Mix) Session(i int) Session {
 	r := rand.New(rand.NewPCG(uint64(i), 77))
-	c := i % MixClients
+	c := i % min(max(1, m.Clients), 1<<24)
 	s := Session{Client: fmt.Sprintf("10.%d.%d.%d", c>>16&255, c>>8&255, c&255)}
 	refusal, refusedClass := "", ""
 	switch k := r.IntN(100); {
