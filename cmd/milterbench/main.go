@@ -36,6 +36,7 @@ Usage:
   milterbench worm -dir DIR [-count N] [-widths 76,72]  write copies of a generated worm
   milterbench run  -milter ADDR -corpus DIR [-c N] [-n N] [-pid PID[,PID...] | -pid FILE]
                                                         replay the corpus at N connections and report
+  milterbench slow load|memory|loris ...                slow connections, memory per connection, slow-loris peers
 
 Run "milterbench COMMAND -h" for a command's flags.
 `
@@ -60,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "slow":
 		return slow(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "milterbench: unknown command %q (want gen, sigs, worm or run)\n", args[0])
+	fmt.Fprintf(stderr, "milterbench: unknown command %q (want gen, sigs, worm, run or slow)\n", args[0])
 	return 2
 }
 

@@ -166,6 +166,7 @@ func slowSession(s *milter.ClientSession, o SlowOptions, conn int, gap func()) (
 		if err != nil {
 			return verdicts, wrong, fmt.Errorf("%s: %w", m.Name, err)
 		}
+		v = shortVerdict(v) // the code and enhanced code, as the run's counts
 		verdicts = append(verdicts, v)
 		if o.Expect != nil {
 			if want := o.Expect(m); v != want {
