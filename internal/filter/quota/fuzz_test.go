@@ -1,0 +1,128 @@
+package quota
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"mailguard/internal/dovecotauth"
+)
+
+// FuzzUserdbReply gives a userdb lookup whatever the auth-userdb socket
+// answers. Whatever the bytes: no panic; an error finds no one; a user
+// found has the address asked for, an absolute clean Maildir without NUL,
+// and limits that are not negative; and that answer is kept: asked again,
+// the same user comes from the cache without a second question.
+func FuzzUserdbReply(f *testing.F) {
+	for _, s := range []string{
+		"VERSION\t1\t2\nSPID\t42\nUSER\t1\talice@example.edu\thome=/var/mail/alice\tquota_rule=*:storage=1G:messages=1000\n",
+		"VERSION\t1\t2\nUSER\t1\talice@example.edu\tmail=maildir:~/Mail:LAYOUT=fs\thome=/h/a\tforward\tvacation=no\n",
+		"VERSION\t1\t2\nUSER\t1\talice@example.edu\tmail=mdbox:~/mdbox\thome=/h\n",
+		"USER\t1\talice@example.edu\tmail=maildir:relative/x\thome=/h/../a\tquota_rule=*:bytes=10MB\n",
+		"USER\t1\talice@example.edu\tmail=maildir:/m/\x010a\tquota_rule=*:storage=+10M:messages=-1\n",
+		"USER\t1\talice@example.edu\n",
+		"NOTFOUND\t1\n",
+		"FAIL\t1\treason=database down\n",
+		"VERSION\t2\t0\n",
+		"CUID\t1\n",
+		"USER\t2\talice@example.edu\thome=/h\n",
+		"USER\t1\talice@example.edu\thome=/h",
+		"",
+	} {
+		f.Add(s)
+	}
+	sock := filepath.Join(f.TempDir(), "auth-userdb")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { ln.Close() })
+	reply := make(chan string, 1)
+	var asked atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			asked.Add(1)
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(line, "USER\t") {
+						break
+					}
+				}
+				select {
+				case r := <-reply:
+					c.Write([]byte(r))
+				default:
+					c.Write([]byte("FAIL\t1\treason=asked twice\n"))
+				}
+			}()
+		}
+	}()
+	f.Fuzz(func(t *testing.T, answer string) {
+		reply <- answer
+		udb := &Userdb{Client: &dovecotauth.Client{Path: sock, Timeout: 2 * time.Second}, Cache: time.Minute,
+			Maildir: "~/Maildir", ForwardFields: []string{"forward"}, AutoreplyFields: []string{"vacation"}, Delimiter: "+"}
+		defer udb.Client.Close()
+		before := asked.Load()
+		user, found, err := udb.Lookup(context.Background(), "<Alice+lists@Example.EDU>")
+		if err != nil {
+			if user != nil || found {
+				t.Fatalf("an error (%v) with a user: %+v", err, user)
+			}
+			return
+		}
+		if found != (user != nil) {
+			t.Fatalf("found %v, user %+v", found, user)
+		}
+		if user != nil {
+			if user.Address != "alice@example.edu" || !filepath.IsAbs(user.Maildir) || filepath.Clean(user.Maildir) != user.Maildir ||
+				strings.ContainsRune(user.Maildir, 0) || user.Quota < 0 || user.Count < 0 {
+				t.Fatalf("answer %q gave %+v", answer, user)
+			}
+		}
+		again, _, err := udb.Lookup(context.Background(), "alice@example.edu")
+		if err != nil || again != user || asked.Load() != before+1 {
+			t.Fatalf("asked again: %+v %v, %d questions", again, err, asked.Load()-before)
+		}
+	})
+}
+
+// FuzzQuotaRule: a quota_rule gives limits that are never negative, and a
+// plain size in any unit reads as that many bytes.
+func FuzzQuotaRule(f *testing.F) {
+	for _, s := range []string{"*:storage=1G", "*:storage=100K:messages=1000", "*:bytes=10MB", "*:storage=+10M", "*:storage=10%",
+		"Trash:storage=1G", "*:messages=-5", "*:storage=9223372036854775807T", "*:storage=", "*"} {
+		f.Add(s, int64(25), byte('M'))
+	}
+	f.Fuzz(func(t *testing.T, rule string, n int64, unit byte) {
+		if b, m := parseQuotaRule(rule); b < 0 || m < 0 {
+			t.Fatalf("%q: %d bytes, %d messages", rule, b, m)
+		}
+		mult := map[byte]int64{'b': 1, 'B': 1, 'k': 1 << 10, 'K': 1 << 10, 'm': 1 << 20, 'M': 1 << 20, 'g': 1 << 30, 'G': 1 << 30, 't': 1 << 40, 'T': 1 << 40}[unit]
+		if n <= 0 || mult == 0 || n > (1<<62)/mult {
+			return
+		}
+		for _, key := range []string{"storage", "bytes"} {
+			v := strconv.FormatInt(n, 10) + string(unit)
+			if b, _ := parseQuotaRule("*:" + key + "=" + v); b != n*mult {
+				t.Fatalf("%s=%s read as %d bytes, want %d", key, v, b, n*mult)
+			}
+		}
+	})
+}
