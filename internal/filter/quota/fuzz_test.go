@@ -126,3 +126,39 @@ func FuzzQuotaRule(f *testing.F) {
 		}
 	})
 }
+
+// FuzzUserName: the name a recipient (as the MTA sends it, the client's
+// choice) is looked up under in the userdb: a name Dovecot's protocol can
+// carry (no blank, control character, tab or line end) of bounded length,
+// its domain in lower case, and the same for the address written in
+// another case or with a +detail.
+func FuzzUserName(f *testing.F) {
+	for _, s := range []string{"<Alice+lists@Example.EDU>", "alice@example.edu", "<@relay:a@b>", "a@", "@b", "a\tb@c", "a@b/../c", "\"a b\"@c", "a@b@c", "<>"} {
+		f.Add(s, false)
+	}
+	f.Fuzz(func(t *testing.T, rcpt string, caseSensitive bool) {
+		u := &Userdb{Delimiter: "+", CaseSensitiveLocal: caseSensitive}
+		name, ok := u.userName(rcpt)
+		if !ok {
+			return
+		}
+		at := strings.LastIndexByte(name, '@')
+		local, domain := name[:max(at, 0)], name[at+1:]
+		if at <= 0 || domain == "" || len(name) > 320 || strings.ContainsAny(name, "\t\r\n\x00 ") || strings.ContainsAny(domain, "/\\") ||
+			strings.ToLower(domain) != domain || (!caseSensitive && strings.ToLower(local) != local) || strings.Index(local, "+") > 0 {
+			t.Fatalf("%q looked up as %q", rcpt, name)
+		}
+		if strings.HasPrefix(local, "+") || len(local) > 62 || len(name) > 318 {
+			return // all detail (kept whole), or no room for one
+		}
+		upper := strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' {
+				return r - 'a' + 'A'
+			}
+			return r
+		}, domain)
+		if again, ok := u.userName("<" + local + "+x@" + upper + ">"); !ok || again != name {
+			t.Fatalf("%q looked up as %q, with a detail and the domain in capitals as %q", rcpt, name, again)
+		}
+	})
+}
