@@ -66,13 +66,13 @@ func TestParseReply(t *testing.T) {
 }
 
 // fakeClamd answers each connection with handle, on a unix socket.
-func fakeClamd(t *testing.T, handle func(net.Conn)) Address {
+func fakeClamd(t testing.TB, handle func(net.Conn)) Address {
 	return fakeClamdOn(t, "unix", handle)
 }
 
 // fakeClamdOn answers each connection with handle, on a unix socket or
 // loopback TCP.
-func fakeClamdOn(t *testing.T, network string, handle func(net.Conn)) Address {
+func fakeClamdOn(t testing.TB, network string, handle func(net.Conn)) Address {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fake.sock")
 	if network == "tcp" {

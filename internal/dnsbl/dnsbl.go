@@ -44,7 +44,9 @@ func ParseSite(s string) (Site, error) {
 	}
 	zone, pattern, hasPattern := strings.Cut(t, "=")
 	zone = strings.TrimSuffix(strings.ToLower(zone), ".")
-	if _, ok := dns.IsDomainName(zone); !ok || !strings.Contains(zone, ".") {
+	// Every label non-empty: "zen.example.org.." or ".." would make
+	// every query name invalid, each lookup an error.
+	if _, ok := dns.IsDomainName(zone); !ok || !strings.Contains(zone, ".") || strings.HasPrefix(zone, ".") || strings.HasSuffix(zone, ".") || strings.Contains(zone, "..") {
 		return site, fmt.Errorf("%q: %q is not a DNS zone such as zen.example.org", s, zone)
 	}
 	site.Zone = zone

@@ -91,12 +91,24 @@ func TestRealDNS(t *testing.T) {
 }
 
 func FuzzParseSite(f *testing.F) {
-	for _, s := range []string{"zen.example.org", "zen.example.org=127.0.0.[2..11]*3", "x.y=127.0.0.[1;2..4]*-1", "a.b=[", "a.b*"} {
+	for _, s := range []string{"zen.example.org", "zen.example.org=127.0.0.[2..11]*3", "x.y=127.0.0.[1;2..4]*-1", "a.b=[", "a.b*", "zen.example.org..", ".example.org"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if site, err := ParseSite(s); err == nil {
-			site.counts(netip.MustParseAddr("127.0.0.2"))
+		last := byte(len(s)) // an answer's last octet, as good as any
+		site, err := ParseSite(s)
+		if err != nil {
+			return
+		}
+		if site.Zone != strings.ToLower(site.Zone) || strings.HasSuffix(site.Zone, ".") || !strings.Contains(site.Zone, ".") {
+			t.Fatalf("%q: zone %q", s, site.Zone)
+		}
+		// Only answers in 127.0.0.0/8 count; with no pattern, every one.
+		if site.counts(netip.AddrFrom4([4]byte{10, 0, 0, last})) {
+			t.Fatalf("%q counts an answer outside 127.0.0.0/8", s)
+		}
+		if !strings.Contains(s, "=") && !site.counts(netip.AddrFrom4([4]byte{127, 0, 0, last})) {
+			t.Fatalf("%q, no pattern, does not count 127.0.0.%d", s, last)
 		}
 	})
 }

@@ -156,6 +156,11 @@ func (r *Redis) Take(ctx context.Context, ops []Op) (int, int64, error) {
 	if err != nil {
 		return -1, 0, fmt.Errorf("redis %s: %w", r.Addr(), err)
 	}
+	// The script answers {over, count}; anything else (another server on
+	// the port, a proxy's mistake) is an error, not an index to trust.
+	if len(res) != 2 || res[0] < -1 || res[0] >= int64(len(ops)) || res[1] < 0 {
+		return -1, 0, fmt.Errorf("redis %s: unexpected answer %v to %d counts", r.Addr(), res, len(ops))
+	}
 	if res[0] < 0 {
 		for _, op := range ops {
 			if op.Window == 0 && op.N > 0 {

@@ -215,6 +215,21 @@ func decodePattern(text string) ([]byte, error) {
 	return []byte(text), nil
 }
 
+// FormatPattern writes a pattern as Parse reads it back: as text when
+// the text reads as itself (printable ASCII, no blank at either end, not
+// a comment, a hex: pattern or a name line), else as hex:.
+func FormatPattern(p []byte) string {
+	text := string(p)
+	ok := len(p) > 0 && len(p) <= maxLineLen/2 && p[0] != ' ' && p[len(p)-1] != ' ' && p[0] != '#' && !strings.HasPrefix(text, "hex:")
+	for _, c := range p {
+		ok = ok && c >= ' ' && c <= '~'
+	}
+	if _, _, isName := splitNameLine(text); ok && !isName {
+		return text
+	}
+	return "hex:" + hex.EncodeToString(p)
+}
+
 // Patterns converts signatures into matcher input.
 func Patterns(sigs []Signature) []matcher.Pattern {
 	ps := make([]matcher.Pattern, len(sigs))

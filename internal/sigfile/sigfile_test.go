@@ -97,3 +97,30 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFormatPattern: any pattern of a length a signature may have,
+// written by FormatPattern (as sigmine prints what it found), reads back
+// as itself, on its own line or after its name; and a pattern of
+// printable text stays text.
+func FuzzFormatPattern(f *testing.F) {
+	for _, s := range []string{sobig, "A = " + sobig, "# not a comment, a pattern!", "hex:00112233445566778899", " padded pattern  here ",
+		"with\x00NUL and \r\n line ends", "\xff\xfe non-UTF-8 bytes here", "caf\u00e9 \u00a0no-break spaces\u00a0"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if len(p) < 16 || len(p) > 1000 {
+			return
+		}
+		text := FormatPattern(p)
+		for _, file := range []string{"N =\n" + text + "\n", "N = " + text + "\n"} {
+			sigs, err := Parse("f", strings.NewReader(file))
+			if err != nil || len(sigs) != 1 || string(sigs[0].Pattern) != string(p) {
+				t.Fatalf("%q written as %q reads back as %+v, %v", p, text, sigs, err)
+			}
+		}
+		if strings.HasPrefix(text, "hex:") && !strings.HasPrefix(string(p), "hex:") && strings.Trim(string(p), " ") == string(p) &&
+			!strings.HasPrefix(string(p), "#") && !strings.Contains(string(p), "=") && strings.IndexFunc(string(p), func(r rune) bool { return r < ' ' || r > '~' }) < 0 {
+			t.Fatalf("printable %q written as hex", p)
+		}
+	})
+}

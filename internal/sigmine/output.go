@@ -46,7 +46,7 @@ func (r *Result) Write(w io.Writer, name string) {
 		}
 		fmt.Fprintf(w, "\n# samples: %d/%d, clean: %d/%d, length: %d, entropy: %.2f bits/char, %s%s\n",
 			s.Samples, r.Samples, s.Clean, r.CleanMessages, len(s.Pattern), s.Entropy, kind, extra)
-		fmt.Fprintf(w, "%s.%d =\n%s\n", name, i+1, s.Pattern)
+		fmt.Fprintf(w, "%s.%d =\n%s\n", name, i+1, sigfile.FormatPattern(s.Pattern))
 	}
 	if len(r.Uncovered) > 0 {
 		fmt.Fprintf(w, "\n# Not matched by any signature above (%d samples):\n", len(r.Uncovered))

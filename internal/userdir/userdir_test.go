@@ -2,6 +2,7 @@ package userdir
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -115,6 +116,40 @@ func FuzzParse(f *testing.F) {
 			}
 			if got, ok := d.Lookup(u.Address); !ok || got != u {
 				t.Fatalf("%q not found by its own address", u.Address)
+			}
+		}
+	})
+}
+
+// FuzzParseSize: a size (quota= in the users file, every size in the
+// configuration) is never negative nor past 2^62, and the value it gives,
+// written back in bytes or in its unit, reads as itself.
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"0", "1048576", "500K", "25M", "1g", "2T", " 7 ", "-1K", "1.5M", "99999999999999999999", "4194304T", "+5M", "0x10", "M"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseSize(s)
+		if err != nil {
+			if n != 0 {
+				t.Fatalf("%q: %d with an error", s, n)
+			}
+			return
+		}
+		if n < 0 || n > 1<<62 {
+			t.Fatalf("%q: %d", s, n)
+		}
+		if back, err := ParseSize(strconv.FormatInt(n, 10)); err != nil || back != n {
+			t.Fatalf("%q = %d, written back reads %d %v", s, n, back, err)
+		}
+		for _, u := range []struct {
+			suffix string
+			mult   int64
+		}{{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}} {
+			if n%u.mult == 0 {
+				if back, err := ParseSize(strconv.FormatInt(n/u.mult, 10) + u.suffix); err != nil || back != n {
+					t.Fatalf("%q = %d, written in %s reads %d %v", s, n, u.suffix, back, err)
+				}
 			}
 		}
 	})

@@ -186,8 +186,13 @@ func (r *Redis) Suspect(ctx context.Context, s Sighting) (string, bool, error) {
 	if len(res) != 2 {
 		return "", false, fmt.Errorf("redis %s: unexpected answer %v", r.Addr(), res)
 	}
+	// The id goes into the refusal's text and the samples' header: only
+	// a fingerprint id, as the script writes them, is taken.
 	id, _ := res[0].(string)
 	created, _ := res[1].(int64)
+	if _, err := ParseKey(id); err != nil {
+		return "", false, fmt.Errorf("redis %s: record id: %w", r.Addr(), err)
+	}
 	return id, created == 1, nil
 }
 
