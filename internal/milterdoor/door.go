@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -85,7 +86,7 @@ type Door struct {
 	beforeWatchSelect func(quit <-chan struct{}, gone <-chan error)
 
 	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
+	listeners map[net.Listener]io.Closer // closes the listener and its accepter
 	sessions  map[*session]struct{}
 	closing   bool
 	wg        sync.WaitGroup
@@ -112,7 +113,7 @@ func New(p *pipeline.Pipeline, log *slog.Logger, opts Options) *Door {
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = progressInterval
 	}
-	d := &Door{log: log, opts: opts, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{}}
+	d := &Door{log: log, opts: opts, listeners: map[net.Listener]io.Closer{}, sessions: map[*session]struct{}{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.current.Store(p)
 	d.epoch.Store(1)
@@ -150,16 +151,20 @@ func (d *Door) Serve(ln net.Listener) error {
 		d.mu.Unlock()
 		return nil
 	}
-	d.listeners[ln] = struct{}{}
+	acc := newAccepter(ln)
+	d.listeners[ln] = acc
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
 		delete(d.listeners, ln)
 		d.mu.Unlock()
+		if r, ok := acc.(interface{ release() }); ok {
+			r.release() // the listener itself stays its owner's
+		}
 	}()
 	backoff := 5 * time.Millisecond
 	for {
-		c, err := ln.Accept()
+		c, err := acc.Accept()
 		if err != nil {
 			if d.shuttingDown() {
 				return nil
@@ -193,6 +198,13 @@ func (d *Door) Serve(ln net.Listener) error {
 			go d.worker(s)
 		}
 	}
+}
+
+// accepter is what Serve accepts connections with: the listener, or its
+// raw accept (see newAccepter).
+type accepter interface {
+	Accept() (net.Conn, error)
+	Close() error
 }
 
 // workerIdle is how long a session goroutine waits for the next
@@ -264,8 +276,8 @@ var ErrSessionsLeft = errors.New("sessions still running after the drain timeout
 func (d *Door) Shutdown(ctx context.Context) error {
 	d.mu.Lock()
 	d.closing = true
-	for ln := range d.listeners {
-		ln.Close()
+	for _, c := range d.listeners {
+		c.Close()
 	}
 	for s := range d.sessions {
 		s.drainIfIdle()
