@@ -424,7 +424,7 @@ func (r *runner) session(plan Session, index int, t *tally) {
 	for i := range plan.Messages {
 		m := &plan.Messages[i]
 		macros.Set(milter.MacroQueueId, fmt.Sprintf("Q%XN%X", index, i))
-		v, err := transaction(s, m, r.o.ChunkSize, d.last)
+		v, err := transaction(s, m, r.o.ChunkSize, d.last, nil)
 		if err != nil {
 			t.fail(len(plan.Messages)-i, fmt.Errorf("%s: %w", m.Name, err))
 			return
@@ -457,8 +457,12 @@ func (r *runner) parallel(client, helo string, family milter.ProtoFamily, macros
 // transaction sends one message and returns its verdict: the reply that
 // ended it, with the recipients refused before it when only some were.
 // A message planned to stop early returns VerdictAborted or VerdictHungUp
-// if the milter let it get that far.
-func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixConn) (string, error) {
+// if the milter let it get that far. pause, if not nil, runs before every
+// packet: a slow MTA.
+func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixConn, pause func()) (string, error) {
+	if pause == nil {
+		pause = func() {}
+	}
 	sender, rcpts := m.Sender, m.Rcpts
 	if sender == "" {
 		sender = "sender@example.org"
@@ -474,6 +478,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 	refused := func(act *milter.Action) (string, error) {
 		return verdictName(act), s.Abort(nil)
 	}
+	pause()
 	act, err := s.Mail(sender, "SIZE="+strconv.Itoa(len(m.Body)))
 	if err != nil {
 		return "", err
@@ -483,6 +488,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 	}
 	var rcptRefusals []string
 	for _, rcpt := range rcpts {
+		pause()
 		act, err := s.Rcpt(rcpt, "")
 		if err != nil {
 			return "", err
@@ -500,6 +506,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 		return strings.TrimPrefix(rcptRefusals[len(rcptRefusals)-1], "rcpt "), s.Abort(nil)
 	}
 	partial := func(v string) string { return strings.Join(append(rcptRefusals, v), "; ") }
+	pause()
 	if act, err := s.DataStart(); err != nil || act.Type != milter.ActionContinue {
 		if err != nil {
 			return "", err
@@ -508,6 +515,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 		return partial(v), err
 	}
 	for _, f := range m.Fields {
+		pause()
 		act, err := s.HeaderField(f.Name, f.Value, nil)
 		if err != nil {
 			return "", err
@@ -517,6 +525,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 			return partial(v), err
 		}
 	}
+	pause()
 	if act, err := s.HeaderEnd(); err != nil || act.Type != milter.ActionContinue {
 		if err != nil {
 			return "", err
@@ -529,6 +538,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 		body = body[:len(body)/2]
 	}
 	for i := 0; i < len(body); i += chunk {
+		pause()
 		act, err := s.BodyChunk(body[i:min(i+chunk, len(body))])
 		if err != nil {
 			return "", err
@@ -549,6 +559,7 @@ func transaction(s *milter.ClientSession, m *Message, chunk int, conn *postfixCo
 		}
 		return partial(VerdictHungUp), nil
 	}
+	pause()
 	_, act, err = s.End()
 	if err != nil {
 		return "", err

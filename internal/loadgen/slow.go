@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,7 +160,7 @@ func slowSession(s *milter.ClientSession, o SlowOptions, conn int, gap func()) (
 	verdicts = []string{}
 	for i := 0; i < o.PerConnection; i++ {
 		m := &o.Corpus[(conn*o.PerConnection+i)%len(o.Corpus)]
-		v, err := slowTransaction(s, m, o.ChunkSize, gap)
+		v, err := transaction(s, m, o.ChunkSize, nil, gap)
 		if err != nil {
 			return verdicts, wrong, fmt.Errorf("%s: %w", m.Name, err)
 		}
@@ -175,51 +173,6 @@ func slowSession(s *milter.ClientSession, o SlowOptions, conn int, gap func()) (
 		}
 	}
 	return verdicts, wrong, nil
-}
-
-// slowTransaction is one message, a pause before each of its packets.
-func slowTransaction(s *milter.ClientSession, m *Message, chunk int, gap func()) (string, error) {
-	steps := []func() (*milter.Action, error){
-		func() (*milter.Action, error) {
-			return s.Mail("sender@example.org", "SIZE="+strconv.Itoa(len(m.Body)))
-		},
-		func() (*milter.Action, error) { return s.Rcpt(recipient(m), "") },
-		s.DataStart,
-	}
-	for _, f := range m.Fields {
-		steps = append(steps, func() (*milter.Action, error) { return s.HeaderField(f.Name, f.Value, nil) })
-	}
-	steps = append(steps, s.HeaderEnd)
-	for i := 0; i < len(m.Body); i += chunk {
-		body := m.Body[i:min(i+chunk, len(m.Body))]
-		steps = append(steps, func() (*milter.Action, error) { return s.BodyChunk(body) })
-	}
-	for _, step := range steps {
-		gap()
-		act, err := step()
-		if err != nil {
-			return "", err
-		}
-		if act.Type != milter.ActionContinue {
-			return verdictName(act), s.Reset(nil)
-		}
-	}
-	gap()
-	_, act, err := s.End()
-	if err != nil {
-		return "", err
-	}
-	return verdictName(act), nil
-}
-
-// recipient is the message's Delivered-To, or a default one.
-func recipient(m *Message) string {
-	for _, f := range m.Fields {
-		if strings.EqualFold(f.Name, "Delivered-To") {
-			return strings.Trim(f.Value, "<> ")
-		}
-	}
-	return "user@example.edu"
 }
 
 // captureDialer dials as net.Dialer does and keeps the connection, so a
