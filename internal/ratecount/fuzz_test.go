@@ -3,13 +3,13 @@ package ratecount
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"mailguard/internal/testserver"
 )
 
 // FuzzRedisReply gives Take whatever a server on the Redis port answers
@@ -122,7 +122,7 @@ func (s *replyServer) serve(c net.Conn) {
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReader(c)
 	for {
-		cmd, err := readCommand(br)
+		cmd, err := testserver.ReadRESPCommand(br)
 		if err != nil {
 			return
 		}
@@ -143,36 +143,4 @@ func (s *replyServer) serve(c net.Conn) {
 			io.WriteString(c, "+OK\r\n")
 		}
 	}
-}
-
-// readCommand reads one RESP command (an array of bulk strings) and
-// returns its name.
-func readCommand(br *bufio.Reader) (string, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
-	if err != nil || n < 1 {
-		return "", fmt.Errorf("not a command: %q", line)
-	}
-	var name string
-	for i := range n {
-		l, err := br.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(l, "$")))
-		if err != nil || size < 0 {
-			return "", fmt.Errorf("not a bulk string: %q", l)
-		}
-		b := make([]byte, size+2)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return "", err
-		}
-		if i == 0 {
-			name = string(b[:size])
-		}
-	}
-	return name, nil
 }

@@ -3,14 +3,14 @@ package outbreak
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"mailguard/internal/testserver"
 )
 
 // FuzzRedisReply gives the shared store whatever a server on the Redis
@@ -75,7 +75,7 @@ func startScriptServer(f *testing.F, reply func() []byte) string {
 				c.SetDeadline(time.Now().Add(5 * time.Second))
 				br := bufio.NewReader(c)
 				for {
-					cmd, err := readRESPCommand(br)
+					cmd, err := testserver.ReadRESPCommand(br)
 					if err != nil {
 						return
 					}
@@ -93,36 +93,4 @@ func startScriptServer(f *testing.F, reply func() []byte) string {
 		}
 	}()
 	return ln.Addr().String()
-}
-
-// readRESPCommand reads one command (an array of bulk strings) and
-// returns its name.
-func readRESPCommand(br *bufio.Reader) (string, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
-	if err != nil || n < 1 {
-		return "", fmt.Errorf("not a command: %q", line)
-	}
-	var name string
-	for i := range n {
-		l, err := br.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(l, "$")))
-		if err != nil || size < 0 {
-			return "", fmt.Errorf("not a bulk string: %q", l)
-		}
-		b := make([]byte, size+2)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return "", err
-		}
-		if i == 0 {
-			name = string(b[:size])
-		}
-	}
-	return name, nil
 }
