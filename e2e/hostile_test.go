@@ -445,8 +445,14 @@ func hostileCorpus(t *testing.T, site *hostileSite) {
 	d.stop()
 	checkHostileFolders(t, dir, copied)
 	entries, _ := os.ReadDir(traces)
-	for _, e := range entries {
-		checkHostileTrace(t, filepath.Join(traces, e.Name()), dir)
+	for i, e := range entries {
+		// The traces are named by start time: with a daemon per message,
+		// the i-th is the i-th message's.
+		whose := "mailguard"
+		if len(entries) == len(results) && len(entries) > 1 {
+			whose = "the daemon of " + results[i].name
+		}
+		checkHostileTrace(t, filepath.Join(traces, e.Name()), dir, whose)
 	}
 	checkNoHostileNames(t, dir, site.p.dir, site.clamd.Dir)
 }
@@ -464,7 +470,7 @@ const tracedCalls = "open,openat,openat2,creat,mkdir,mkdirat,rename,renameat,ren
 // checkHostileTrace reads strace's record of mailguard's file system calls:
 // every one that could change a file must be under the capture or the
 // samples folder (bind: the samples' control socket).
-func checkHostileTrace(t *testing.T, trace, dir string) {
+func checkHostileTrace(t *testing.T, trace, dir, whose string) {
 	t.Helper()
 	b, err := os.ReadFile(trace)
 	if err != nil {
@@ -526,7 +532,7 @@ func checkHostileTrace(t *testing.T, trace, dir string) {
 			t.Errorf("mailguard changed a file outside its folders: %s", line)
 		}
 	}
-	t.Logf("file system calls traced: %d, %d of them changing files, %d of those outside capture/ and outbreak/", checked, writes, outside)
+	t.Logf("%s: file system calls traced: %d, %d of them changing files, %d of those outside capture/ and outbreak/", whose, checked, writes, outside)
 	if writes == 0 {
 		t.Errorf("no file writes traced (the trace is broken, or capture wrote nothing):\n%s", tail(string(b)))
 	}

@@ -467,8 +467,12 @@ func slowLoris(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, st := range loadgen.LorisStages {
 		s := sums[st]
-		fmt.Fprintf(stdout, "%-13s %d closed by the milter after %s to %s; %d still open after %s", st, s.closed,
-			s.first.Round(100*time.Millisecond), s.last.Round(100*time.Millisecond), s.open, *limit)
+		if s.closed > 0 {
+			fmt.Fprintf(stdout, "%-13s %d closed by the milter after %s to %s; %d still open after %s", st, s.closed,
+				s.first.Round(100*time.Millisecond), s.last.Round(100*time.Millisecond), s.open, *limit)
+		} else {
+			fmt.Fprintf(stdout, "%-13s none closed by the milter; %d still open after %s", st, s.open, *limit)
+		}
 		if s.failed > 0 {
 			fmt.Fprintf(stdout, "; %d did not reach the stage: %v", s.failed, s.err)
 		}
