@@ -212,19 +212,7 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 		}
 	}
 	l.wg.Wait() // each worker ends at its first error: the connection closed
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, d.logs)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no exit after SIGTERM:\n%s", d.logs)
-	}
-	if strings.Contains(d.logs.String(), "DATA RACE") {
-		t.Fatalf("the race detector found a race:\n%s", d.logs)
-	}
+	d.waitExit(t)
 	begun, aborted := summaries(d.daemon)
 	answered := int(l.done.Load()) + len(held)
 	t.Logf("%d messages answered (%d of the load, %d in flight at SIGTERM), %d begun by the daemon, %d aborted; %d wrong verdicts; load ended by %d closed connections",

@@ -177,6 +177,13 @@ func (d *faultDaemon) warmUsage(t *testing.T, n int) usage {
 func (d *faultDaemon) stop(t *testing.T) {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitExit(t)
+}
+
+// waitExit requires the daemon, already told to stop, to exit cleanly
+// within the drain.
+func (d *faultDaemon) waitExit(t *testing.T) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- d.cmd.Wait() }()
 	select {
