@@ -1,0 +1,77 @@
+package procscale
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// The scaler widens at once when one processor is not enough, and goes
+// back to one only after several quiet intervals in a row.
+func TestScalerWidensAtOnceAndNarrowsSlowly(t *testing.T) {
+	s := New(8)
+	if s.Procs() != 1 {
+		t.Fatalf("starts on %d processors, want 1", s.Procs())
+	}
+	for _, used := range []float64{0, 0.1, 0.3, 0.5} {
+		if n := s.Observe(used); n != 1 {
+			t.Fatalf("%.2f CPUs used: %d processors, want 1", used, n)
+		}
+	}
+	if n := s.Observe(0.6); n != 8 {
+		t.Fatalf("0.6 CPUs used on one processor: %d processors, want all 8", n)
+	}
+	// Quiet, but not long enough, then busy again: stays wide.
+	for range narrowAfter - 1 {
+		s.Observe(0.1)
+	}
+	if n := s.Observe(0.4); n != 8 {
+		t.Fatalf("a busier interval among quiet ones: %d processors, want 8", n)
+	}
+	for i := range narrowAfter - 1 {
+		if n := s.Observe(0.1); n != 8 {
+			t.Fatalf("quiet interval %d of %d: narrowed already", i+1, narrowAfter)
+		}
+	}
+	if n := s.Observe(0.1); n != 1 {
+		t.Fatalf("after %d quiet intervals: %d processors, want 1", narrowAfter, n)
+	}
+}
+
+// Where the postmaster set GOMAXPROCS, the daemon leaves it alone.
+func TestEnvironmentDisablesScaling(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Fatal("this test needs a machine with at least 2 processors")
+	}
+	t.Setenv("GOMAXPROCS", "2")
+	if Enabled() {
+		t.Fatal("scaling enabled although GOMAXPROCS is set")
+	}
+}
+
+// Run narrows the scheduler to one processor while the process is idle
+// and gives every processor back when it ends.
+func TestRunNarrowsAndRestores(t *testing.T) {
+	widest := runtime.GOMAXPROCS(0)
+	if widest < 2 {
+		t.Fatal("this test needs a machine with at least 2 processors")
+	}
+	t.Setenv("GOMAXPROCS", "") // as if unset
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Run(ctx, slog.New(slog.DiscardHandler)); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.GOMAXPROCS(0) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d processors while idle", runtime.GOMAXPROCS(0))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n := runtime.GOMAXPROCS(0); n != widest {
+		t.Fatalf("%d processors after Run, want %d back", n, widest)
+	}
+}
