@@ -9,8 +9,8 @@
 // to do and sleeps again: behind a real Postfix, a quarter of the
 // daemon's CPU per message went to those thread switches. On one
 // processor the same work costs none of them. A daemon that uses more
-// than half a CPU gets every processor within a second; it returns to
-// one after some seconds well below that.
+// than half a CPU gets every processor within a tenth of a second; it
+// returns to one after five seconds well below that.
 package procscale
 
 import (
@@ -22,22 +22,25 @@ import (
 	"time"
 )
 
-// Thresholds, in CPUs used by the process over an interval.
+// Thresholds, in CPUs used by the process (CPU seconds per second).
 const (
-	// widenAbove is the use on one processor past which the scheduler
-	// gets them all: at half a CPU, work starts to queue behind work.
+	// widenAbove is the use over one interval, on one processor, past
+	// which the scheduler gets them all at once: at half a CPU, work
+	// starts to queue behind work.
 	widenAbove = 0.5
-	// narrowBelow is the use under which, for narrowAfter intervals in a
-	// row, it goes back to one.
+	// narrowBelow is the average use over the last narrowAfter intervals
+	// under which it goes back to one.
 	narrowBelow = 0.25
-	narrowAfter = 5
-	interval    = time.Second
+	interval    = 100 * time.Millisecond
+	narrowAfter = 50 // intervals: 5 s
 )
 
-// Scaler decides the processor count from the CPU use it is shown.
+// Scaler decides the processor count from the CPU use it is shown, one
+// interval at a time.
 type Scaler struct {
 	widest, procs int
-	low           int // intervals in a row under narrowBelow
+	recent        [narrowAfter]float64 // use in the last intervals, a ring
+	next, filled  int
 }
 
 // New returns a scaler that starts on one processor and widens to
@@ -50,18 +53,24 @@ func (s *Scaler) Procs() int { return s.procs }
 // Observe takes the CPUs the process used over the last interval and
 // returns the processor count for the next.
 func (s *Scaler) Observe(used float64) int {
+	s.recent[s.next] = used
+	s.next = (s.next + 1) % len(s.recent)
+	s.filled = min(s.filled+1, len(s.recent))
 	switch {
 	case s.procs == 1 && used > widenAbove:
-		s.procs, s.low = s.widest, 0
-	case s.procs > 1 && used < narrowBelow:
-		s.low++
-		if s.low >= narrowAfter {
-			s.procs, s.low = 1, 0
-		}
-	default:
-		s.low = 0
+		s.procs, s.filled = s.widest, 0 // a whole window before narrowing again
+	case s.procs > 1 && s.filled == len(s.recent) && s.average() < narrowBelow:
+		s.procs = 1
 	}
 	return s.procs
+}
+
+func (s *Scaler) average() float64 {
+	sum := 0.0
+	for _, u := range s.recent {
+		sum += u
+	}
+	return sum / float64(len(s.recent))
 }
 
 // Enabled reports whether the daemon should scale: not when GOMAXPROCS

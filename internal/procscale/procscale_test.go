@@ -9,7 +9,8 @@ import (
 )
 
 // The scaler widens at once when one processor is not enough, and goes
-// back to one only after several quiet intervals in a row.
+// back to one only when a whole window of intervals was quiet on
+// average.
 func TestScalerWidensAtOnceAndNarrowsSlowly(t *testing.T) {
 	s := New(8)
 	if s.Procs() != 1 {
@@ -23,13 +24,7 @@ func TestScalerWidensAtOnceAndNarrowsSlowly(t *testing.T) {
 	if n := s.Observe(0.6); n != 8 {
 		t.Fatalf("0.6 CPUs used on one processor: %d processors, want all 8", n)
 	}
-	// Quiet, but not long enough, then busy again: stays wide.
-	for range narrowAfter - 1 {
-		s.Observe(0.1)
-	}
-	if n := s.Observe(0.4); n != 8 {
-		t.Fatalf("a busier interval among quiet ones: %d processors, want 8", n)
-	}
+	// Quiet, but not a whole window yet.
 	for i := range narrowAfter - 1 {
 		if n := s.Observe(0.1); n != 8 {
 			t.Fatalf("quiet interval %d of %d: narrowed already", i+1, narrowAfter)
@@ -37,6 +32,32 @@ func TestScalerWidensAtOnceAndNarrowsSlowly(t *testing.T) {
 	}
 	if n := s.Observe(0.1); n != 1 {
 		t.Fatalf("after %d quiet intervals: %d processors, want 1", narrowAfter, n)
+	}
+	// Busy on average, though with quiet intervals: stays wide.
+	s.Observe(0.9)
+	for i := range 3 * narrowAfter {
+		used := 0.05
+		if i%2 == 0 {
+			used = 0.6
+		}
+		if n := s.Observe(used); n != 8 {
+			t.Fatalf("interval %d, a third of a CPU on average: narrowed", i)
+		}
+	}
+	// A short burst within a quiet window does not keep it wide.
+	for s.Procs() != 1 {
+		s.Observe(0.05)
+	}
+	s.Observe(0.9)
+	for i := range narrowAfter {
+		used := 0.05
+		if i == narrowAfter/2 {
+			used = 2
+		}
+		s.Observe(used)
+	}
+	if n := s.Procs(); n != 1 {
+		t.Fatalf("one busy interval in a quiet window: %d processors, want 1", n)
 	}
 }
 
