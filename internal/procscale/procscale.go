@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -88,7 +89,7 @@ func Run(ctx context.Context, log *slog.Logger) {
 	widest := runtime.GOMAXPROCS(0)
 	s := New(widest)
 	set(s.Procs(), widest)
-	log.Debug("scheduler on one processor while the daemon is idle", "widest", widest)
+	log.Debug("scheduler: one processor while the daemon is idle, all when it is busy", "processors", 1, "max_processors", widest)
 	defer runtime.SetDefaultGOMAXPROCS()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -105,7 +106,7 @@ func Run(ctx context.Context, log *slog.Logger) {
 		before := s.Procs()
 		if n := s.Observe(used); n != before {
 			set(n, widest)
-			log.Debug("scheduler processors changed", "processors", n, "cpu_used", used)
+			log.Debug("scheduler: processors changed", "processors", n, "cpu_used", strconv.FormatFloat(used, 'f', 2, 64))
 		}
 	}
 }
