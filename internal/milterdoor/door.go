@@ -222,11 +222,12 @@ func (d *Door) worker(s *session) {
 	var p workerPoller
 	defer p.close()
 	for {
-		if p.attach(s.w.conn) {
-			s.serve()
-		} else {
+		if err := p.attach(s.w.conn); err != nil {
+			d.acceptErrors.log(d.log, "milter connection dropped: cannot wait for its packets", "error", err.Error())
 			s.w.release()
 			d.untrack(s)
+		} else {
+			s.serve()
 		}
 		t.Reset(workerIdle)
 		select {

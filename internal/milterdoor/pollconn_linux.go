@@ -93,27 +93,28 @@ func (p *connPoller) close() { p.file.Close() }
 type workerPoller struct{ p *connPoller }
 
 // attach readies c for serving on this worker: a pollConn is added to
-// the worker's poller. It reports false, with c closed, if that failed.
-func (w *workerPoller) attach(c net.Conn) bool {
+// the worker's poller. If that fails (out of descriptors or of the
+// kernel's epoll watches), c is closed.
+func (w *workerPoller) attach(c net.Conn) error {
 	pc, ok := c.(*pollConn)
 	if !ok {
-		return true
+		return nil
 	}
 	if w.p == nil {
 		p, err := newConnPoller()
 		if err != nil {
 			pc.finish()
-			return false
+			return err
 		}
 		w.p = p
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(pc.fd)}
 	if err := unix.EpollCtl(w.p.fd, unix.EPOLL_CTL_ADD, pc.fd, &ev); err != nil {
 		pc.finish()
-		return false
+		return os.NewSyscallError("epoll_ctl", err)
 	}
 	pc.p = w.p
-	return true
+	return nil
 }
 
 func (w *workerPoller) close() {
@@ -192,37 +193,39 @@ func (c *pollConn) write(b []byte, wait bool) (int, error) {
 	return written, nil
 }
 
-// writeWaitStep bounds one wait for room, so a deadline set meanwhile
-// is seen.
-const writeWaitStep = 100 * time.Millisecond
-
-// waitWritable waits until the socket takes more bytes or the write
-// deadline passes. A reply the MTA does not read is rare (it waits for
-// our answer), so this blocks its thread in poll(2) rather than keep the
-// socket in a poller for writing, which would wake the daemon after
-// every reply (see pollConn).
+// waitWritable waits until the socket takes more bytes, the write
+// deadline passes or the connection is closed. A reply the MTA does not
+// read is rare (it waits for our answer), so only then is the socket
+// handed to the runtime's poller for writing, through a duplicate that
+// is closed after the wait: the goroutine parks there, holding no thread,
+// however many peers stop reading at once.
 func (c *pollConn) waitWritable() error {
-	for {
-		if c.closed.Load() {
-			return net.ErrClosed
-		}
-		wait := writeWaitStep
-		if d := c.writeDeadline.Load(); d != 0 {
-			left := time.Until(time.Unix(0, d))
-			if left <= 0 {
-				return os.ErrDeadlineExceeded
-			}
-			wait = min(wait, left)
-		}
-		fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLOUT}}
-		n, err := unix.Poll(fds, int(max(wait/time.Millisecond, 1)))
-		if err != nil && err != unix.EINTR {
-			return os.NewSyscallError("poll", err)
-		}
-		if n > 0 {
-			return nil // room, or an error the next write reports
-		}
+	if c.closed.Load() {
+		return net.ErrClosed
 	}
+	dup, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(dup), "milter-write") // non-blocking, as the socket: polled
+	defer f.Close()
+	if d := c.writeDeadline.Load(); d != 0 {
+		f.SetWriteDeadline(time.Unix(0, d))
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	waited := false
+	return rc.Write(func(uintptr) bool {
+		// The first call finds the buffer full (the caller's write just
+		// did); the poller calls again once it has room.
+		if waited || c.closed.Load() {
+			return true
+		}
+		waited = true
+		return false
+	})
 }
 
 // Close shuts the socket down, which ends the MTA's side and any wait on

@@ -1,9 +1,3 @@
-// The raw connections these tests check are built only without the race
-// detector (its build serves net's); scripts/test runs this package once
-// without it.
-
-//go:build !race
-
 package milterdoor
 
 import (
@@ -16,42 +10,36 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// acceptedPollConn returns the MTA's end of a unix socket and ours, as
-// the door accepts it (a raw accept) and a worker serves it (attached to
-// p), or to a poller of its own if p is nil.
+// acceptedPollConn returns the MTA's end of a unix socket and ours as a
+// worker serves it (attached to p, or to a poller of its own if p is
+// nil). It is made from a socket pair, not accepted, so the race
+// detector's build (which accepts net's connections) checks it too.
 func acceptedPollConn(t *testing.T, p *workerPoller) (mta net.Conn, ours *pollConn) {
 	t.Helper()
-	ln, err := net.Listen("unix", t.TempDir()+"/s")
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, ok := newAccepter(ln).(*rawAccepter)
-	if !ok {
-		t.Fatal("a unix listener is not accepted with raw calls")
-	}
-	defer acc.Close()
-	mta, err = net.Dial("unix", ln.Addr().String())
+	f := os.NewFile(uintptr(fds[0]), "mta")
+	mta, err = net.FileConn(f)
+	f.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := acc.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ours, ok = c.(*pollConn)
-	if !ok {
-		t.Fatalf("accepted %T, want a pollConn", c)
-	}
+	ours = newPollConn(fds[1], "unix")
 	if p == nil {
 		p = new(workerPoller)
 		t.Cleanup(p.close)
 	}
-	if !p.attach(ours) {
-		t.Fatal("attach failed")
+	if err := p.attach(ours); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { mta.Close(); ours.finish() })
 	return mta, ours
@@ -228,5 +216,89 @@ func TestWorkerPollerServesConnectionsInTurn(t *testing.T) {
 	}
 	if after := openFiles(t); after > before {
 		t.Fatalf("%d descriptors open after 20 connections, %d before", after, before)
+	}
+}
+
+// Close, the hang-up check (Control) and the owner's finish may meet:
+// none of them may use the descriptor after finish closed it, since the
+// next accept may get its number.
+func TestPollConnCloseMeetsFinish(t *testing.T) {
+	var p workerPoller
+	defer p.close()
+	acceptedPollConn(t, &p) // makes the poller, which stays open
+	before := openFiles(t)
+	for range 200 {
+		mta, c := acceptedPollConn(t, &p)
+		var wg sync.WaitGroup
+		wg.Add(3)
+		go func() { defer wg.Done(); c.Close() }()
+		go func() { defer wg.Done(); peerHungUp(c) }()
+		go func() { defer wg.Done(); c.finish() }()
+		wg.Wait()
+		if c.fd != -1 {
+			t.Fatal("finish left the descriptor open")
+		}
+		mta.Close()
+	}
+	if after := openFiles(t); after > before {
+		t.Fatalf("%d descriptors open after 200 connections, %d before", after, before)
+	}
+}
+
+// threads is the number of this process's threads.
+func threads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "Threads:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	t.Fatal("no thread count")
+	return 0
+}
+
+// Peers that stop reading leave our replies waiting for room: each wait
+// parks its goroutine in the runtime's poller and holds no thread (a
+// thread each would end the daemon at Go's 10,000), and another
+// goroutine's Close ends it.
+func TestWaitingWritesHoldNoThread(t *testing.T) {
+	const n = 100
+	before := threads(t)
+	errs := make(chan error, n)
+	conns := make([]*pollConn, n)
+	for i := range conns {
+		_, c := acceptedPollConn(t, nil)
+		conns[i] = c
+		for { // fill the socket's buffer
+			if _, err := c.write(make([]byte, 65536), false); err == errWouldBlock {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		go func() { _, err := c.Write([]byte("reply")); errs <- err }()
+	}
+	time.Sleep(500 * time.Millisecond) // every write is waiting
+	if during := threads(t); during-before >= n/4 {
+		t.Fatalf("%d writes waiting for room hold %d more threads", n, during-before)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	for range n {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("a waiting write ended by Close: %v, want net.ErrClosed", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close did not end a waiting write")
+		}
 	}
 }

@@ -8,8 +8,8 @@ import "net"
 // are net's and need nothing from their worker.
 type workerPoller struct{}
 
-func (*workerPoller) attach(net.Conn) bool { return true }
-func (*workerPoller) close()               {}
+func (*workerPoller) attach(net.Conn) error { return nil }
+func (*workerPoller) close()                {}
 
 // finishConn closes c for good: its owner's last act.
 func finishConn(c net.Conn) { c.Close() }

@@ -86,23 +86,33 @@ func Run(ctx context.Context, log *slog.Logger) {
 	if !Enabled() {
 		return
 	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	run(ctx, log, t.C, cpuTime)
+}
+
+// run scales at every tick, from the process's CPU time (cpu) and the
+// ticks' times.
+func run(ctx context.Context, log *slog.Logger, tick <-chan time.Time, cpu func() time.Duration) {
 	widest := runtime.GOMAXPROCS(0)
 	s := New(widest)
 	set(s.Procs(), widest)
 	log.Debug("scheduler: one processor while the daemon is idle, all when it is busy", "processors", 1, "max_processors", widest)
 	defer runtime.SetDefaultGOMAXPROCS()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	last, lastCPU := time.Now(), cpuTime()
+	last, lastCPU := time.Now(), cpu()
 	for {
+		var now time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now = <-tick:
 		}
-		now, cpu := time.Now(), cpuTime()
-		used := float64(cpu-lastCPU) / float64(now.Sub(last))
-		last, lastCPU = now, cpu
+		used := 0.0
+		c := cpu()
+		if d := now.Sub(last); d > 0 {
+			used = float64(c-lastCPU) / float64(d)
+		}
+		last, lastCPU = now, c
 		before := s.Procs()
 		if n := s.Observe(used); n != before {
 			set(n, widest)

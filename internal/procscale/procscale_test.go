@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -94,5 +95,55 @@ func TestRunNarrowsAndRestores(t *testing.T) {
 	<-done
 	if n := runtime.GOMAXPROCS(0); n != widest {
 		t.Fatalf("%d processors after Run, want %d back", n, widest)
+	}
+}
+
+// Run measures the process's CPU use between ticks: a busy interval
+// widens the scheduler, a quiet window narrows it again.
+func TestRunFollowsTheCPUUse(t *testing.T) {
+	widest := runtime.GOMAXPROCS(0)
+	if widest < 2 {
+		t.Fatal("this test needs a machine with at least 2 processors")
+	}
+	var mu sync.Mutex
+	var cpu time.Duration
+	cpuTime := func() time.Duration { mu.Lock(); defer mu.Unlock(); return cpu }
+	tick := make(chan time.Time)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { run(ctx, slog.New(slog.DiscardHandler), tick, cpuTime); close(done) }()
+	now := start
+	step := func(used time.Duration) {
+		now = now.Add(interval)
+		mu.Lock()
+		cpu += used
+		mu.Unlock()
+		tick <- now
+	}
+	// The first tick may come at any time after start; these come a tenth
+	// of a second apart. Ticks are taken one at a time, so once a tick is
+	// taken the one before it was handled.
+	step(0)
+	step(0)
+	if n := runtime.GOMAXPROCS(0); n != 1 {
+		t.Fatalf("idle: %d processors, want 1", n)
+	}
+	step(interval * 9 / 10) // 0.9 of a CPU
+	step(0)
+	if n := runtime.GOMAXPROCS(0); n != widest {
+		t.Fatalf("after a busy interval: %d processors, want %d", n, widest)
+	}
+	for range narrowAfter {
+		step(interval / 20)
+	}
+	step(0)
+	if n := runtime.GOMAXPROCS(0); n != 1 {
+		t.Fatalf("after a quiet window: %d processors, want 1", n)
+	}
+	cancel()
+	<-done
+	if n := runtime.GOMAXPROCS(0); n != widest {
+		t.Fatalf("%d processors after run, want %d back", n, widest)
 	}
 }
