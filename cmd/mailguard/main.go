@@ -125,7 +125,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailguard serve: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr, AllowRoot: *allowRoot, Version: versionString()}); err != nil {
+	if err := daemon.Run(context.Background(), daemon.Options{ConfigFile: *cfg, Stderr: stderr, AllowRoot: *allowRoot, Version: versionString(), ScaleProcessors: true}); err != nil {
 		fmt.Fprintf(stderr, "mailguard serve: %v\n", err)
 		return 1
 	}

@@ -27,6 +27,7 @@ import (
 	"mailguard/internal/milterdoor"
 	"mailguard/internal/pidfile"
 	"mailguard/internal/pipeline"
+	"mailguard/internal/procscale"
 	"mailguard/internal/stats"
 )
 
@@ -46,6 +47,11 @@ type Options struct {
 	HTTPReady func(addr string)
 	// Version is reported by the metrics and the status page.
 	Version string
+	// ScaleProcessors runs the Go scheduler on one processor while the
+	// daemon uses little CPU (procscale). The serve command sets it; a
+	// test running daemons in its own process does not, since the
+	// setting is the whole process's.
+	ScaleProcessors bool
 }
 
 // Run serves until ctx ends or SIGTERM/SIGINT arrives, then drains.
@@ -124,6 +130,12 @@ func Run(ctx context.Context, opts Options) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- door.Serve(ln) }()
+	if opts.ScaleProcessors {
+		scaleCtx, stopScaling := context.WithCancel(context.Background())
+		scaled := make(chan struct{})
+		go func() { procscale.Run(scaleCtx, log); close(scaled) }()
+		defer func() { stopScaling(); <-scaled }()
+	}
 	if opts.Ready != nil {
 		opts.Ready(ln.Addr().String())
 	}

@@ -182,13 +182,13 @@ func (d *Door) Serve(ln net.Listener) error {
 		}
 		backoff = 5 * time.Millisecond
 		if d.active.Load() >= int64(d.opts.MaxConnections) {
-			c.Close()
+			finishConn(c)
 			d.refusals.log(d.log, "milter connection refused: max_connections reached", "max_connections", d.opts.MaxConnections)
 			continue
 		}
 		s := &session{door: d, w: newWireConn(c, d.opts.IdleTimeout, d.budget)}
 		if !d.track(s) {
-			c.Close()
+			finishConn(c)
 			s.w.release()
 			continue
 		}
@@ -219,8 +219,16 @@ const workerIdle = 10 * time.Second
 func (d *Door) worker(s *session) {
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
+	var p workerPoller
+	defer p.close()
 	for {
-		s.serve()
+		if err := p.attach(s.w.conn); err != nil {
+			d.acceptErrors.log(d.log, "milter connection dropped: cannot wait for its packets", "error", err.Error())
+			s.w.release()
+			d.untrack(s)
+		} else {
+			s.serve()
+		}
 		t.Reset(workerIdle)
 		select {
 		case s = <-d.idle:

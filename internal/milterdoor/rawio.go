@@ -9,6 +9,14 @@ import (
 	"unsafe"
 )
 
+// rawReadWriter is a connection's reads and writes as raw system calls.
+type rawReadWriter interface {
+	Read(b []byte) (int, error)
+	// write writes b; with wait false it returns errWouldBlock rather
+	// than wait for room, with b[written:] left to write.
+	write(b []byte, wait bool) (written int, err error)
+}
+
 // rawIO reads and writes a socket with raw system calls, under the
 // runtime's poller (syscall.RawConn), instead of net.Conn's Read and
 // Write.
@@ -39,9 +47,12 @@ type rawIO struct {
 // and Write tell the detector that what one side wrote before a write is
 // seen by the reader of it, and a test reading our reply then checking
 // what a filter recorded relies on that; raw calls do not say it.
-func newRawIO(c net.Conn) *rawIO {
+func newRawIO(c net.Conn) rawReadWriter {
 	if raceBuild {
 		return nil
+	}
+	if rw, ok := c.(rawReadWriter); ok {
+		return rw // a pollConn: raw already
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -53,7 +64,7 @@ func newRawIO(c net.Conn) *rawIO {
 	}
 	r := &rawIO{rc: rc, network: c.LocalAddr().Network()}
 	r.readFn = r.read
-	r.writeFn = r.write
+	r.writeFn = r.writeSome
 	return r
 }
 
@@ -90,7 +101,7 @@ func (r *rawIO) Read(b []byte) (int, error) {
 	return r.n, nil
 }
 
-func (r *rawIO) write(fd uintptr) bool {
+func (r *rawIO) writeSome(fd uintptr) bool {
 	for len(r.buf) > 0 {
 		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.buf[0])), uintptr(len(r.buf)))
 		switch e {
@@ -115,10 +126,10 @@ func (r *rawIO) write(fd uintptr) bool {
 // errWouldBlock is tryWrite's answer when the socket's buffer is full.
 var errWouldBlock = errors.New("write would block")
 
-// Write writes all of b. With wait false it does not wait for a full
+// write writes all of b. With wait false it does not wait for a full
 // socket buffer: it returns errWouldBlock and the bytes not written are
 // left in b[written:].
-func (r *rawIO) Write(b []byte, wait bool) (int, error) {
+func (r *rawIO) write(b []byte, wait bool) (int, error) {
 	r.buf, r.errno, r.wouldBlock, r.mayWaitWrite = b, 0, false, wait
 	err := r.rc.Write(r.writeFn)
 	written := len(b) - len(r.buf)

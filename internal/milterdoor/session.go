@@ -68,12 +68,13 @@ func (s *session) serve() {
 		if r := recover(); r != nil {
 			s.door.log.Error("milter session panicked; connection closed", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
+		s.stopWatch() // after a panic in a stage: its watch reads the socket
 		s.endMessage()
 		s.closeConnection()
 		if s.pipe != nil {
 			s.pipe.Release()
 		}
-		s.w.conn.Close()
+		finishConn(s.w.conn)
 		s.w.release()
 	}()
 	if err := s.negotiate(); err != nil {

@@ -61,6 +61,13 @@ func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdic
 	w.mu.Unlock()
 	w.epoch.Store(s.door.epoch.Load())
 	v := stage()
+	s.stopWatch()
+	return v
+}
+
+// stopWatch ends the stage's watch, if one runs, and waits for it.
+func (s *session) stopWatch() {
+	w := &s.watch
 	w.epoch.Store(0)
 	w.mu.Lock()
 	quit := w.quit
@@ -74,7 +81,6 @@ func (s *session) guarded(eom bool, stage func() verdict.Verdict) verdict.Verdic
 		w.wg.Wait()
 		s.w.deadlineSet = time.Time{} // the next read sets the idle deadline again
 	}
-	return v
 }
 
 // unanswered runs a stage the MTA does not wait for under the watch: a

@@ -113,9 +113,9 @@ func (b *largeBudget) give(n int) {
 // calls as with one large buffer.
 type wireConn struct {
 	conn        net.Conn
-	raw         *rawIO // conn's reads and writes as raw system calls, if a socket
-	buf         []byte // small[:] or *big
-	r, w        int    // unread bytes: buf[r:w]
+	raw         rawReadWriter // conn's reads and writes as raw system calls, if a socket
+	buf         []byte        // small[:] or *big
+	r, w        int           // unread bytes: buf[r:w]
 	small       [smallBufferSize]byte
 	big         *[]byte // borrowed, or nil
 	large       []byte  // the packet larger than the big buffer, until the next read
@@ -321,12 +321,12 @@ func (w *wireConn) writePacket(code byte, data []byte) error {
 		_, err := w.conn.Write(w.out)
 		return err
 	}
-	n, err := w.raw.Write(w.out, false)
+	n, err := w.raw.write(w.out, false)
 	if err != errWouldBlock {
 		return err
 	}
 	w.conn.SetWriteDeadline(time.Now().Add(w.idle))
-	_, err = w.raw.Write(w.out[n:], true)
+	_, err = w.raw.write(w.out[n:], true)
 	w.conn.SetWriteDeadline(time.Time{}) // the next write may not wait: it sets its own
 	return err
 }

@@ -7,6 +7,7 @@
 package attachments
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -99,13 +100,23 @@ func (f *Filter) NewCheck(context.Context, *pipeline.Envelope) (pipeline.Check, 
 // errAbandoned ends a walk whose message went away.
 var errAbandoned = errors.New("message abandoned")
 
+// smallMessage is the size up to which a message is kept and walked at
+// its end, on the session's own goroutine. A larger one streams through
+// a pipe to a walk of its own, which then costs a goroutine (its stack
+// grown anew for the parser) and a hand-over per chunk: for the few
+// kilobytes of most mail, more than the walk.
+const smallMessage = 16 << 10
+
 type check struct {
 	pipeline.NopCheck
 	f      *Filter
 	header []byte
-	pw     *io.PipeWriter
-	pr     *io.PipeReader
-	done   chan struct{}
+	// kept is the message so far (the header, then the body) while it
+	// is small, from the end of its header on; nil before.
+	kept []byte
+	pw   *io.PipeWriter
+	pr   *io.PipeReader
+	done chan struct{}
 	// Set by the walk before done closes.
 	result    verdict.Verdict
 	err       error
@@ -121,18 +132,28 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 }
 
 func (c *check) EndOfHeaders(context.Context, *pipeline.Envelope) (verdict.Verdict, error) {
-	header := append(c.header, "\r\n"...)
-	c.start()
-	return c.write(header)
+	c.kept = append(c.header, "\r\n"...)
+	c.header = nil
+	return verdict.Pass, nil
 }
 
 func (c *check) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {
-	if c.done == nil { // the MTA sent no header stage
-		header := c.header
-		c.start()
-		if v, err := c.write(header); v.Final() || err != nil {
-			return v, err
-		}
+	if c.done != nil {
+		return c.write(chunk)
+	}
+	if c.kept == nil { // the MTA sent no end of the header stage
+		c.kept, c.header = c.header, nil
+	}
+	if len(c.kept)+len(chunk) <= smallMessage {
+		c.kept = append(c.kept, chunk...)
+		return verdict.Pass, nil
+	}
+	// Too large to keep: stream it.
+	kept := c.kept
+	c.kept = nil
+	c.start()
+	if v, err := c.write(kept); v.Final() || err != nil {
+		return v, err
 	}
 	return c.write(chunk)
 }
@@ -147,15 +168,19 @@ func (c *check) start() {
 	c.done = make(chan struct{})
 	go func() {
 		defer close(c.done)
-		err := mimewalk.Walk(c.pr, c.f.walk, c.part)
-		c.result, c.unchecked, c.err = c.f.outcome(err)
-		if c.archive != "" && c.err == nil && !c.result.Final() && c.unchecked == "" {
-			c.result, c.unchecked, c.err = c.f.policy(PolicyAccept, "limit", c.archive, "")
-		}
+		c.conclude(mimewalk.Walk(c.pr, c.f.walk, c.part))
 		// Nothing more is read: the MTA's next chunks are not waited for.
 		c.pr.CloseWithError(errWalkDone)
 	}()
 	c.header = nil
+}
+
+// conclude sets the check's outcome from the walk's end.
+func (c *check) conclude(err error) {
+	c.result, c.unchecked, c.err = c.f.outcome(err)
+	if c.archive != "" && c.err == nil && !c.result.Final() && c.unchecked == "" {
+		c.result, c.unchecked, c.err = c.f.policy(PolicyAccept, "limit", c.archive, "")
+	}
 }
 
 var errWalkDone = errors.New("walk done")
@@ -180,24 +205,32 @@ func (c *check) finished() (verdict.Verdict, error) {
 }
 
 func (c *check) EndOfMessage(ctx context.Context, env *pipeline.Envelope) (verdict.Verdict, error) {
-	if c.done == nil { // no body: the header alone
-		header := append(c.header, "\r\n"...)
-		c.start()
-		c.write(header)
+	if c.done == nil { // a small message: walked here, whole
+		if c.kept == nil { // no end of the header stage, no body
+			c.kept = append(c.header, "\r\n"...)
+		}
+		c.conclude(mimewalk.Walk(bytes.NewReader(c.kept), c.f.walk, c.part))
+		c.kept = nil
+		return c.concluded(env)
 	}
 	c.pw.Close()
 	select {
 	case <-c.done:
-		if c.unchecked != "" {
-			c.f.opts.Log.Info("attachments: message accepted with parts unchecked", "reason", c.unchecked,
-				"queue_id", env.QueueID, "from", pipeline.LogField(env.From))
-		}
-		return c.result, c.err
+		return c.concluded(env)
 	case <-ctx.Done():
 		c.pr.CloseWithError(ctx.Err())
 		<-c.done
 		return verdict.Pass, ctx.Err()
 	}
+}
+
+// concluded is the check's outcome, once the walk is over.
+func (c *check) concluded(env *pipeline.Envelope) (verdict.Verdict, error) {
+	if c.unchecked != "" {
+		c.f.opts.Log.Info("attachments: message accepted with parts unchecked", "reason", c.unchecked,
+			"queue_id", env.QueueID, "from", pipeline.LogField(env.From))
+	}
+	return c.result, c.err
 }
 
 func (c *check) Close() {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"mailguard/internal/filter/attachments"
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
 	"mailguard/internal/filters/filterstest"
@@ -96,6 +97,15 @@ block_disguised_executables = true
 		{"in a zip", mail(`filename="docs.zip"`, "application/zip", "base64", b64(zipOf(t, "readme.txt", "sub/payload.exe"))), "name matches *.exe in an archive"},
 		{"double extension in a zip", mail(`filename="docs.zip"`, "application/zip", "base64", b64(zipOf(t, "scan.jpg.bat"))), "double extension in an archive"},
 		{"harmless zip", mail(`filename="docs.zip"`, "application/zip", "base64", b64(zipOf(t, "a.txt", "b.pdf"))), ""},
+	}
+	// Each message as it is (small: kept and walked at its end) and with
+	// an epilogue that makes it stream through a walk of its own.
+	epilogue := strings.Repeat("an epilogue line\r\n", 1200)
+	for _, c := range cases {
+		if len(c.msg) > attachments.SmallMessage {
+			t.Fatalf("%s: %d bytes, not a small message", c.name, len(c.msg))
+		}
+		cases = append(cases, struct{ name, msg, key string }{c.name + ", streamed", c.msg + epilogue, c.key})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,0 +1,35 @@
+package attachments
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"mailguard/internal/pipeline"
+)
+
+// SmallMessage is smallMessage, for the package's outside tests.
+const SmallMessage = smallMessage
+
+// A small message is kept and walked at its end on the session's own
+// goroutine; only a larger one gets a walk goroutine and a pipe.
+func TestOnlyLargeMessagesStream(t *testing.T) {
+	f := New(Options{})
+	for _, size := range []int{100, smallMessage - 1000, smallMessage + 1} {
+		ck, err := f.NewCheck(context.Background(), &pipeline.Envelope{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := ck.(*check)
+		c.Header(context.Background(), "Subject", "x")
+		c.EndOfHeaders(context.Background(), &pipeline.Envelope{})
+		c.Body(context.Background(), bytes.Repeat([]byte("a"), size))
+		if streams := c.done != nil; streams != (size > smallMessage) {
+			t.Errorf("a %d-byte body: streamed %v", size, streams)
+		}
+		if v, err := c.EndOfMessage(context.Background(), &pipeline.Envelope{}); v.Final() || err != nil {
+			t.Errorf("a %d-byte body: %v, %v", size, v, err)
+		}
+		c.Close()
+	}
+}
