@@ -180,9 +180,8 @@ func (c *pollConn) write(b []byte, wait bool) (int, error) {
 			if !wait {
 				return written, errWouldBlock
 			}
-			if err := c.waitWritable(); err != nil {
-				return written, c.opError("write", err)
-			}
+			n, err := c.writeWaiting(b[written:])
+			return written + n, err
 		default:
 			if c.closed.Load() {
 				return written, c.opError("write", net.ErrClosed)
@@ -193,19 +192,19 @@ func (c *pollConn) write(b []byte, wait bool) (int, error) {
 	return written, nil
 }
 
-// waitWritable waits until the socket takes more bytes, the write
-// deadline passes or the connection is closed. A reply the MTA does not
-// read is rare (it waits for our answer), so only then is the socket
-// handed to the runtime's poller for writing, through a duplicate that
-// is closed after the wait: the goroutine parks there, holding no thread,
-// however many peers stop reading at once.
-func (c *pollConn) waitWritable() error {
+// writeWaiting writes b to a socket whose buffer is full, waiting for
+// room until the write deadline or the connection's Close. A reply the
+// MTA does not read is rare (it waits for our answer), so only then is
+// the socket handed to the runtime's poller for writing, through a
+// duplicate closed after the write: the goroutine parks there, holding
+// no thread, however many peers stop reading at once.
+func (c *pollConn) writeWaiting(b []byte) (int, error) {
 	if c.closed.Load() {
-		return net.ErrClosed
+		return 0, c.opError("write", net.ErrClosed)
 	}
 	dup, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return os.NewSyscallError("fcntl", err)
+		return 0, c.opError("write", os.NewSyscallError("fcntl", err))
 	}
 	f := os.NewFile(uintptr(dup), "milter-write") // non-blocking, as the socket: polled
 	defer f.Close()
@@ -214,18 +213,37 @@ func (c *pollConn) waitWritable() error {
 	}
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return err
+		return 0, c.opError("write", err)
 	}
-	waited := false
-	return rc.Write(func(uintptr) bool {
-		// The first call finds the buffer full (the caller's write just
-		// did); the poller calls again once it has room.
-		if waited || c.closed.Load() {
-			return true
+	written := 0
+	var errno syscall.Errno
+	// The poller calls this first (the buffer may have room by now) and
+	// again at each sign of room.
+	err = rc.Write(func(uintptr) bool {
+		for written < len(b) {
+			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[written])), uintptr(len(b)-written))
+			switch e {
+			case 0:
+				written += int(n)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				errno = e
+				return true
+			}
 		}
-		waited = true
-		return false
+		return true
 	})
+	switch {
+	case c.closed.Load() && (err != nil || errno != 0):
+		return written, c.opError("write", net.ErrClosed)
+	case err != nil:
+		return written, c.opError("write", err)
+	case errno != 0:
+		return written, c.opError("write", os.NewSyscallError("write", errno))
+	}
+	return written, nil
 }
 
 // Close shuts the socket down, which ends the MTA's side and any wait on

@@ -2,7 +2,6 @@ package milterdoor
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -94,42 +93,10 @@ func TestPollerWatchesInputOnly(t *testing.T) {
 // the next write waits, under the idle deadline, and what the MTA reads
 // later is every reply, intact.
 func TestPollConnWriteWaitsForAFullSocket(t *testing.T) {
-	_, ours := acceptedPollConn(t, nil)
-	w := newWireConn(ours, 200*time.Millisecond, nil)
-	payload := bytes.Repeat([]byte("x"), 60000)
-	var err error
-	sent := 0
-	for range 1000 {
-		if err = w.writePacket(replyAccept, payload); err != nil {
-			break
-		}
-		sent++
-	}
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("a write to a full socket nobody reads: %v, want the idle deadline", err)
-	}
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() {
-		t.Fatalf("%v is not a timeout", err)
-	}
-	if sent == 0 {
-		t.Fatal("no write went through")
-	}
-
-	mta2, ours2 := acceptedPollConn(t, nil)
-	w2 := newWireConn(ours2, 10*time.Second, nil)
-	got := make(chan []byte)
-	go func() { b, _ := io.ReadAll(mta2); got <- b }()
-	const n = 100
-	for range n {
-		if err := w2.writePacket(replyAccept, payload); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ours2.finish()
-	if b := <-got; len(b) != n*(5+len(payload)) {
-		t.Fatalf("the MTA read %d bytes, want %d", len(b), n*(5+len(payload)))
-	}
+	writesWaitForAFullSocket(t, func(t *testing.T) (net.Conn, net.Conn, func()) {
+		mta, ours := acceptedPollConn(t, nil)
+		return mta, ours, ours.finish
+	})
 }
 
 // A read waits for input until its deadline, and a deadline set while it
@@ -300,5 +267,49 @@ func TestWaitingWritesHoldNoThread(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Close did not end a waiting write")
 		}
+	}
+}
+
+// Room the MTA makes between our write's EAGAIN and the wait is not
+// missed: with the buffer drained before the wait begins, no sign of
+// room follows, and the wait must see the room already there. (The
+// poller may or may not have taken the socket's first event before the
+// wait begins; a goroutine that keeps waking makes the first more
+// likely, and the test tries many times.)
+func TestWriteWaitingSeesRoomMadeBeforeTheWait(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Microsecond):
+			}
+		}
+	}()
+	var p workerPoller
+	defer p.close()
+	for i := range 300 {
+		mta, c := acceptedPollConn(t, &p)
+		filled := 0
+		for {
+			n, err := c.write(make([]byte, 65536), false)
+			filled += n
+			if err == errWouldBlock {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := io.ReadFull(mta, make([]byte, filled)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		if n, err := c.writeWaiting([]byte("reply")); err != nil || n != 5 {
+			t.Fatalf("try %d: write after the MTA made room: %d, %v", i, n, err)
+		}
+		mta.Close()
+		c.finish()
 	}
 }

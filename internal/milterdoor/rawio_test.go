@@ -34,7 +34,16 @@ func unixPair(t *testing.T) (a, b net.Conn) {
 // the next write then waits, under the idle deadline, instead of failing
 // or spinning, and what the MTA reads later is every reply, intact.
 func TestWritePacketWaitsForAFullSocket(t *testing.T) {
-	mta, ours := unixPair(t)
+	writesWaitForAFullSocket(t, func(t *testing.T) (net.Conn, net.Conn, func()) {
+		mta, ours := unixPair(t)
+		return mta, ours, func() { ours.Close() }
+	})
+}
+
+// writesWaitForAFullSocket checks the wait of writePacket on the
+// connections pair makes; done ends ours.
+func writesWaitForAFullSocket(t *testing.T, pair func(*testing.T) (mta, ours net.Conn, done func())) {
+	_, ours, _ := pair(t)
 	w := newWireConn(ours, 200*time.Millisecond, nil)
 	payload := bytes.Repeat([]byte("x"), 60000)
 	var sent int
@@ -48,12 +57,16 @@ func TestWritePacketWaitsForAFullSocket(t *testing.T) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("a write to a full socket nobody reads: %v, want the idle deadline", err)
 	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("%v is not a timeout", err)
+	}
 	if sent == 0 {
 		t.Fatal("no write went through")
 	}
 
 	// With the MTA reading, a write that must wait gets through.
-	mta2, ours2 := unixPair(t)
+	mta2, ours2, done := pair(t)
 	w2 := newWireConn(ours2, 10*time.Second, nil)
 	got := make(chan []byte)
 	go func() { b, _ := io.ReadAll(mta2); got <- b }()
@@ -63,7 +76,7 @@ func TestWritePacketWaitsForAFullSocket(t *testing.T) {
 			t.Fatalf("write %d: %v", i, err)
 		}
 	}
-	ours2.Close()
+	done()
 	all := <-got
 	if len(all) != n*(5+len(payload)) {
 		t.Fatalf("the MTA read %d bytes, want %d", len(all), n*(5+len(payload)))
@@ -74,5 +87,4 @@ func TestWritePacketWaitsForAFullSocket(t *testing.T) {
 			t.Fatalf("packet %d damaged", i)
 		}
 	}
-	mta.Close()
 }
