@@ -132,9 +132,16 @@ func (c *check) Header(_ context.Context, name, value string) (verdict.Verdict, 
 }
 
 func (c *check) EndOfHeaders(context.Context, *pipeline.Envelope) (verdict.Verdict, error) {
-	c.kept = append(c.header, "\r\n"...)
+	header := append(c.header, "\r\n"...)
 	c.header = nil
-	return verdict.Pass, nil
+	if len(header) <= smallMessage {
+		c.kept = header
+		return verdict.Pass, nil
+	}
+	// A large header streams at once: one past the walk's limits is
+	// refused here, before its body.
+	c.start()
+	return c.write(header)
 }
 
 func (c *check) Body(_ context.Context, chunk []byte) (verdict.Verdict, error) {

@@ -33,3 +33,22 @@ func TestOnlyLargeMessagesStream(t *testing.T) {
 		c.Close()
 	}
 }
+
+// A header past the walk's limits is refused at its end, before the body
+// (capture then has no body to copy), as when every message streamed.
+func TestHeaderBombRefusedAtItsEnd(t *testing.T) {
+	f := New(Options{OnLimit: PolicyReject})
+	ck, err := f.NewCheck(context.Background(), &pipeline.Envelope{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ck.(*check)
+	defer c.Close()
+	for range 12000 {
+		c.Header(context.Background(), "X", "y")
+	}
+	v, err := c.EndOfHeaders(context.Background(), &pipeline.Envelope{})
+	if err != nil || !v.Final() {
+		t.Fatalf("a header of 12,000 fields at its end: %v, %v; want a refusal", v, err)
+	}
+}
