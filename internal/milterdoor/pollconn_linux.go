@@ -170,26 +170,44 @@ func (c *pollConn) Write(b []byte) (int, error) { return c.write(b, true) }
 // buffer: it returns errWouldBlock, and b[written:] is what is left.
 func (c *pollConn) write(b []byte, wait bool) (int, error) {
 	written := 0
-	for written < len(b) {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[written])), uintptr(len(b)-written))
+	full, errno := c.writeSome(b, &written)
+	switch {
+	case errno != 0:
+		return written, c.writeError(errno)
+	case !full:
+		return written, nil
+	case !wait:
+		return written, errWouldBlock
+	}
+	n, err := c.writeWaiting(b[written:])
+	return written + n, err
+}
+
+// writeSome writes b from *written on, moving it on, until all is
+// written, the socket's buffer is full (full), or another error.
+func (c *pollConn) writeSome(b []byte, written *int) (full bool, errno syscall.Errno) {
+	for *written < len(b) {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[*written])), uintptr(len(b)-*written))
 		switch e {
 		case 0:
-			written += int(n)
+			*written += int(n)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			if !wait {
-				return written, errWouldBlock
-			}
-			n, err := c.writeWaiting(b[written:])
-			return written + n, err
+			return true, 0
 		default:
-			if c.closed.Load() {
-				return written, c.opError("write", net.ErrClosed)
-			}
-			return written, c.opError("write", os.NewSyscallError("write", e))
+			return false, e
 		}
 	}
-	return written, nil
+	return false, 0
+}
+
+// writeError is a failed write's error: a closed connection's, as
+// net.Conn gives it, when another goroutine closed it.
+func (c *pollConn) writeError(errno syscall.Errno) error {
+	if c.closed.Load() {
+		return c.opError("write", net.ErrClosed)
+	}
+	return c.opError("write", os.NewSyscallError("write", errno))
 }
 
 // writeWaiting writes b to a socket whose buffer is full, waiting for
@@ -220,28 +238,17 @@ func (c *pollConn) writeWaiting(b []byte) (int, error) {
 	// The poller calls this first (the buffer may have room by now) and
 	// again at each sign of room.
 	err = rc.Write(func(uintptr) bool {
-		for written < len(b) {
-			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[written])), uintptr(len(b)-written))
-			switch e {
-			case 0:
-				written += int(n)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
+		var full bool
+		full, errno = c.writeSome(b, &written)
+		return !full
 	})
 	switch {
-	case c.closed.Load() && (err != nil || errno != 0):
+	case errno != 0:
+		return written, c.writeError(errno)
+	case err != nil && c.closed.Load():
 		return written, c.opError("write", net.ErrClosed)
 	case err != nil:
 		return written, c.opError("write", err)
-	case errno != 0:
-		return written, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return written, nil
 }
