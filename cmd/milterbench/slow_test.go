@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +13,7 @@ import (
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
 	"mailguard/internal/milterdoor"
+	"mailguard/internal/milterdoor/doortest"
 	"mailguard/internal/pipeline"
 )
 
@@ -30,19 +29,9 @@ func startVirusDoor(t *testing.T, opts milterdoor.Options) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	door := milterdoor.New(p, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go door.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		door.Shutdown(ctx)
-		p.Retire()
-	})
-	return "inet:" + ln.Addr().String()
+	t.Cleanup(p.Retire) // after the door's shutdown
+	_, addr := doortest.Serve(t, p, opts)
+	return "inet:" + addr
 }
 
 func TestSlowUsage(t *testing.T) {

@@ -2,10 +2,8 @@ package loadgen
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"mailguard/internal/filters"
 	_ "mailguard/internal/filters/all"
 	"mailguard/internal/milterdoor"
+	"mailguard/internal/milterdoor/doortest"
 	"mailguard/internal/pipeline"
 )
 
@@ -33,19 +32,8 @@ func startDoor(t *testing.T, section string, opts milterdoor.Options) (*milterdo
 	if err != nil {
 		t.Fatal(err)
 	}
-	door := milterdoor.New(p, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go door.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		door.Shutdown(ctx)
-		p.Retire()
-	})
-	return door, ln.Addr().String()
+	t.Cleanup(p.Retire) // after the door's shutdown
+	return doortest.Serve(t, p, opts)
 }
 
 func corpus(t *testing.T) []Message {

@@ -20,6 +20,7 @@ import (
 	"mailguard/internal/filter/virus"
 	"mailguard/internal/logging"
 	"mailguard/internal/milterdoor"
+	"mailguard/internal/milterdoor/doortest"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/sigfile"
 	"mailguard/internal/stats"
@@ -292,25 +293,15 @@ func repeatedEOH(addr string) error {
 func TestRepeatedEndOfHeadersThroughMilter(t *testing.T) {
 	sock := droppingClamd(t)
 	p, pool := slotPipeline(t, sock)
-	door := milterdoor.New(p, logging.Discard(), milterdoor.Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go door.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		door.Shutdown(ctx)
-	})
+	_, addr := doortest.Serve(t, p, milterdoor.Options{})
 	for range 5 {
-		if err := repeatedEOH(ln.Addr().String()); err != nil {
+		if err := repeatedEOH(addr); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitFor(t, "every clamd connection given back", func() bool { busy, _ := pool.Connections(); return busy == 0 })
 
-	s, err := milter.NewClient("tcp", ln.Addr().String(), milter.WithReadTimeout(30*time.Second)).Session(milter.NewMacroBag())
+	s, err := milter.NewClient("tcp", addr, milter.WithReadTimeout(30*time.Second)).Session(milter.NewMacroBag())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,12 +2,10 @@ package outbreak_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +19,7 @@ import (
 	"mailguard/internal/loadgen"
 	"mailguard/internal/logging"
 	"mailguard/internal/milterdoor"
+	"mailguard/internal/milterdoor/doortest"
 	"mailguard/internal/pipeline"
 	"mailguard/internal/sigmine"
 )
@@ -184,18 +183,8 @@ func send(t *testing.T, c *milter.Client, s simMsg) string {
 }
 
 func startDoor(t *testing.T, p *pipeline.Pipeline) *milter.Client {
-	door := milterdoor.New(p, logging.Discard(), milterdoor.Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go door.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		door.Shutdown(ctx)
-	})
-	return milter.NewClient("tcp", ln.Addr().String(), milter.WithReadTimeout(30*time.Second), milter.WithWriteTimeout(30*time.Second))
+	_, addr := doortest.Serve(t, p, milterdoor.Options{})
+	return milter.NewClient("tcp", addr, milter.WithReadTimeout(30*time.Second), milter.WithWriteTimeout(30*time.Second))
 }
 
 const minNetworks = 10
